@@ -1,0 +1,14 @@
+//! The certkeeper domain: certificate facts, scan targets, agent reports and the
+//! expiry rules. Pure code: no runtime, no database, no network. Time is always
+//! passed in by the caller.
+
+pub mod cert;
+pub mod expiry;
+pub mod report;
+pub mod target;
+pub mod watchlist;
+
+pub use cert::{CertificateFacts, Fingerprint, KeyInfo, KeyType, Serial};
+pub use report::{FailureKind, Observation, Outcome, ScanReport};
+pub use target::{PortSet, TargetError};
+pub use watchlist::Watchlist;
