@@ -133,7 +133,9 @@ impl<'de> Deserialize<'de> for DerBase64 {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReportError {
     /// More observations than [`MAX_OBSERVATIONS_PER_REPORT`].
-    #[error("a report carries at most {MAX_OBSERVATIONS_PER_REPORT} observations, this one has {0}")]
+    #[error(
+        "a report carries at most {MAX_OBSERVATIONS_PER_REPORT} observations, this one has {0}"
+    )]
     TooManyObservations(usize),
     /// A chain longer than [`MAX_CHAIN_LEN`].
     #[error("a presented chain has at most {MAX_CHAIN_LEN} certificates, {host}:{port} has {len}")]
@@ -150,7 +152,9 @@ impl ScanReport {
     /// Check the structural rules a report must follow before anything is stored.
     pub fn check(&self) -> Result<(), ReportError> {
         if self.report_id.trim().is_empty() || self.report_id.len() > 128 {
-            return Err(ReportError::Invalid("report_id must be 1 to 128 characters".into()));
+            return Err(ReportError::Invalid(
+                "report_id must be 1 to 128 characters".into(),
+            ));
         }
         if self.observations.len() > MAX_OBSERVATIONS_PER_REPORT {
             return Err(ReportError::TooManyObservations(self.observations.len()));
@@ -160,7 +164,9 @@ impl ScanReport {
                 return Err(ReportError::Invalid(format!("{}: port 0", o.host)));
             }
             if o.host.trim().is_empty() || o.host.len() > 253 {
-                return Err(ReportError::Invalid("host must be 1 to 253 characters".into()));
+                return Err(ReportError::Invalid(
+                    "host must be 1 to 253 characters".into(),
+                ));
             }
             if let Outcome::Tls { chain, .. } = &o.outcome {
                 if chain.is_empty() {
@@ -245,11 +251,15 @@ mod tests {
             chain.clear();
         }
         assert!(matches!(r.check(), Err(ReportError::EmptyChain { .. })));
-        let bad = serde_json::to_string(&sample()).unwrap().replace("MAMBAgM=", "!!");
-        assert!(serde_json::from_str::<ScanReport>(&bad).is_err());
-        let extra = serde_json::to_string(&sample())
+        let bad = serde_json::to_string(&sample())
             .unwrap()
-            .replacen("{", r#"{"common_name":"forged","#, 1);
+            .replace("MAMBAgM=", "!!");
+        assert!(serde_json::from_str::<ScanReport>(&bad).is_err());
+        let extra = serde_json::to_string(&sample()).unwrap().replacen(
+            "{",
+            r#"{"common_name":"forged","#,
+            1,
+        );
         assert!(serde_json::from_str::<ScanReport>(&extra).is_err());
     }
 }

@@ -250,7 +250,10 @@ mod tests {
 
     #[test]
     fn refuses_bad_ports() {
-        assert_eq!("0".parse::<PortSet>(), Err(TargetError::BadPort("0".into())));
+        assert_eq!(
+            "0".parse::<PortSet>(),
+            Err(TargetError::BadPort("0".into()))
+        );
         assert_eq!(
             "65536".parse::<PortSet>(),
             Err(TargetError::BadPort("65536".into()))
@@ -259,9 +262,15 @@ mod tests {
             "9000-8000".parse::<PortSet>(),
             Err(TargetError::ReversedRange("9000-8000".into()))
         );
-        assert_eq!("http".parse::<PortSet>(), Err(TargetError::BadPort("http".into())));
+        assert_eq!(
+            "http".parse::<PortSet>(),
+            Err(TargetError::BadPort("http".into()))
+        );
         assert_eq!(",".parse::<PortSet>(), Err(TargetError::NoPorts));
-        assert_eq!("-5".parse::<PortSet>(), Err(TargetError::BadPort("".into())));
+        assert_eq!(
+            "-5".parse::<PortSet>(),
+            Err(TargetError::BadPort("".into()))
+        );
     }
 
     #[test]
@@ -292,13 +301,25 @@ mod tests {
     fn caps_range_size() {
         let r: AddressRange = "10.0.0.0/8".parse().unwrap();
         let err = r.check_size(65536).unwrap_err();
-        assert!(err.to_string().contains("10.0.0.0/8 has 16777214 addresses"));
-        assert!("10.0.0.0/16".parse::<AddressRange>().unwrap().check_size(65536).is_ok());
+        assert!(
+            err.to_string()
+                .contains("10.0.0.0/8 has 16777214 addresses")
+        );
+        assert!(
+            "10.0.0.0/16"
+                .parse::<AddressRange>()
+                .unwrap()
+                .check_size(65536)
+                .is_ok()
+        );
     }
 
     #[test]
     fn checks_server_names() {
-        assert_eq!(parse_server_name("Mail.Example.com.").unwrap(), "mail.example.com");
+        assert_eq!(
+            parse_server_name("Mail.Example.com.").unwrap(),
+            "mail.example.com"
+        );
         assert_eq!(parse_server_name("192.0.2.1").unwrap(), "192.0.2.1");
         assert!(parse_server_name("https://x.example").is_err());
         assert!(parse_server_name("a..b").is_err());

@@ -106,7 +106,11 @@ impl Watchlist {
         let ranges: u128 = self
             .ranges
             .iter()
-            .map(|r| r.range.address_count().saturating_mul(r.ports.len() as u128))
+            .map(|r| {
+                r.range
+                    .address_count()
+                    .saturating_mul(r.ports.len() as u128)
+            })
             .sum();
         servers.saturating_add(ranges)
     }

@@ -1,1 +1,7 @@
-//! certkeeper-pki
+//! X.509 at the edge: DER in, [`certkeeper_core::CertificateFacts`] out; PEM handling;
+//! and the server's self-signed certificate.
+
+pub mod parse;
+pub mod selfsigned;
+
+pub use parse::{ParseError, parse_der, pem_to_ders, sha256, to_pem};

@@ -1,1 +1,9 @@
-//! certkeeper-testkit
+//! Test-only helpers: a throwaway PKI made with rcgen, and real TLS servers
+//! (`openssl s_server`) on loopback ports.
+
+pub mod peers;
+pub mod pki;
+pub mod servers;
+
+pub use pki::{Issued, KeyKind, LeafSpec, TestPki};
+pub use servers::{OpensslServer, free_port, wait_for_port};
