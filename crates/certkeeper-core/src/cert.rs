@@ -150,6 +150,10 @@ impl Serial {
         }
         Serial(hex::encode(trimmed))
     }
+    /// From text already in canonical form (read back from our own storage).
+    pub fn from_hex_unchecked(s: String) -> Self {
+        Serial(s)
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -4,6 +4,7 @@
 
 pub mod cert;
 pub mod expiry;
+pub mod inventory;
 pub mod report;
 pub mod target;
 pub mod watchlist;

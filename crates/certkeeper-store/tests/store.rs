@@ -1,0 +1,502 @@
+//! One storage suite, run against SQLite always and PostgreSQL when
+//! `CERTKEEPER_TEST_POSTGRES_URL` is set.
+
+use std::net::IpAddr;
+
+use certkeeper_core::inventory::CertificateFilter;
+use certkeeper_store::{
+    NewAgent, ParsedCert, Principal, Sighting, SightingResult, Store, StoreError,
+};
+use certkeeper_testkit::{KeyKind, LeafSpec, TestPki, db};
+use time::{Duration, OffsetDateTime};
+
+fn parsed(der: &[u8]) -> ParsedCert {
+    ParsedCert {
+        facts: certkeeper_pki::parse_der(der).unwrap(),
+        der: der.to_vec(),
+    }
+}
+
+fn tls_sighting(host: &str, port: u16, chain: &[&[u8]], seen_at: OffsetDateTime) -> Sighting {
+    Sighting {
+        host: host.into(),
+        ip: IpAddr::from([192, 0, 2, 10]),
+        port,
+        sni: Some(host.into()),
+        seen_at,
+        result: SightingResult::Tls {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS_AES_128_GCM_SHA256".into(),
+            starttls: None,
+            chain: chain.iter().map(|d| parsed(d)).collect(),
+            note: None,
+        },
+    }
+}
+
+async fn with_agent(store: &Store, id: &str) {
+    let now = OffsetDateTime::now_utc();
+    let tok = format!("enroll-{id}");
+    store
+        .create_enrollment_token(&tok, now, now + Duration::hours(1), 1)
+        .await
+        .unwrap();
+    store
+        .enroll_agent(
+            &tok,
+            &NewAgent {
+                id: id.into(),
+                name: id.into(),
+                hostname: "scanner".into(),
+                version: "0.1.0".into(),
+            },
+            &format!("cred-{id}"),
+            now,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn ingest_is_unique_by_sha256_and_endpoint_and_idempotent_by_report() {
+    let pki = TestPki::new().unwrap();
+    let a = pki
+        .leaf(&LeafSpec::new("a.test", KeyKind::EcdsaP256))
+        .unwrap();
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        with_agent(&store, "ag1").await;
+        let now = OffsetDateTime::now_utc();
+        let chain: [&[u8]; 2] = [&a.der, &pki.intermediate.der];
+        let sightings = vec![
+            tls_sighting("a.test", 443, &chain, now),
+            tls_sighting("a.test", 8443, &chain, now),
+        ];
+        let s = store
+            .ingest("ag1", "r1", 2, "scanner", "0.1.0", &sightings, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.new_certificates, s.new_endpoints, s.tls_endpoints),
+            (2, 2, 2),
+            "{}",
+            tdb.label
+        );
+        let again = store
+            .ingest("ag1", "r1", 2, "scanner", "0.1.0", &sightings, now)
+            .await
+            .unwrap();
+        assert!(again.duplicate, "{}", tdb.label);
+        let s2 = store
+            .ingest("ag1", "r2", 2, "scanner", "0.1.0", &sightings, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            (s2.new_certificates, s2.new_endpoints),
+            (0, 0),
+            "{}",
+            tdb.label
+        );
+        let (certs, endpoints, history) = store.counts().await.unwrap();
+        assert_eq!((certs, endpoints, history), (2, 2, 2), "{}", tdb.label);
+        let leaf = parsed(&a.der).facts.sha256;
+        let chain = store
+            .endpoint_chain("a.test", "192.0.2.10", 443)
+            .await
+            .unwrap();
+        assert_eq!(
+            chain,
+            vec![leaf, parsed(&pki.intermediate.der).facts.sha256]
+        );
+        let served = store.endpoints_serving(&[leaf]).await.unwrap();
+        assert_eq!(served[&leaf].len(), 2);
+        assert_eq!(served[&leaf][0].agent.as_deref(), Some("ag1"));
+        let agents = store.list_agents().await.unwrap();
+        assert_eq!(
+            (agents[0].watched_endpoints, agents[0].endpoints_seen),
+            (2, 2)
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_known_to_be_replaced() {
+    let pki = TestPki::new().unwrap();
+    let old = pki
+        .leaf(&LeafSpec::new("r.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let new = pki
+        .leaf(&LeafSpec::new("r.test", KeyKind::EcdsaP256))
+        .unwrap();
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        with_agent(&store, "ag1").await;
+        let t0 = OffsetDateTime::now_utc() - Duration::days(2);
+        let t1 = t0 + Duration::days(1);
+        store
+            .ingest(
+                "ag1",
+                "r1",
+                1,
+                "h",
+                "v",
+                &[tls_sighting("r.test", 443, &[&old.der], t0)],
+                t0,
+            )
+            .await
+            .unwrap();
+        let s = store
+            .ingest(
+                "ag1",
+                "r2",
+                1,
+                "h",
+                "v",
+                &[tls_sighting("r.test", 443, &[&new.der], t1)],
+                t1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.replaced, 1, "{}", tdb.label);
+        // A late report from a spool, older than what we know, changes nothing current.
+        let late = store
+            .ingest(
+                "ag1",
+                "r0",
+                1,
+                "h",
+                "v",
+                &[tls_sighting(
+                    "r.test",
+                    443,
+                    &[&old.der],
+                    t0 - Duration::hours(1),
+                )],
+                t1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(late.replaced, 0);
+        let history = store
+            .endpoint_history("r.test", "192.0.2.10", 443)
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 2, "{}", tdb.label);
+        assert_eq!(history[0].sha256, parsed(&old.der).facts.sha256);
+        assert_eq!(
+            history[0].replaced_at.map(|t| t.unix_timestamp()),
+            Some(t1.unix_timestamp())
+        );
+        assert_eq!(history[1].sha256, parsed(&new.der).facts.sha256);
+        assert!(history[1].replaced_at.is_none());
+        let old_where = store
+            .served_history_of(&parsed(&old.der).facts.sha256)
+            .await
+            .unwrap();
+        assert_eq!(old_where.len(), 1);
+        assert!(old_where[0].2.replaced_at.is_some());
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages_by_expiry() {
+    let pki = TestPki::new().unwrap();
+    let mut ders = Vec::new();
+    for (i, days) in [(0, -10i64), (1, 5), (2, 20), (3, 45), (4, 200)] {
+        let spec = LeafSpec::new(&format!("host{i}.example.com"), KeyKind::EcdsaP256)
+            .valid_days(days - 90, 90);
+        ders.push(pki.leaf(&spec).unwrap().der);
+    }
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        with_agent(&store, "ag1").await;
+        let now = OffsetDateTime::now_utc();
+        let sightings: Vec<Sighting> = ders
+            .iter()
+            .enumerate()
+            .map(|(i, d)| tls_sighting(&format!("host{i}.example.com"), 443, &[d], now))
+            .collect();
+        store
+            .ingest("ag1", "r1", 5, "h", "v", &sightings, now)
+            .await
+            .unwrap();
+        let within30 = CertificateFilter {
+            not_after_before: Some(now + Duration::days(30)),
+            ..Default::default()
+        };
+        let page = store.list_certificates(&within30, 100, None).await.unwrap();
+        let names: Vec<_> = page
+            .items
+            .iter()
+            .map(|c| c.facts.common_name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "host0.example.com",
+                "host1.example.com",
+                "host2.example.com"
+            ],
+            "{}",
+            tdb.label
+        );
+        // Pages of two, following the cursor, visit every certificate once, in order.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let p = store
+                .list_certificates(&CertificateFilter::default(), 2, cursor.as_deref())
+                .await
+                .unwrap();
+            seen.extend(p.items.iter().map(|c| c.facts.common_name.clone().unwrap()));
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[4], "host4.example.com");
+        let expired = CertificateFilter {
+            expired: Some(true),
+            now: Some(now),
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .list_certificates(&expired, 10, None)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        let q = CertificateFilter {
+            query: Some("HOST3.EXAMPLE".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .list_certificates(&q, 10, None)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        let pct = CertificateFilter {
+            query: Some("%".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .list_certificates(&pct, 10, None)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            0,
+            "LIKE wildcards are escaped"
+        );
+        let issuer = CertificateFilter {
+            issuer: Some("test intermediate".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .list_certificates(&issuer, 10, None)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            5
+        );
+        let serial = parsed(&ders[2]).facts.serial.to_string();
+        let by_serial = CertificateFilter {
+            serial: Some(serial),
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .list_certificates(&by_serial, 10, None)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        assert!(matches!(
+            store
+                .list_certificates(&CertificateFilter::default(), 10, Some("garbage"))
+                .await,
+            Err(StoreError::InvalidCursor)
+        ));
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn enrollment_tokens_and_revocation() {
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        assert!(store.init_admin_token("adminhash", now).await.unwrap());
+        assert!(
+            !store.init_admin_token("otherhash", now).await.unwrap(),
+            "only the first start creates one"
+        );
+        assert_eq!(
+            store.principal("adminhash").await.unwrap(),
+            Some(Principal::Admin)
+        );
+        assert_eq!(store.principal("otherhash").await.unwrap(), None);
+
+        store
+            .create_enrollment_token("e1", now, now + Duration::hours(1), 1)
+            .await
+            .unwrap();
+        store
+            .create_enrollment_token("old", now - Duration::hours(2), now - Duration::hours(1), 5)
+            .await
+            .unwrap();
+        let agent = |id: &str| NewAgent {
+            id: id.into(),
+            name: id.into(),
+            hostname: "h".into(),
+            version: "v".into(),
+        };
+        store
+            .enroll_agent("e1", &agent("a1"), "c1", now)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.enroll_agent("e1", &agent("a2"), "c2", now).await,
+            Err(StoreError::EnrollmentRefused)
+        ));
+        assert!(matches!(
+            store.enroll_agent("old", &agent("a3"), "c3", now).await,
+            Err(StoreError::EnrollmentRefused)
+        ));
+        assert!(matches!(
+            store.enroll_agent("nope", &agent("a4"), "c4", now).await,
+            Err(StoreError::EnrollmentRefused)
+        ));
+        assert_eq!(
+            store.principal("c1").await.unwrap(),
+            Some(Principal::Agent { id: "a1".into() })
+        );
+        assert_eq!(
+            store.principal("c2").await.unwrap(),
+            None,
+            "a refused enrollment leaves no credential"
+        );
+        store.revoke_agent("a1", now).await.unwrap();
+        assert_eq!(store.principal("c1").await.unwrap(), None);
+        assert!(matches!(
+            store.revoke_agent("zz", now).await,
+            Err(StoreError::NotFound)
+        ));
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_ingest_leaves_all_or_nothing() {
+    let pki = TestPki::new().unwrap();
+    let leaves: Vec<Vec<u8>> = (0..40)
+        .map(|i| {
+            pki.leaf(&LeafSpec::new(&format!("n{i}.test"), KeyKind::EcdsaP256))
+                .unwrap()
+                .der
+        })
+        .collect();
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        with_agent(&store, "ag1").await;
+        let now = OffsetDateTime::now_utc();
+        let sightings: Vec<Sighting> = leaves
+            .iter()
+            .enumerate()
+            .map(|(i, d)| tls_sighting(&format!("n{i}.test"), 443, &[d], now))
+            .collect();
+        // Abort the ingest at increasing points; every outcome must be all or nothing.
+        let mut saw_nothing = false;
+        for delay_us in [0u64, 200, 1000, 3000, 10000, 30000] {
+            let s2 = store.clone();
+            let sg = sightings.clone();
+            let id = format!("r{delay_us}");
+            let task =
+                tokio::spawn(async move { s2.ingest("ag1", &id, 40, "h", "v", &sg, now).await });
+            tokio::time::sleep(std::time::Duration::from_micros(delay_us)).await;
+            task.abort();
+            let _ = task.await;
+            let (certs, endpoints, _) = store.counts().await.unwrap();
+            assert!(
+                (certs, endpoints) == (0, 0) || (certs, endpoints) == (40, 40),
+                "{}: partial ingest {certs}/{endpoints} after {delay_us}us",
+                tdb.label
+            );
+            saw_nothing |= certs == 0;
+        }
+        assert!(
+            saw_nothing,
+            "{}: the earliest abort should have stopped the ingest",
+            tdb.label
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn two_servers_ingesting_the_same_certificates_at_once_keep_one_row_each() {
+    let pki = TestPki::new().unwrap();
+    let leaves: Vec<Vec<u8>> = (0..30)
+        .map(|i| {
+            pki.leaf(&LeafSpec::new(&format!("c{i}.test"), KeyKind::EcdsaP256))
+                .unwrap()
+                .der
+        })
+        .collect();
+    for tdb in db::all().unwrap() {
+        // Two independent pools on one database, as two server processes would have.
+        let s1 = Store::open(&tdb.url).await.unwrap();
+        let s2 = Store::open(&tdb.url).await.unwrap();
+        with_agent(&s1, "ag1").await;
+        with_agent(&s1, "ag2").await;
+        let now = OffsetDateTime::now_utc();
+        let mk = |rev: bool| {
+            let mut v: Vec<Sighting> = leaves
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    tls_sighting(&format!("c{i}.test"), 443, &[d, &pki.intermediate.der], now)
+                })
+                .collect();
+            if rev {
+                v.reverse();
+            }
+            v
+        };
+        let mut tasks = Vec::new();
+        for round in 0..4 {
+            let (a, b) = (s1.clone(), s2.clone());
+            let (x, y) = (mk(false), mk(true));
+            tasks.push(tokio::spawn(async move {
+                a.ingest("ag1", &format!("a{round}"), 30, "h", "v", &x, now)
+                    .await
+            }));
+            tasks.push(tokio::spawn(async move {
+                b.ingest("ag2", &format!("b{round}"), 30, "h", "v", &y, now)
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let (certs, endpoints, history) = s1.counts().await.unwrap();
+        assert_eq!((certs, endpoints, history), (31, 30, 30), "{}", tdb.label);
+        s1.close().await;
+        s2.close().await;
+    }
+}
