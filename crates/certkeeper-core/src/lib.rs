@@ -10,6 +10,6 @@ pub mod target;
 pub mod watchlist;
 
 pub use cert::{CertificateFacts, Fingerprint, KeyInfo, KeyType, Serial};
-pub use report::{FailureKind, Observation, Outcome, ScanReport};
+pub use report::{FailureKind, MAX_CERT_DER_BYTES, Observation, Outcome, ScanReport};
 pub use target::{PortSet, TargetError};
 pub use watchlist::Watchlist;

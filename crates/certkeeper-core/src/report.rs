@@ -10,6 +10,8 @@ use time::OffsetDateTime;
 
 /// Highest number of observations one report may carry; agents split larger scans.
 pub const MAX_OBSERVATIONS_PER_REPORT: usize = 5_000;
+/// Largest DER certificate the server decodes; real ones are a few kilobytes.
+pub const MAX_CERT_DER_BYTES: usize = 64 * 1024;
 /// Highest number of certificates in one presented chain that the server keeps.
 pub const MAX_CHAIN_LEN: usize = 16;
 

@@ -1,1 +1,246 @@
-//! certkeeper-server
+//! The certkeeper server as a library: [`prepare`] opens the inventory, makes or loads
+//! the server's certificate and first administrator token; [`Prepared::launch`] serves
+//! the REST API on a listener until `shutdown` resolves. Tests bind port 0 in-process.
+
+mod api;
+mod auth;
+mod error;
+mod identity;
+mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certkeeper_core::Fingerprint;
+use certkeeper_store::{Store, StoreError};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+pub use api::{OPENAPI_JSON, ROUTES, router};
+pub use auth::{new_token, token_hash};
+pub use error::ApiError;
+
+/// Everything the server needs, already layered (defaults, TOML, environment, flags)
+/// by the caller.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// `None`: SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Serve plain HTTP (behind a proxy, or loopback tests).
+    pub http: bool,
+    /// The address stated in messages and tickets.
+    pub external_url: Option<String>,
+    /// Preset administrator token (`CERTKEEPER_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Extra names for the generated certificate (the listen address is added by the binary).
+    pub tls_names: Vec<String>,
+    /// Largest report body accepted, in bytes.
+    pub max_report_bytes: usize,
+    /// Failed authentications allowed per client address per minute.
+    pub auth_failures_per_minute: u32,
+    /// Largest page size of listings.
+    pub max_page_size: u32,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self
+                    .database_url
+                    .as_deref()
+                    .map(certkeeper_store::redact_url),
+            )
+            .field("http", &self.http)
+            .field("external_url", &self.external_url)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("tls_names", &self.tls_names)
+            .field("max_report_bytes", &self.max_report_bytes)
+            .field("auth_failures_per_minute", &self.auth_failures_per_minute)
+            .finish()
+    }
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            database_url: None,
+            http: false,
+            external_url: None,
+            admin_token: None,
+            tls_names: Vec::new(),
+            max_report_bytes: 32 * 1024 * 1024,
+            auth_failures_per_minute: 20,
+            max_page_size: 1000,
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The inventory could not be opened or migrated.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Files in the data directory could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// The server's certificate or key is unusable.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+/// Shared state of the request handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<ServerConfig>,
+    limiter: Arc<auth::AuthLimiter>,
+}
+
+/// A server ready to serve.
+pub struct Prepared {
+    pub state: AppState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// The administrator token, when this start created it (print it once).
+    pub created_admin_token: Option<String>,
+    /// SHA-256 of the server's certificate (agents pin it), when serving HTTPS.
+    pub certificate_fingerprint: Option<Fingerprint>,
+}
+
+/// Open the inventory, load or create the server identity and the first admin token.
+pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
+    let io = |context: &str| {
+        let context = context.to_string();
+        move |source| ServerError::Io { context, source }
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(io("creating the data directory"))?;
+    let url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| certkeeper_store::sqlite_url_in(&config.data_dir));
+    let store = Store::open(&url).await?;
+    let now = OffsetDateTime::now_utc();
+
+    let mut created_admin_token = None;
+    if let Some(preset) = &config.admin_token {
+        store.add_admin_token(&token_hash(preset), now).await?;
+    } else {
+        let token = new_token("ck_admin_");
+        if store.init_admin_token(&token_hash(&token), now).await? {
+            identity::write_secret(&config.data_dir.join("admin.token"), token.as_bytes())
+                .map_err(io("writing admin.token"))?;
+            created_admin_token = Some(token);
+        }
+    }
+
+    let (tls, certificate_fingerprint) = if config.http {
+        (None, None)
+    } else {
+        let (cfg, fp) = identity::load_or_create(&config.data_dir, &config.tls_names, now)?;
+        (Some(cfg), Some(fp))
+    };
+    let limiter = Arc::new(auth::AuthLimiter::new(config.auth_failures_per_minute));
+    Ok(Prepared {
+        state: AppState {
+            store,
+            config: Arc::new(config),
+            limiter,
+        },
+        tls,
+        created_admin_token,
+        certificate_fingerprint,
+    })
+}
+
+impl Prepared {
+    /// Serve on `listener` until `shutdown` resolves, then finish in-flight requests
+    /// (at most 10 s) and return.
+    pub async fn launch(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let app = router(self.state.clone());
+        let result = match self.tls {
+            None => axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| ServerError::Io {
+                context: "serving HTTP".into(),
+                source,
+            }),
+            Some(tls) => serve_tls(listener, app, tls, shutdown).await,
+        };
+        self.state.store.close().await;
+        result
+    }
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use tower::ServiceExt;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let builder = Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    _ => return,
+                };
+            let svc =
+                app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req
+                });
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let _ = watcher.watch(conn.into_owned()).await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    Ok(())
+}

@@ -1,0 +1,489 @@
+//! The REST API under `/api/v1`. Every route but `/healthz` is authenticated; agents
+//! may only enroll and report.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use certkeeper_core::expiry::expiring_cutoff;
+use certkeeper_core::inventory::CertificateFilter;
+use certkeeper_core::report::{Outcome, ScanReport};
+use certkeeper_core::{Fingerprint, MAX_CERT_DER_BYTES};
+use certkeeper_store::{NewAgent, ParsedCert, Principal, Sighting, SightingResult};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::{Duration, OffsetDateTime};
+
+use crate::auth::{self, Admin, Caller, new_token, token_hash};
+use crate::error::ApiError;
+use crate::{AppState, views};
+
+/// The committed OpenAPI document (a test keeps it in step with [`ROUTES`]).
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Every (method, path) the router serves, in OpenAPI path syntax.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/certificates"),
+    ("get", "/api/v1/certificates/{sha256}"),
+    ("get", "/api/v1/endpoints"),
+    ("get", "/api/v1/agents"),
+    ("delete", "/api/v1/agents/{id}"),
+    ("post", "/api/v1/agents/enrollment-tokens"),
+    ("post", "/api/v1/agents/enroll"),
+    ("post", "/api/v1/reports"),
+];
+
+/// The API router.
+pub fn router(state: AppState) -> Router {
+    let max_report = state.config.max_report_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/certificates", get(list_certificates))
+        .route("/api/v1/certificates/{sha256}", get(show_certificate))
+        .route("/api/v1/endpoints", get(list_endpoints))
+        .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/agents/{id}", delete(revoke_agent))
+        .route(
+            "/api/v1/agents/enrollment-tokens",
+            post(create_enrollment_token),
+        )
+        .route("/api/v1/agents/enroll", post(enroll))
+        .route(
+            "/api/v1/reports",
+            post(report).layer(DefaultBodyLimit::max(max_report)),
+        )
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn openapi(_caller: Caller) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(t)| t)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertQuery {
+    expiring_within_days: Option<u32>,
+    expired: Option<bool>,
+    q: Option<String>,
+    issuer: Option<String>,
+    serial: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+    format: Option<String>,
+}
+
+fn page_size(limit: Option<u32>, state: &AppState) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(0) => Err(ApiError::bad_request(
+            "invalid_request",
+            "limit must be at least 1",
+        )),
+        Some(n) if n > state.config.max_page_size => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("limit must be at most {}", state.config.max_page_size),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
+async fn list_certificates(
+    State(state): State<AppState>,
+    _admin: Admin,
+    q: Result<Query<CertQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let now = OffsetDateTime::now_utc();
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("format must be json or csv, not {other:?}"),
+            ));
+        }
+    };
+    let filter = CertificateFilter {
+        not_after_before: q.expiring_within_days.map(|d| expiring_cutoff(now, d)),
+        expired: q.expired,
+        now: Some(now),
+        query: q.q.filter(|s| !s.is_empty()),
+        issuer: q.issuer.filter(|s| !s.is_empty()),
+        serial: q.serial.filter(|s| !s.is_empty()),
+    };
+    let limit = if csv && q.limit.is_none() {
+        state.config.max_page_size
+    } else {
+        page_size(q.limit, &state)?
+    };
+    let page = state
+        .store
+        .list_certificates(&filter, limit, q.cursor.as_deref())
+        .await?;
+    let shas: Vec<Fingerprint> = page.items.iter().map(|c| c.facts.sha256).collect();
+    let endpoints = state.store.endpoints_serving(&shas).await?;
+    let none = Vec::new();
+    if csv {
+        let mut out = String::from(views::CSV_HEADER);
+        for c in &page.items {
+            out.push_str(&views::csv_row(
+                c,
+                endpoints.get(&c.facts.sha256).unwrap_or(&none),
+                now,
+            ));
+        }
+        let mut resp = (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"certificates.csv\"",
+                ),
+            ],
+            out,
+        )
+            .into_response();
+        if let Some(next) = page.next_cursor
+            && let Ok(v) = next.parse()
+        {
+            resp.headers_mut().insert("x-next-cursor", v);
+        }
+        return Ok(resp);
+    }
+    let items: Vec<Value> = page
+        .items
+        .iter()
+        .map(|c| views::certificate(c, endpoints.get(&c.facts.sha256).unwrap_or(&none), now))
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": page.next_cursor})).into_response())
+}
+
+async fn show_certificate(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(sha): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let fp: Fingerprint = sha
+        .parse()
+        .map_err(|e: certkeeper_core::cert::BadFingerprint| {
+            ApiError::bad_request("invalid_request", e.to_string())
+        })?;
+    let cert = state.store.certificate(&fp).await.map_err(|e| match e {
+        certkeeper_store::StoreError::NotFound => ApiError::not_found("certificate"),
+        other => other.into(),
+    })?;
+    let endpoints = state.store.endpoints_serving(&[fp]).await?;
+    let history = state.store.served_history_of(&fp).await?;
+    let now = OffsetDateTime::now_utc();
+    let mut v = views::certificate(
+        &cert,
+        endpoints.get(&fp).map(Vec::as_slice).unwrap_or(&[]),
+        now,
+    );
+    v["pem"] = Value::String(certkeeper_pki::to_pem(&cert.der));
+    v["served_history"] = history
+        .iter()
+        .map(|(h, p, period)| views::served(h, *p, period))
+        .collect();
+    Ok(Json(v))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointQuery {
+    host: Option<String>,
+    port: Option<u16>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_endpoints(
+    State(state): State<AppState>,
+    _admin: Admin,
+    q: Result<Query<EndpointQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let limit = page_size(q.limit, &state)?;
+    let page = state
+        .store
+        .list_endpoints(q.host.as_deref(), q.port, limit, q.cursor.as_deref())
+        .await?;
+    let items: Vec<Value> = page.items.iter().map(views::endpoint).collect();
+    Ok(Json(
+        json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn list_agents(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let agents = state.store.list_agents().await?;
+    let items: Vec<Value> = agents.iter().map(views::agent).collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+async fn revoke_agent(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store
+        .revoke_agent(&id, OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| match e {
+            certkeeper_store::StoreError::NotFound => ApiError::not_found("agent"),
+            other => other.into(),
+        })?;
+    tracing::info!(agent = %id, "agent revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollmentTokenRequest {
+    /// Seconds until the token expires (default one day, at most 30 days).
+    expires_in_seconds: Option<u64>,
+    /// How many agents may enroll with it (default 1).
+    uses: Option<u32>,
+}
+
+async fn create_enrollment_token(
+    State(state): State<AppState>,
+    _admin: Admin,
+    req: Result<Json<EnrollmentTokenRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req = match req {
+        Err(JsonRejection::MissingJsonContentType(_)) => EnrollmentTokenRequest::default(),
+        other => body(other)?,
+    };
+    let secs = req.expires_in_seconds.unwrap_or(86_400);
+    if secs == 0 || secs > 30 * 86_400 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "expires_in_seconds must be between 1 and 2592000 (30 days)",
+        ));
+    }
+    let uses = req.uses.unwrap_or(1);
+    if uses == 0 || uses > 10_000 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "uses must be between 1 and 10000",
+        ));
+    }
+    let now = OffsetDateTime::now_utc();
+    let expires_at = now + Duration::seconds(secs as i64);
+    let token = new_token("ck_enroll_");
+    state
+        .store
+        .create_enrollment_token(&token_hash(&token), now, expires_at, uses)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "expires_at": views::rfc3339(expires_at), "uses": uses})),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollRequest {
+    name: Option<String>,
+    hostname: String,
+    version: String,
+}
+
+/// Enroll with an enrollment token as the bearer; returns the agent's credential once.
+async fn enroll(
+    State(state): State<AppState>,
+    bearer: auth::EnrollmentBearer,
+    req: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let r = body(req)?;
+    let clean = |s: &str, max: usize| -> Result<String, ApiError> {
+        let t = s.trim();
+        if t.is_empty() || t.len() > max || t.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "hostname, name and version must be 1 to 253 printable characters",
+            ));
+        }
+        Ok(t.to_string())
+    };
+    let hostname = clean(&r.hostname, 253)?;
+    let agent = NewAgent {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: clean(r.name.as_deref().unwrap_or(&hostname), 253)?,
+        hostname,
+        version: clean(&r.version, 64)?,
+    };
+    let credential = new_token("ck_agent_");
+    let result = state
+        .store
+        .enroll_agent(
+            &token_hash(&bearer.token),
+            &agent,
+            &token_hash(&credential),
+            OffsetDateTime::now_utc(),
+        )
+        .await;
+    if let Err(certkeeper_store::StoreError::EnrollmentRefused) = &result {
+        bearer.refused(&state);
+    }
+    result?;
+    tracing::info!(agent = %agent.id, host = %agent.hostname, "agent enrolled");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"agent_id": agent.id, "credential": credential})),
+    ))
+}
+
+/// Decode the presented chains ourselves; the agent's claims about certificates are
+/// never used.
+fn decode(report: &ScanReport) -> Vec<Sighting> {
+    report
+        .observations
+        .iter()
+        .map(|o| {
+            let result = match &o.outcome {
+                Outcome::Failed { kind, message } => SightingResult::Failed {
+                    kind: kind.as_str().to_string(),
+                    message: message.chars().take(500).collect(),
+                },
+                Outcome::Tls {
+                    protocol,
+                    cipher,
+                    starttls,
+                    chain,
+                } => {
+                    let mut parsed = Vec::with_capacity(chain.len());
+                    let mut problems = Vec::new();
+                    for (i, der) in chain.iter().enumerate() {
+                        let r = if der.0.len() > MAX_CERT_DER_BYTES {
+                            Err(format!(
+                                "{} bytes is larger than any real certificate",
+                                der.0.len()
+                            ))
+                        } else {
+                            certkeeper_pki::parse_der(&der.0).map_err(|e| e.to_string())
+                        };
+                        match r {
+                            Ok(facts) => parsed.push(ParsedCert {
+                                facts,
+                                der: der.0.clone(),
+                            }),
+                            Err(e) => problems.push((i, e)),
+                        }
+                    }
+                    match problems.first() {
+                        Some((0, e)) => SightingResult::Failed {
+                            kind: "bad_certificate".into(),
+                            message: format!("the presented certificate does not decode: {e}"),
+                        },
+                        _ => SightingResult::Tls {
+                            protocol: protocol.chars().take(32).collect(),
+                            cipher: cipher.chars().take(128).collect(),
+                            starttls: starttls.clone(),
+                            chain: parsed,
+                            note: (!problems.is_empty()).then(|| {
+                                problems
+                                    .iter()
+                                    .map(|(i, e)| {
+                                        format!("chain certificate #{i} does not decode: {e}")
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            }),
+                        },
+                    }
+                }
+            };
+            Sighting {
+                host: o.host.to_ascii_lowercase(),
+                ip: o.ip,
+                port: o.port,
+                sni: o.sni.clone(),
+                seen_at: o.seen_at,
+                result,
+            }
+        })
+        .collect()
+}
+
+async fn report(
+    State(state): State<AppState>,
+    caller: Caller,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Principal::Agent { id: agent_id } = caller.0 else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only agents send reports",
+        ));
+    };
+    let raw = raw.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "report_too_large",
+                format!(
+                    "a report may be at most {} bytes; split it",
+                    state.config.max_report_bytes
+                ),
+            )
+        } else {
+            ApiError::bad_request("invalid_request", e.body_text())
+        }
+    })?;
+    let report: ScanReport = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::bad_request("malformed_report", format!("the report is not valid: {e}"))
+    })?;
+    report
+        .check()
+        .map_err(|e| ApiError::bad_request("malformed_report", e.to_string()))?;
+    let sightings = decode(&report);
+    let summary = state
+        .store
+        .ingest(
+            &agent_id,
+            &report.report_id,
+            report.watched_endpoints,
+            &report.hostname,
+            &report.agent_version,
+            &sightings,
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+    tracing::info!(
+        agent = %agent_id,
+        report = %report.report_id,
+        observations = summary.observations,
+        new_certificates = summary.new_certificates,
+        duplicate = summary.duplicate,
+        "report applied"
+    );
+    Ok(Json(serde_json::to_value(summary).unwrap_or(Value::Null)))
+}

@@ -1,0 +1,624 @@
+//! The API in-process: a real server on 127.0.0.1:0 with a temp data dir, spoken to
+//! over real HTTP(S) with reqwest.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use base64::Engine;
+use certkeeper_server::{Prepared, ServerConfig, prepare};
+use certkeeper_testkit::{KeyKind, LeafSpec, TestPki, db};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+struct Running {
+    base: String,
+    admin: String,
+    fingerprint: Option<String>,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+async fn start(config: impl FnOnce(&mut ServerConfig)) -> Result<Running> {
+    install_provider();
+    let dir = tempfile::tempdir()?;
+    let mut cfg = ServerConfig::new(dir.path());
+    cfg.http = true;
+    config(&mut cfg);
+    let http = cfg.http;
+    let prepared: Prepared = prepare(cfg).await?;
+    let admin = match &prepared.created_admin_token {
+        Some(t) => t.clone(),
+        None => std::fs::read_to_string(dir.path().join("admin.token"))?,
+    };
+    let fingerprint = prepared.certificate_fingerprint.map(|f| f.to_string());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        prepared
+            .launch(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let (base, client) = if http {
+        (format!("http://{addr}"), reqwest::Client::new())
+    } else {
+        let pem = std::fs::read(dir.path().join("server.crt"))?;
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+            .build()?;
+        (format!("https://{addr}"), client)
+    };
+    // Ready when /healthz answers, not after a sleep.
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status() == StatusCode::OK
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(Running {
+        base,
+        admin,
+        fingerprint,
+        client,
+        _dir: dir,
+        stop: Some(tx),
+        task,
+    })
+}
+
+async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+async fn enroll(s: &Running) -> (String, String) {
+    let tok: Value = s
+        .client
+        .post(format!("{}/api/v1/agents/enrollment-tokens", s.base))
+        .bearer_auth(&s.admin)
+        .json(&json!({"uses": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r: Value = s
+        .client
+        .post(format!("{}/api/v1/agents/enroll", s.base))
+        .bearer_auth(tok["token"].as_str().unwrap())
+        .json(&json!({"hostname": "scanner1", "version": "0.1.0"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        r["agent_id"].as_str().unwrap().to_string(),
+        r["credential"].as_str().unwrap().to_string(),
+    )
+}
+
+fn b64(der: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+fn report(id: &str, observations: Vec<Value>) -> Value {
+    json!({
+        "report_id": id,
+        "agent_version": "0.1.0",
+        "hostname": "scanner1",
+        "started_at": "2026-11-24T08:00:00Z",
+        "finished_at": "2026-11-24T08:01:00Z",
+        "watched_endpoints": 9,
+        "observations": observations,
+    })
+}
+
+fn tls_obs(host: &str, port: u16, chain: &[&[u8]]) -> Value {
+    json!({
+        "host": host, "ip": "192.0.2.7", "port": port, "sni": host,
+        "seen_at": "2026-11-24T08:00:30Z",
+        "outcome": {"status": "tls", "protocol": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384",
+                    "chain": chain.iter().map(|d| b64(d)).collect::<Vec<_>>()}
+    })
+}
+
+#[test]
+fn openapi_document_lists_exactly_the_served_routes() {
+    let doc: Value = serde_json::from_str(certkeeper_server::OPENAPI_JSON).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    let served: BTreeSet<(String, String)> = certkeeper_server::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, served);
+}
+
+#[test]
+fn report_schema_matches_the_report_type() {
+    let doc: Value = serde_json::from_str(certkeeper_server::OPENAPI_JSON).unwrap();
+    let sample = report("r", vec![tls_obs("a.test", 443, &[b"x"])]);
+    let parsed: certkeeper_core::ScanReport = serde_json::from_value(sample.clone()).unwrap();
+    let round = serde_json::to_value(&parsed).unwrap();
+    let keys = |v: &Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
+    let schema = &doc["components"]["schemas"];
+    assert_eq!(keys(&round), keys(&schema["ScanReport"]["properties"]));
+    assert_eq!(
+        keys(&round["observations"][0]),
+        keys(&schema["Observation"]["properties"])
+    );
+    let tls = &schema["Observation"]["properties"]["outcome"]["oneOf"][0]["properties"];
+    let mut outcome_keys = keys(&round["observations"][0]["outcome"]);
+    outcome_keys.insert("starttls".into()); // optional, omitted when absent
+    assert_eq!(outcome_keys, keys(tls));
+}
+
+#[tokio::test]
+async fn every_call_is_authenticated_and_authorised() {
+    let s = start(|_| {}).await.unwrap();
+    let url = |p: &str| format!("{}{p}", s.base);
+    for path in [
+        "/api/v1/certificates",
+        "/api/v1/endpoints",
+        "/api/v1/agents",
+        "/api/v1/openapi.json",
+    ] {
+        let r = s.client.get(url(path)).send().await.unwrap();
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::UNAUTHORIZED, "unauthorized".into()),
+            "{path}"
+        );
+    }
+    let (_, cred) = enroll(&s).await;
+    // Agents report; they cannot read the inventory or manage agents.
+    for path in [
+        "/api/v1/certificates",
+        "/api/v1/endpoints",
+        "/api/v1/agents",
+    ] {
+        let r = s
+            .client
+            .get(url(path))
+            .bearer_auth(&cred)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r).await.0, StatusCode::FORBIDDEN, "{path}");
+    }
+    let r = s
+        .client
+        .post(url("/api/v1/agents/enrollment-tokens"))
+        .bearer_auth(&cred)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The administrator cannot pose as an agent.
+    let r = s
+        .client
+        .post(url("/api/v1/reports"))
+        .bearer_auth(&s.admin)
+        .json(&report("x", vec![]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = s
+        .client
+        .get(url("/api/v1/openapi.json"))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn failed_authentication_is_rate_limited() {
+    let s = start(|c| c.auth_failures_per_minute = 5).await.unwrap();
+    let url = format!("{}/api/v1/certificates", s.base);
+    for _ in 0..5 {
+        let r = s
+            .client
+            .get(&url)
+            .bearer_auth("ck_admin_wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = s
+        .client
+        .get(&url)
+        .bearer_auth("ck_admin_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_auth_failures".into()
+        )
+    );
+    // Even the right token waits out the penalty from this address.
+    let r = s
+        .client
+        .get(&url)
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn report_then_query_the_inventory_on_every_backend() {
+    let pki = TestPki::new().unwrap();
+    let soon = pki
+        .leaf(
+            &LeafSpec::new("soon.example.com", KeyKind::EcdsaP256)
+                .valid_days(-80, 90)
+                .names(&["soon.example.com", "www.soon.example.com"]),
+        )
+        .unwrap();
+    let later = pki
+        .leaf(&LeafSpec::new("later.example.com", KeyKind::Rsa2048).valid_days(-1, 300))
+        .unwrap();
+    for tdb in db::all().unwrap() {
+        let url = tdb.url.clone();
+        let s = start(move |c| c.database_url = Some(url)).await.unwrap();
+        let (agent_id, cred) = enroll(&s).await;
+        let body = report(
+            "r1",
+            vec![
+                tls_obs("soon.example.com", 443, &[&soon.der, &pki.intermediate.der]),
+                tls_obs("later.example.com", 8443, &[&later.der]),
+                json!({"host": "down.example.com", "ip": "192.0.2.9", "port": 443, "sni": "down.example.com",
+                       "seen_at": "2026-11-24T08:00:31Z", "outcome": {"status": "failed", "kind": "handshake", "message": "alert 40"}}),
+            ],
+        );
+        let r = s
+            .client
+            .post(format!("{}/api/v1/reports", s.base))
+            .bearer_auth(&cred)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", tdb.label);
+        let summary: Value = r.json().await.unwrap();
+        assert_eq!(summary["new_certificates"], 3);
+        assert_eq!(summary["tls_endpoints"], 2);
+        // Re-sent (from a spool, after a lost reply): acknowledged, nothing changes.
+        let again: Value = s
+            .client
+            .post(format!("{}/api/v1/reports", s.base))
+            .bearer_auth(&cred)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(again["duplicate"], true);
+
+        let list: Value = s
+            .client
+            .get(format!(
+                "{}/api/v1/certificates?expiring_within_days=30",
+                s.base
+            ))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{}: {list}", tdb.label);
+        let c = &items[0];
+        assert_eq!(c["common_name"], "soon.example.com");
+        assert_eq!(
+            c["sans"],
+            json!(["soon.example.com", "www.soon.example.com"])
+        );
+        assert_eq!(c["key_type"], "ec");
+        assert_eq!(c["signature_algorithm"], "ecdsa-with-SHA256");
+        assert_eq!(c["endpoints"][0]["host"], "soon.example.com");
+        assert_eq!(c["endpoints"][0]["port"], 443);
+        assert_eq!(c["endpoints"][0]["agent"], agent_id.as_str());
+        assert_eq!(c["endpoints"][0]["protocol"], "TLSv1.3");
+
+        let sha = c["sha256"].as_str().unwrap();
+        let detail: Value = s
+            .client
+            .get(format!("{}/api/v1/certificates/{sha}", s.base))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            detail["pem"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        assert_eq!(detail["served_history"][0]["host"], "soon.example.com");
+
+        let csv = s
+            .client
+            .get(format!("{}/api/v1/certificates?format=csv", s.base))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+        let text = csv.text().await.unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "header + 3 certificates");
+        assert!(lines[1].contains("soon.example.com:443"));
+
+        let eps: Value = s
+            .client
+            .get(format!("{}/api/v1/endpoints", s.base))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let eps = eps["items"].as_array().unwrap();
+        assert_eq!(eps.len(), 3);
+        let down = eps
+            .iter()
+            .find(|e| e["host"] == "down.example.com")
+            .unwrap();
+        assert_eq!(down["last_error"]["kind"], "handshake");
+        assert!(down["sha256"].is_null());
+
+        let agents: Value = s
+            .client
+            .get(format!("{}/api/v1/agents", s.base))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(agents["items"][0]["watched_endpoints"], 9);
+        assert_eq!(agents["items"][0]["hostname"], "scanner1");
+
+        // Revocation takes effect with the next request.
+        let r = s
+            .client
+            .delete(format!("{}/api/v1/agents/{agent_id}", s.base))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let r = s
+            .client
+            .post(format!("{}/api/v1/reports", s.base))
+            .bearer_auth(&cred)
+            .json(&report("r2", vec![]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::UNAUTHORIZED, "unauthorized".into())
+        );
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_reports_get_clear_errors_and_change_nothing() {
+    let pki = TestPki::new().unwrap();
+    let good = pki
+        .leaf(&LeafSpec::new("good.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let s = start(|c| c.max_report_bytes = 64 * 1024).await.unwrap();
+    let (_, cred) = enroll(&s).await;
+    let post = |body: String| {
+        s.client
+            .post(format!("{}/api/v1/reports", s.base))
+            .bearer_auth(&cred)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let huge = report(
+        "big",
+        vec![tls_obs("x.test", 443, &[&vec![0x30u8; 100_000]])],
+    )
+    .to_string();
+    assert_eq!(
+        error_code(post(huge).await.unwrap()).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "report_too_large".into())
+    );
+    assert_eq!(
+        error_code(post("{not json".into()).await.unwrap()).await,
+        (StatusCode::BAD_REQUEST, "malformed_report".into())
+    );
+    let mut forged = report("f", vec![tls_obs("x.test", 443, &[&good.der])]);
+    forged["observations"][0]["common_name"] = json!("forged");
+    assert_eq!(
+        error_code(post(forged.to_string()).await.unwrap()).await.1,
+        "malformed_report"
+    );
+    let mut port0 = report("p", vec![tls_obs("x.test", 443, &[&good.der])]);
+    port0["observations"][0]["port"] = json!(0);
+    assert_eq!(
+        error_code(post(port0.to_string()).await.unwrap()).await.1,
+        "malformed_report"
+    );
+    let r = s
+        .client
+        .get(format!("{}/api/v1/certificates?bogus=1", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
+    let r = s
+        .client
+        .get(format!("{}/api/v1/certificates?cursor=zzz", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "invalid_cursor".into())
+    );
+    let list: Value = s
+        .client
+        .get(format!("{}/api/v1/certificates", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        0,
+        "rejected reports stored nothing"
+    );
+
+    // A DER blob that does not parse is kept as a failure of that endpoint; the rest lands.
+    let mixed = report(
+        "m",
+        vec![
+            tls_obs("bad.test", 443, &[b"\x30\x03garbage"]),
+            tls_obs("good.test", 443, &[&good.der]),
+        ],
+    );
+    let r: Value = post(mixed.to_string()).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (r["rejected"].as_u64(), r["new_certificates"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let eps: Value = s
+        .client
+        .get(format!("{}/api/v1/endpoints?host=bad.test", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(eps["items"][0]["last_error"]["kind"], "bad_certificate");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn https_by_default_with_a_generated_certificate_and_one_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    install_provider();
+    let first = prepare(ServerConfig::new(&d)).await.unwrap();
+    let token = first
+        .created_admin_token
+        .clone()
+        .expect("first start creates a token");
+    let fp = first.certificate_fingerprint.unwrap();
+    first.state.store.close().await;
+    drop(first);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["admin.token", "server.key"] {
+            let mode = std::fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(d.join("admin.token")).unwrap(),
+        token
+    );
+    let pem = std::fs::read(d.join("server.crt")).unwrap();
+    let der = certkeeper_pki::pem_to_ders(&pem).unwrap().remove(0);
+    assert_eq!(certkeeper_pki::sha256(&der), fp);
+    let second = prepare(ServerConfig::new(&d)).await.unwrap();
+    assert!(
+        second.created_admin_token.is_none(),
+        "the token is printed once"
+    );
+    assert_eq!(
+        second.certificate_fingerprint,
+        Some(fp),
+        "the certificate is kept"
+    );
+    second.state.store.close().await;
+
+    let s = start(|c| c.http = false).await.unwrap();
+    assert!(s.base.starts_with("https://"));
+    let r = s
+        .client
+        .get(format!("{}/api/v1/agents", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(s.fingerprint.is_some());
+    s.stop().await;
+}
