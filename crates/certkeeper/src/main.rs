@@ -1,1 +1,79 @@
-fn main() {}
+//! `certkeeper`: the one binary. A thin layer over the library crates: parse the
+//! command line (flags, `CERTKEEPER_*` environment, `--config` TOML), then call in.
+
+mod admin;
+mod agent;
+mod client;
+mod server_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "certkeeper", version, about = "Find, inventory and watch every TLS certificate", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: inventory, REST API.
+    Server(server_cmd::ServerArgs),
+    /// Agent commands: enroll, configure discovery, scan.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Administration: enrollment tokens, agents.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// Query the certificate inventory.
+    #[command(subcommand)]
+    Certs(admin::CertsCommand),
+}
+
+/// Output format of commands that list or report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+    Csv,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = std::env::var("CERTKEEPER_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    // One crypto provider for every rustls user in the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server_cmd::run(args).await,
+            Command::Agent(cmd) => agent::run(cmd).await,
+            Command::Admin(cmd) => admin::run_admin(cmd).await,
+            Command::Certs(cmd) => admin::run_certs(cmd).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

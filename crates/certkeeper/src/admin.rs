@@ -1,0 +1,409 @@
+//! Commands that act on a server's data: `admin …` and `certs …`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::Output;
+use crate::client::{self, call};
+
+/// How to reach the server.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// Server URL, e.g. https://certkeeper.example.com:8443
+    #[arg(long, env = "CERTKEEPER_SERVER")]
+    server: Option<String>,
+    /// Administrator API token.
+    #[arg(long, env = "CERTKEEPER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the API token.
+    #[arg(long, env = "CERTKEEPER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Trust the server whose certificate (or CA) has this SHA-256.
+    #[arg(long, env = "CERTKEEPER_CA_FINGERPRINT")]
+    ca_fingerprint: Option<String>,
+    /// Trust the server through this CA certificate (PEM).
+    #[arg(long, env = "CERTKEEPER_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Remote {
+    fn connect(&self) -> Result<Api> {
+        let Some(base) = &self.server else {
+            bail!("no server given: use --server URL or CERTKEEPER_SERVER");
+        };
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => bail!("no token given: use --token, --token-file or CERTKEEPER_TOKEN"),
+        };
+        let trust = client::trust_from(self.ca_fingerprint.as_deref(), self.ca_file.as_deref())?;
+        Ok(Api {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: client::http_client(&trust, Duration::from_secs(60))?,
+        })
+    }
+}
+
+impl Api {
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        Ok(call(self.http.get(&url).query(query).bearer_auth(&self.token), &url).await?)
+    }
+    async fn get_text(&self, path: &str, query: &[(&str, String)]) -> Result<(String, Option<String>)> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .query(query)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {url}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            bail!(
+                "the server refused: {} ({}, HTTP {status})",
+                v["error"]["message"].as_str().unwrap_or(""),
+                v["error"]["code"].as_str().unwrap_or("http_error")
+            );
+        }
+        let next = resp
+            .headers()
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok((resp.text().await?, next))
+    }
+    async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        Ok(call(self.http.post(&url).json(body).bearer_auth(&self.token), &url).await?)
+    }
+    async fn delete(&self, path: &str) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        Ok(call(self.http.delete(&url).bearer_auth(&self.token), &url).await?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Enrollment tokens for agents.
+    #[command(subcommand, name = "enrollment-token")]
+    EnrollmentToken(EnrollmentTokenCommand),
+    /// Enrolled agents.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollmentTokenCommand {
+    /// Create a token an agent enrolls with.
+    Create {
+        /// How long the token is valid: 30m, 24h, 7d…
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        expires_in: Duration,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List agents with host, version, last contact and how much they watch.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke an agent: its credential stops working at once.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// List certificates, soonest expiry first.
+    List {
+        /// Only certificates expiring within this many days (expired ones included).
+        #[arg(long)]
+        expiring_within: Option<u32>,
+        /// Only expired certificates.
+        #[arg(long)]
+        expired: bool,
+        /// Substring of the common name or a SAN.
+        #[arg(long)]
+        q: Option<String>,
+        /// Substring of the issuer.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// At most this many (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one certificate by SHA-256.
+    Show {
+        sha256: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `30s`, `15m`, `24h`, `7d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err("a duration must be more than zero".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
+    match cmd {
+        AdminCommand::EnrollmentToken(EnrollmentTokenCommand::Create {
+            expires_in,
+            uses,
+            output,
+            remote,
+        }) => {
+            let api = remote.connect()?;
+            let v = api
+                .post(
+                    "/api/v1/agents/enrollment-tokens",
+                    &json!({"expires_in_seconds": expires_in.as_secs(), "uses": uses}),
+                )
+                .await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                eprintln!(
+                    "Enrollment token (valid until {}, {} use(s)):",
+                    v["expires_at"].as_str().unwrap_or("?"),
+                    v["uses"]
+                );
+                println!("{}", v["token"].as_str().unwrap_or_default());
+            }
+        }
+        AdminCommand::Agents(AgentsCommand::List { output, remote }) => {
+            let api = remote.connect()?;
+            let v = api.get("/api/v1/agents", &[]).await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{:<36}  {:<20}  {:<8}  {:<20}  {:>8}  {:>8}  STATUS",
+                    "ID", "HOST", "VERSION", "LAST CONTACT", "WATCHES", "SEEN"
+                );
+                for a in v["items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<36}  {:<20}  {:<8}  {:<20}  {:>8}  {:>8}  {}",
+                        a["id"].as_str().unwrap_or(""),
+                        a["hostname"].as_str().unwrap_or(""),
+                        a["version"].as_str().unwrap_or(""),
+                        a["last_contact"].as_str().unwrap_or("never"),
+                        a["watched_endpoints"],
+                        a["endpoints_seen"],
+                        if a["revoked"] == true { "revoked" } else { "active" }
+                    );
+                }
+            }
+        }
+        AdminCommand::Agents(AgentsCommand::Revoke { id, remote }) => {
+            let api = remote.connect()?;
+            api.delete(&format!("/api/v1/agents/{id}")).await?;
+            eprintln!("agent {id} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
+    match cmd {
+        CertsCommand::List {
+            expiring_within,
+            expired,
+            q,
+            issuer,
+            limit,
+            output,
+            remote,
+        } => {
+            let api = remote.connect()?;
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(d) = expiring_within {
+                query.push(("expiring_within_days", d.to_string()));
+            }
+            if expired {
+                query.push(("expired", "true".into()));
+            }
+            if let Some(q) = q {
+                query.push(("q", q));
+            }
+            if let Some(i) = issuer {
+                query.push(("issuer", i));
+            }
+            if output == Output::Csv {
+                query.push(("format", "csv".into()));
+                let mut cursor: Option<String> = None;
+                let mut first = true;
+                loop {
+                    let mut q = query.clone();
+                    if let Some(c) = &cursor {
+                        q.push(("cursor", c.clone()));
+                    }
+                    let (text, next) = api.get_text("/api/v1/certificates", &q).await?;
+                    // Every page repeats the header; print it once.
+                    let body = if first { text.as_str() } else { text.split_once("\r\n").map(|x| x.1).unwrap_or("") };
+                    print!("{body}");
+                    first = false;
+                    match next {
+                        Some(n) => cursor = Some(n),
+                        None => break,
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut items: Vec<Value> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut q = query.clone();
+                q.push(("limit", "1000".into()));
+                if let Some(c) = &cursor {
+                    q.push(("cursor", c.clone()));
+                }
+                let page = api.get("/api/v1/certificates", &q).await?;
+                items.extend(page["items"].as_array().cloned().unwrap_or_default());
+                if limit.is_some_and(|l| items.len() >= l) {
+                    items.truncate(limit.unwrap_or(usize::MAX));
+                    break;
+                }
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_string()),
+                    None => break,
+                }
+            }
+            if output == Output::Json {
+                println!("{}", json!({"items": items}));
+            } else {
+                println!("{:<10}  {:>5}  {:<40}  {:<30}  WHERE", "EXPIRES", "DAYS", "COMMON NAME", "ISSUER");
+                for c in &items {
+                    let wher: Vec<String> = c["endpoints"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|e| format!("{}:{}", e["host"].as_str().unwrap_or(""), e["port"]))
+                        .collect();
+                    println!(
+                        "{:<10}  {:>5}  {:<40}  {:<30}  {}",
+                        c["not_after"].as_str().unwrap_or("").get(..10).unwrap_or(""),
+                        c["days_left"],
+                        c["common_name"].as_str().unwrap_or("-"),
+                        short_issuer(c["issuer"].as_str().unwrap_or("")),
+                        wher.join(" ")
+                    );
+                }
+                eprintln!("{} certificate(s)", items.len());
+            }
+        }
+        CertsCommand::Show { sha256, output, remote } => {
+            let api = remote.connect()?;
+            let c = api.get(&format!("/api/v1/certificates/{sha256}"), &[]).await?;
+            if output == Output::Json {
+                println!("{c}");
+            } else {
+                for key in [
+                    "sha256", "serial", "subject", "issuer", "not_before", "not_after", "days_left", "key_type",
+                    "key_bits", "signature_algorithm", "self_signed", "is_ca",
+                ] {
+                    println!("{key:>20}: {}", display(&c[key]));
+                }
+                println!("{:>20}: {}", "sans", display(&c["sans"]));
+                for e in c["endpoints"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>20}: {}:{} ({}) last seen {}",
+                        "served at",
+                        e["host"].as_str().unwrap_or(""),
+                        e["port"],
+                        e["ip"].as_str().unwrap_or(""),
+                        e["last_seen"].as_str().unwrap_or("?")
+                    );
+                }
+                print!("{}", c["pem"].as_str().unwrap_or(""));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn display(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(display).collect::<Vec<_>>().join(", "),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn short_issuer(issuer: &str) -> String {
+    let cn = issuer
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("CN="))
+        .unwrap_or(issuer);
+    cn.chars().take(30).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

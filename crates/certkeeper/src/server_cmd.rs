@@ -1,0 +1,191 @@
+//! `certkeeper server`: layered configuration (defaults, TOML, environment, flags),
+//! then the server library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use certkeeper_server::ServerConfig;
+use serde::Deserialize;
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// TOML configuration file (flags and environment override it).
+    #[arg(long, env = "CERTKEEPER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the database, certificate and admin token live [default: ./certkeeper-data].
+    #[arg(long, env = "CERTKEEPER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8443].
+    #[arg(long, env = "CERTKEEPER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// postgres://… to use PostgreSQL; default: SQLite in the data dir.
+    #[arg(long, env = "CERTKEEPER_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The address stated in messages and tickets.
+    #[arg(long, env = "CERTKEEPER_EXTERNAL_URL")]
+    external_url: Option<String>,
+    /// Serve plain HTTP (behind a TLS proxy, or on loopback).
+    #[arg(long, env = "CERTKEEPER_HTTP")]
+    http: bool,
+}
+
+/// The server's TOML file. Unknown keys are an error; `*_file` keys read secrets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    database_url_file: Option<PathBuf>,
+    external_url: Option<String>,
+    http: Option<bool>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    max_report_bytes: Option<usize>,
+    auth_failures_per_minute: Option<u32>,
+}
+
+fn read_secret(path: &Path) -> Result<String> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(s)
+}
+
+/// From the environment: `CERTKEEPER_X`, or the contents of the file `CERTKEEPER_X_FILE`.
+fn env_secret(name: &str) -> Result<Option<String>> {
+    if let Ok(v) = std::env::var(name)
+        && !v.is_empty()
+    {
+        return Ok(Some(v));
+    }
+    match std::env::var(format!("{name}_FILE")) {
+        Ok(p) if !p.is_empty() => read_secret(Path::new(&p)).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Layer defaults, the TOML file, the environment and the flags into one value.
+fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("{} is not a valid server configuration", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("certkeeper-data"));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+    let mut cfg = ServerConfig::new(data_dir);
+    cfg.database_url = match (&args.database_url, env_secret("CERTKEEPER_DATABASE_URL")?) {
+        (Some(u), _) => Some(u.clone()),
+        (None, Some(u)) => Some(u),
+        (None, None) => match (file.database_url, file.database_url_file) {
+            (Some(u), _) => Some(u),
+            (None, Some(p)) => Some(read_secret(&p)?),
+            (None, None) => None,
+        },
+    };
+    cfg.http = args.http || file.http.unwrap_or(false);
+    cfg.external_url = args.external_url.clone().or(file.external_url);
+    cfg.admin_token = match env_secret("CERTKEEPER_ADMIN_TOKEN")? {
+        Some(t) => Some(t),
+        None => match (file.admin_token, file.admin_token_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(p)) => Some(read_secret(&p)?),
+            (None, None) => None,
+        },
+    };
+    if let Some(t) = &cfg.admin_token
+        && t.len() < 24
+    {
+        bail!("the preset administrator token must be at least 24 characters");
+    }
+    if let Some(n) = file.max_report_bytes {
+        cfg.max_report_bytes = n;
+    }
+    if let Some(n) = file.auth_failures_per_minute {
+        cfg.auth_failures_per_minute = n;
+    }
+    if !listen.ip().is_unspecified() {
+        cfg.tls_names.push(listen.ip().to_string());
+    }
+    if let Some(host) = cfg
+        .external_url
+        .as_deref()
+        .and_then(|u| u.split("://").nth(1))
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .filter(|h| !h.is_empty())
+    {
+        cfg.tls_names.push(host.to_string());
+    }
+    Ok((cfg, listen))
+}
+
+pub async fn run(args: ServerArgs) -> Result<ExitCode> {
+    let (cfg, listen) = layered(&args)?;
+    let data_dir = cfg.data_dir.clone();
+    let http = cfg.http;
+    let prepared = certkeeper_server::prepare(cfg).await.context("starting the server")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let scheme = if http { "http" } else { "https" };
+    eprintln!("certkeeper {} serving on {scheme}://{listen}", env!("CARGO_PKG_VERSION"));
+    if let Some(token) = &prepared.created_admin_token {
+        eprintln!(
+            "Administrator token (shown once; also saved to {}):",
+            data_dir.join("admin.token").display()
+        );
+        println!("{token}");
+    }
+    if let Some(fp) = prepared.certificate_fingerprint {
+        eprintln!("Server certificate SHA-256 (agents enroll with --ca-fingerprint): {fp}");
+    }
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    };
+    prepared.launch(listener, shutdown).await?;
+    eprintln!("certkeeper server stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_unknown_keys_are_refused() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/server.toml")).unwrap();
+        let parsed: FileConfig = toml::from_str(&text).unwrap();
+        assert_eq!(parsed.listen, Some("127.0.0.1:8443".parse().unwrap()));
+        assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 5").is_err());
+    }
+}
