@@ -12,7 +12,7 @@ use certkeeper_core::expiry::expiring_cutoff;
 use certkeeper_core::inventory::CertificateFilter;
 use certkeeper_core::report::{Outcome, ScanReport};
 use certkeeper_core::{Fingerprint, MAX_CERT_DER_BYTES};
-use certkeeper_store::{NewAgent, ParsedCert, Principal, Sighting, SightingResult};
+use certkeeper_store::{NewAgent, ParsedCert, Principal, ReportMeta, Sighting, SightingResult};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
@@ -468,11 +468,13 @@ async fn report(
     let summary = state
         .store
         .ingest(
-            &agent_id,
-            &report.report_id,
-            report.watched_endpoints,
-            &report.hostname,
-            &report.agent_version,
+            &ReportMeta {
+                agent_id: &agent_id,
+                report_id: &report.report_id,
+                watched_endpoints: report.watched_endpoints,
+                hostname: &report.hostname,
+                agent_version: &report.agent_version,
+            },
             &sightings,
             OffsetDateTime::now_utc(),
         )

@@ -28,6 +28,17 @@ pub struct Sighting {
     pub result: SightingResult,
 }
 
+/// Who sent a report and what it says about itself.
+#[derive(Debug, Clone)]
+pub struct ReportMeta<'a> {
+    pub agent_id: &'a str,
+    pub report_id: &'a str,
+    /// (address, port) pairs the agent is configured to watch.
+    pub watched_endpoints: u64,
+    pub hostname: &'a str,
+    pub agent_version: &'a str,
+}
+
 /// What the endpoint presented, decoded.
 #[derive(Debug, Clone)]
 pub enum SightingResult {
@@ -67,11 +78,7 @@ impl Store {
     /// several servers end with one row per certificate and per endpoint.
     pub async fn ingest(
         &self,
-        agent_id: &str,
-        report_id: &str,
-        watched_endpoints: u64,
-        hostname: &str,
-        agent_version: &str,
+        meta: &ReportMeta<'_>,
         sightings: &[Sighting],
         now: OffsetDateTime,
     ) -> Result<IngestSummary, StoreError> {
@@ -88,7 +95,7 @@ impl Store {
             })
             .flatten()
             .collect();
-        certs.sort_by(|a, b| a.facts.sha256.cmp(&b.facts.sha256));
+        certs.sort_by_key(|c| c.facts.sha256);
         certs.dedup_by(|a, b| a.facts.sha256 == b.facts.sha256);
 
         let mut attempt = 0;
@@ -96,19 +103,7 @@ impl Store {
             attempt += 1;
             let _w = self.writer().await;
             let mut tx = self.pool.begin().await?;
-            let result = self
-                .ingest_tx(
-                    &mut tx,
-                    agent_id,
-                    report_id,
-                    watched_endpoints,
-                    hostname,
-                    agent_version,
-                    &order,
-                    &certs,
-                    now,
-                )
-                .await;
+            let result = self.ingest_tx(&mut tx, meta, &order, &certs, now).await;
             match result {
                 Ok(summary) => {
                     if summary.duplicate {
@@ -128,19 +123,15 @@ impl Store {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // One call site; the arguments are the report.
     async fn ingest_tx(
         &self,
         tx: &mut Transaction<'static, Any>,
-        agent_id: &str,
-        report_id: &str,
-        watched_endpoints: u64,
-        hostname: &str,
-        agent_version: &str,
+        meta: &ReportMeta<'_>,
         sightings: &[&Sighting],
         certs: &[&ParsedCert],
         now: OffsetDateTime,
     ) -> Result<IngestSummary, StoreError> {
+        let agent_id = meta.agent_id;
         let mut summary = IngestSummary {
             observations: sightings.len() as u64,
             ..IngestSummary::default()
@@ -149,7 +140,7 @@ impl Store {
             "INSERT INTO reports (agent_id, report_id, received_at, observations) VALUES ($1, $2, $3, $4) ON CONFLICT (agent_id, report_id) DO NOTHING",
         )
         .bind(agent_id)
-        .bind(report_id)
+        .bind(meta.report_id)
         .bind(now.unix_timestamp())
         .bind(sightings.len() as i64)
         .execute(&mut **tx)
@@ -295,9 +286,9 @@ impl Store {
         )
         .bind(agent_id)
         .bind(now.unix_timestamp())
-        .bind(watched_endpoints as i64)
-        .bind(hostname)
-        .bind(agent_version)
+        .bind(meta.watched_endpoints as i64)
+        .bind(meta.hostname)
+        .bind(meta.agent_version)
         .execute(&mut **tx)
         .await?;
         Ok(summary)

@@ -13,7 +13,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Executor, Row, SqlStr};
 use time::OffsetDateTime;
 
-pub use ingest::{ParsedCert, Sighting, SightingResult};
+pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

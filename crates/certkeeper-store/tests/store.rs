@@ -5,10 +5,20 @@ use std::net::IpAddr;
 
 use certkeeper_core::inventory::CertificateFilter;
 use certkeeper_store::{
-    NewAgent, ParsedCert, Principal, Sighting, SightingResult, Store, StoreError,
+    NewAgent, ParsedCert, Principal, ReportMeta, Sighting, SightingResult, Store, StoreError,
 };
 use certkeeper_testkit::{KeyKind, LeafSpec, TestPki, db};
 use time::{Duration, OffsetDateTime};
+
+fn meta<'a>(agent_id: &'a str, report_id: &'a str, watched: u64) -> ReportMeta<'a> {
+    ReportMeta {
+        agent_id,
+        report_id,
+        watched_endpoints: watched,
+        hostname: "scanner",
+        agent_version: "0.1.0",
+    }
+}
 
 fn parsed(der: &[u8]) -> ParsedCert {
     ParsedCert {
@@ -73,7 +83,7 @@ async fn ingest_is_unique_by_sha256_and_endpoint_and_idempotent_by_report() {
             tls_sighting("a.test", 8443, &chain, now),
         ];
         let s = store
-            .ingest("ag1", "r1", 2, "scanner", "0.1.0", &sightings, now)
+            .ingest(&meta("ag1", "r1", 2), &sightings, now)
             .await
             .unwrap();
         assert_eq!(
@@ -83,12 +93,12 @@ async fn ingest_is_unique_by_sha256_and_endpoint_and_idempotent_by_report() {
             tdb.label
         );
         let again = store
-            .ingest("ag1", "r1", 2, "scanner", "0.1.0", &sightings, now)
+            .ingest(&meta("ag1", "r1", 2), &sightings, now)
             .await
             .unwrap();
         assert!(again.duplicate, "{}", tdb.label);
         let s2 = store
-            .ingest("ag1", "r2", 2, "scanner", "0.1.0", &sightings, now)
+            .ingest(&meta("ag1", "r2", 2), &sightings, now)
             .await
             .unwrap();
         assert_eq!(
@@ -136,11 +146,7 @@ async fn a_replaced_certificate_is_known_to_be_replaced() {
         let t1 = t0 + Duration::days(1);
         store
             .ingest(
-                "ag1",
-                "r1",
-                1,
-                "h",
-                "v",
+                &meta("ag1", "r1", 1),
                 &[tls_sighting("r.test", 443, &[&old.der], t0)],
                 t0,
             )
@@ -148,11 +154,7 @@ async fn a_replaced_certificate_is_known_to_be_replaced() {
             .unwrap();
         let s = store
             .ingest(
-                "ag1",
-                "r2",
-                1,
-                "h",
-                "v",
+                &meta("ag1", "r2", 1),
                 &[tls_sighting("r.test", 443, &[&new.der], t1)],
                 t1,
             )
@@ -162,11 +164,7 @@ async fn a_replaced_certificate_is_known_to_be_replaced() {
         // A late report from a spool, older than what we know, changes nothing current.
         let late = store
             .ingest(
-                "ag1",
-                "r0",
-                1,
-                "h",
-                "v",
+                &meta("ag1", "r0", 1),
                 &[tls_sighting(
                     "r.test",
                     443,
@@ -219,7 +217,7 @@ async fn listing_filters_and_pages_by_expiry() {
             .map(|(i, d)| tls_sighting(&format!("host{i}.example.com"), 443, &[d], now))
             .collect();
         store
-            .ingest("ag1", "r1", 5, "h", "v", &sightings, now)
+            .ingest(&meta("ag1", "r1", 5), &sightings, now)
             .await
             .unwrap();
         let within30 = CertificateFilter {
@@ -427,7 +425,7 @@ async fn an_interrupted_ingest_leaves_all_or_nothing() {
             let sg = sightings.clone();
             let id = format!("r{delay_us}");
             let task =
-                tokio::spawn(async move { s2.ingest("ag1", &id, 40, "h", "v", &sg, now).await });
+                tokio::spawn(async move { s2.ingest(&meta("ag1", &id, 40), &sg, now).await });
             tokio::time::sleep(std::time::Duration::from_micros(delay_us)).await;
             task.abort();
             let _ = task.await;
@@ -483,11 +481,11 @@ async fn two_servers_ingesting_the_same_certificates_at_once_keep_one_row_each()
             let (a, b) = (s1.clone(), s2.clone());
             let (x, y) = (mk(false), mk(true));
             tasks.push(tokio::spawn(async move {
-                a.ingest("ag1", &format!("a{round}"), 30, "h", "v", &x, now)
+                a.ingest(&meta("ag1", &format!("a{round}"), 30), &x, now)
                     .await
             }));
             tasks.push(tokio::spawn(async move {
-                b.ingest("ag2", &format!("b{round}"), 30, "h", "v", &y, now)
+                b.ingest(&meta("ag2", &format!("b{round}"), 30), &y, now)
                     .await
             }));
         }

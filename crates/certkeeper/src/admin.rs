@@ -62,9 +62,17 @@ impl Remote {
 impl Api {
     async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
         let url = format!("{}{path}", self.base);
-        Ok(call(self.http.get(&url).query(query).bearer_auth(&self.token), &url).await?)
+        Ok(call(
+            self.http.get(&url).query(query).bearer_auth(&self.token),
+            &url,
+        )
+        .await?)
     }
-    async fn get_text(&self, path: &str, query: &[(&str, String)]) -> Result<(String, Option<String>)> {
+    async fn get_text(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<(String, Option<String>)> {
         let url = format!("{}{path}", self.base);
         let resp = self
             .http
@@ -92,7 +100,11 @@ impl Api {
     }
     async fn post(&self, path: &str, body: &Value) -> Result<Value> {
         let url = format!("{}{path}", self.base);
-        Ok(call(self.http.post(&url).json(body).bearer_auth(&self.token), &url).await?)
+        Ok(call(
+            self.http.post(&url).json(body).bearer_auth(&self.token),
+            &url,
+        )
+        .await?)
     }
     async fn delete(&self, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.base);
@@ -243,7 +255,11 @@ pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
                         a["last_contact"].as_str().unwrap_or("never"),
                         a["watched_endpoints"],
                         a["endpoints_seen"],
-                        if a["revoked"] == true { "revoked" } else { "active" }
+                        if a["revoked"] == true {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
                     );
                 }
             }
@@ -293,7 +309,11 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
                     }
                     let (text, next) = api.get_text("/api/v1/certificates", &q).await?;
                     // Every page repeats the header; print it once.
-                    let body = if first { text.as_str() } else { text.split_once("\r\n").map(|x| x.1).unwrap_or("") };
+                    let body = if first {
+                        text.as_str()
+                    } else {
+                        text.split_once("\r\n").map(|x| x.1).unwrap_or("")
+                    };
                     print!("{body}");
                     first = false;
                     match next {
@@ -325,7 +345,10 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
             if output == Output::Json {
                 println!("{}", json!({"items": items}));
             } else {
-                println!("{:<10}  {:>5}  {:<40}  {:<30}  WHERE", "EXPIRES", "DAYS", "COMMON NAME", "ISSUER");
+                println!(
+                    "{:<10}  {:>5}  {:<40}  {:<30}  WHERE",
+                    "EXPIRES", "DAYS", "COMMON NAME", "ISSUER"
+                );
                 for c in &items {
                     let wher: Vec<String> = c["endpoints"]
                         .as_array()
@@ -335,7 +358,11 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
                         .collect();
                     println!(
                         "{:<10}  {:>5}  {:<40}  {:<30}  {}",
-                        c["not_after"].as_str().unwrap_or("").get(..10).unwrap_or(""),
+                        c["not_after"]
+                            .as_str()
+                            .unwrap_or("")
+                            .get(..10)
+                            .unwrap_or(""),
                         c["days_left"],
                         c["common_name"].as_str().unwrap_or("-"),
                         short_issuer(c["issuer"].as_str().unwrap_or("")),
@@ -345,15 +372,31 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
                 eprintln!("{} certificate(s)", items.len());
             }
         }
-        CertsCommand::Show { sha256, output, remote } => {
+        CertsCommand::Show {
+            sha256,
+            output,
+            remote,
+        } => {
             let api = remote.connect()?;
-            let c = api.get(&format!("/api/v1/certificates/{sha256}"), &[]).await?;
+            let c = api
+                .get(&format!("/api/v1/certificates/{sha256}"), &[])
+                .await?;
             if output == Output::Json {
                 println!("{c}");
             } else {
                 for key in [
-                    "sha256", "serial", "subject", "issuer", "not_before", "not_after", "days_left", "key_type",
-                    "key_bits", "signature_algorithm", "self_signed", "is_ca",
+                    "sha256",
+                    "serial",
+                    "subject",
+                    "issuer",
+                    "not_before",
+                    "not_after",
+                    "days_left",
+                    "key_type",
+                    "key_bits",
+                    "signature_algorithm",
+                    "self_signed",
+                    "is_ca",
                 ] {
                     println!("{key:>20}: {}", display(&c[key]));
                 }

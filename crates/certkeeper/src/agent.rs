@@ -54,7 +54,9 @@ fn is_root() -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
     }
     #[cfg(not(unix))]
     false
@@ -186,7 +188,9 @@ impl Default for ScanSettings {
 
 fn load_toml<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T> {
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("{} is not valid", path.display())),
+        Ok(text) => {
+            toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -203,7 +207,9 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(mode);
         }
-        let mut f = opts.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(data)
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {} (disk full?)", tmp.display()))?;
@@ -243,7 +249,10 @@ pub async fn run(cmd: AgentCommand) -> Result<ExitCode> {
         } => enroll(&server, &token, ca_fingerprint, ca_file, name, &dir.path()).await,
         AgentCommand::Discover(args) => discover(args),
         AgentCommand::Scan(args) => scan(&args).await,
-        AgentCommand::Run { interval, scan: args } => loop {
+        AgentCommand::Run {
+            interval,
+            scan: args,
+        } => loop {
             match scan(&args).await {
                 Ok(_) => {}
                 Err(e) => eprintln!("error: {e:#}"),
@@ -288,8 +297,15 @@ async fn enroll(
     cfg.ca_fingerprint = ca_fingerprint;
     cfg.ca_file = ca_file.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     write_atomic(&dir.join("credential"), credential.as_bytes(), 0o600)?;
-    write_atomic(&dir.join("agent.toml"), toml::to_string(&cfg)?.as_bytes(), 0o600)?;
-    eprintln!("enrolled with {server} as agent {id}; configuration in {}", dir.display());
+    write_atomic(
+        &dir.join("agent.toml"),
+        toml::to_string(&cfg)?.as_bytes(),
+        0o600,
+    )?;
+    eprintln!(
+        "enrolled with {server} as agent {id}; configuration in {}",
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -300,7 +316,11 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode> {
     let mut watch: Watchlist = load_toml(&watch_path)?;
     let parse_servers = |s: &Option<String>| -> Result<Vec<String>> {
         s.as_deref()
-            .map(|s| split_list(s).map(parse_server_name).collect::<Result<Vec<_>, _>>())
+            .map(|s| {
+                split_list(s)
+                    .map(parse_server_name)
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .transpose()
             .map(Option::unwrap_or_default)
             .map_err(Into::into)
@@ -317,7 +337,11 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode> {
         add_ranges: parse_ranges(&args.ips)?,
         remove_servers: parse_servers(&args.remove_servers)?,
         remove_ranges: parse_ranges(&args.remove_ips)?,
-        ports: args.ports.as_deref().map(str::parse::<PortSet>).transpose()?,
+        ports: args
+            .ports
+            .as_deref()
+            .map(str::parse::<PortSet>)
+            .transpose()?,
     };
     let changes_something = !change.add_servers.is_empty()
         || !change.add_ranges.is_empty()
@@ -325,7 +349,9 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode> {
         || !change.remove_ranges.is_empty()
         || change.ports.is_some();
     if !changes_something && !args.list {
-        bail!("nothing to do: give --servers, --ips, --ports, --remove-servers, --remove-ips or --list");
+        bail!(
+            "nothing to do: give --servers, --ips, --ports, --remove-servers, --remove-ips or --list"
+        );
     }
     if changes_something {
         watch.apply(&change, u128::from(cfg.scan.max_range_addresses))?;
@@ -372,7 +398,10 @@ fn link(dir: &Path, cfg: &AgentConfig) -> Result<Link> {
         .trim()
         .to_string();
     let trust = match (&cfg.ca_fingerprint, &cfg.ca_file) {
-        (Some(fp), _) => Trust::Pinned(fp.parse().map_err(|e| anyhow::anyhow!("agent.toml ca_fingerprint: {e}"))?),
+        (Some(fp), _) => Trust::Pinned(
+            fp.parse()
+                .map_err(|e| anyhow::anyhow!("agent.toml ca_fingerprint: {e}"))?,
+        ),
         (None, Some(f)) => Trust::CaFile(f.clone()),
         (None, None) => Trust::System,
     };
@@ -400,7 +429,10 @@ impl Link {
 
 /// Send spooled reports, oldest first. Returns (sent, still spooled, server summaries,
 /// first error). A report the server refuses as malformed is moved aside, not retried.
-async fn flush_spool(link: &Link, spool: &Path) -> Result<(usize, usize, Vec<Value>, Option<String>)> {
+async fn flush_spool(
+    link: &Link,
+    spool: &Path,
+) -> Result<(usize, usize, Vec<Value>, Option<String>)> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(spool) {
         Ok(rd) => rd
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -420,14 +452,22 @@ async fn flush_spool(link: &Link, spool: &Path) -> Result<(usize, usize, Vec<Val
                 sent += 1;
                 summaries.push(summary);
             }
-            Err(ApiCallError::Refused { status, code, message }) if status == 400 || status == 413 => {
+            Err(ApiCallError::Refused {
+                status,
+                code,
+                message,
+            }) if status == 400 || status == 413 => {
                 let aside = f.with_extension("rejected");
                 let _ = std::fs::rename(f, &aside);
                 return Ok((
                     sent,
                     files.len() - i - 1,
                     summaries,
-                    Some(format!("the server rejected {} ({code}): {message}; kept as {}", f.display(), aside.display())),
+                    Some(format!(
+                        "the server rejected {} ({code}): {message}; kept as {}",
+                        f.display(),
+                        aside.display()
+                    )),
                 ));
             }
             Err(e) => return Ok((sent, files.len() - i, summaries, Some(e.to_string()))),
@@ -444,7 +484,10 @@ fn worth_reporting(t: &Target, o: &Observation) -> bool {
             Outcome::Tls { .. } => true,
             Outcome::Failed { kind, .. } => !matches!(
                 kind,
-                FailureKind::Refused | FailureKind::ConnectTimeout | FailureKind::Network | FailureKind::Dns
+                FailureKind::Refused
+                    | FailureKind::ConnectTimeout
+                    | FailureKind::Network
+                    | FailureKind::Dns
             ),
         }
 }
@@ -454,9 +497,15 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
     let cfg: AgentConfig = load_toml(&dir.join("agent.toml"))?;
     let watch: Watchlist = load_toml(&dir.join("watchlist.toml"))?;
     if watch.is_empty() {
-        bail!("nothing to scan: run `certkeeper agent discover --servers NAME` or `--ips CIDR` first");
+        bail!(
+            "nothing to scan: run `certkeeper agent discover --servers NAME` or `--ips CIDR` first"
+        );
     }
-    let link = if args.no_push { None } else { Some(link(&dir, &cfg)?) };
+    let link = if args.no_push {
+        None
+    } else {
+        Some(link(&dir, &cfg)?)
+    };
     let spool = dir.join("spool");
     let interactive = std::io::stderr().is_terminal();
 
@@ -473,8 +522,16 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
 
     let s = &cfg.scan;
     let probe_cfg = ProbeConfig {
-        connect_timeout: Duration::from_millis(args.connect_timeout_ms.unwrap_or(s.connect_timeout_ms).max(1)),
-        handshake_timeout: Duration::from_millis(args.handshake_timeout_ms.unwrap_or(s.handshake_timeout_ms).max(1)),
+        connect_timeout: Duration::from_millis(
+            args.connect_timeout_ms
+                .unwrap_or(s.connect_timeout_ms)
+                .max(1),
+        ),
+        handshake_timeout: Duration::from_millis(
+            args.handshake_timeout_ms
+                .unwrap_or(s.handshake_timeout_ms)
+                .max(1),
+        ),
         concurrency: args.concurrency.unwrap_or(s.concurrency).max(1),
         rate_per_second: Some(args.rate.unwrap_or(s.rate_per_second)).filter(|r| *r > 0),
         legacy_fallback: s.legacy_fallback,
@@ -491,8 +548,10 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
         },
     );
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} endpoints, {msg} [{elapsed_precise}<{eta_precise}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} endpoints, {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut tried = 0u64;
     let mut tls = 0u64;
@@ -559,7 +618,10 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
             spooled = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
         }
     }
-    let new_certificates: u64 = summaries.iter().filter_map(|s| s["new_certificates"].as_u64()).sum();
+    let new_certificates: u64 = summaries
+        .iter()
+        .filter_map(|s| s["new_certificates"].as_u64())
+        .sum();
 
     let failed = delivery_error.is_some() || !named_failures.is_empty();
     let summary = json!({
@@ -579,7 +641,11 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
         let kinds: Vec<String> = failures.iter().map(|(k, n)| format!("{k} {n}")).collect();
         eprintln!(
             "scanned {tried} endpoint(s): {tls} with TLS, {new_certificates} new certificate(s); failures: {}",
-            if kinds.is_empty() { "none".into() } else { kinds.join(", ") }
+            if kinds.is_empty() {
+                "none".into()
+            } else {
+                kinds.join(", ")
+            }
         );
         for f in named_failures.iter().take(20) {
             eprintln!("  {f}");
@@ -589,10 +655,17 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
         }
         if let Some(e) = &delivery_error {
             eprintln!("error: results not delivered: {e}");
-            eprintln!("{spooled} report(s) kept in {} and sent on the next run", spool.display());
+            eprintln!(
+                "{spooled} report(s) kept in {} and sent on the next run",
+                spool.display()
+            );
         }
     }
-    Ok(if delivery_error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if delivery_error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]
@@ -601,9 +674,16 @@ mod tests {
 
     #[test]
     fn example_agent_config_parses() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/agent.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/agent.toml"
+        ))
+        .unwrap();
         let cfg: AgentConfig = toml::from_str(&text).unwrap();
         assert_eq!(cfg.scan.max_range_addresses, 65_536);
-        assert!(toml::from_str::<AgentConfig>("[scan]\nconcurency = 3").is_err(), "typos are errors");
+        assert!(
+            toml::from_str::<AgentConfig>("[scan]\nconcurency = 3").is_err(),
+            "typos are errors"
+        );
     }
 }

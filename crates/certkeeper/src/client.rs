@@ -59,9 +59,10 @@ impl ServerCertVerifier for PinnedVerifier {
         roots
             .add(ca.clone().into_owned())
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
     }
 
@@ -71,7 +72,12 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -80,11 +86,18 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -114,7 +127,9 @@ pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client> 
             for c in CertificateDer::pem_file_iter(path)
                 .with_context(|| format!("reading CA file {}", path.display()))?
             {
-                roots.add(c.with_context(|| format!("{} holds a bad certificate", path.display()))?)?;
+                roots.add(
+                    c.with_context(|| format!("{} holds a bad certificate", path.display()))?,
+                )?;
             }
             if roots.is_empty() {
                 bail!("{} holds no certificate", path.display());
@@ -133,7 +148,9 @@ pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client> 
 pub fn trust_from(ca_fingerprint: Option<&str>, ca_file: Option<&Path>) -> Result<Trust> {
     match (ca_fingerprint, ca_file) {
         (Some(_), Some(_)) => bail!("give either --ca-fingerprint or --ca-file, not both"),
-        (Some(fp), None) => Ok(Trust::Pinned(fp.parse().map_err(|e| anyhow!("--ca-fingerprint: {e}"))?)),
+        (Some(fp), None) => Ok(Trust::Pinned(
+            fp.parse().map_err(|e| anyhow!("--ca-fingerprint: {e}"))?,
+        )),
         (None, Some(p)) => Ok(Trust::CaFile(p.to_path_buf())),
         (None, None) => Ok(Trust::System),
     }
@@ -189,7 +206,10 @@ pub async fn call(req: reqwest::RequestBuilder, url: &str) -> Result<Value, ApiC
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     Err(ApiCallError::Refused {
         status: status.as_u16(),
-        code: v["error"]["code"].as_str().unwrap_or("http_error").to_string(),
+        code: v["error"]["code"]
+            .as_str()
+            .unwrap_or("http_error")
+            .to_string(),
         message: v["error"]["message"]
             .as_str()
             .map(str::to_string)

@@ -11,7 +11,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "certkeeper", version, about = "Find, inventory and watch every TLS certificate", propagate_version = true)]
+#[command(
+    name = "certkeeper",
+    version,
+    about = "Find, inventory and watch every TLS certificate",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -73,8 +73,10 @@ fn env_secret(name: &str) -> Result<Option<String>> {
 fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
     let file: FileConfig = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("{} is not a valid server configuration", p.display()))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("{} is not a valid server configuration", p.display()))?
         }
         None => FileConfig::default(),
     };
@@ -137,12 +139,17 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode> {
     let (cfg, listen) = layered(&args)?;
     let data_dir = cfg.data_dir.clone();
     let http = cfg.http;
-    let prepared = certkeeper_server::prepare(cfg).await.context("starting the server")?;
+    let prepared = certkeeper_server::prepare(cfg)
+        .await
+        .context("starting the server")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let scheme = if http { "http" } else { "https" };
-    eprintln!("certkeeper {} serving on {scheme}://{listen}", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "certkeeper {} serving on {scheme}://{listen}",
+        env!("CARGO_PKG_VERSION")
+    );
     if let Some(token) = &prepared.created_admin_token {
         eprintln!(
             "Administrator token (shown once; also saved to {}):",
@@ -157,13 +164,14 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode> {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},
@@ -183,7 +191,11 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_unknown_keys_are_refused() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/server.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/server.toml"
+        ))
+        .unwrap();
         let parsed: FileConfig = toml::from_str(&text).unwrap();
         assert_eq!(parsed.listen, Some("127.0.0.1:8443".parse().unwrap()));
         assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 5").is_err());

@@ -40,8 +40,11 @@ fn start_server(data: &Path, port: u16, database_url: Option<&str>) -> Server {
         cmd.args(["--database-url", u]);
     }
     let mut child = cmd.spawn().expect("start the server");
-    certkeeper_testkit::wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(30))
-        .expect("server listens");
+    certkeeper_testkit::wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(30),
+    )
+    .expect("server listens");
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap_or_default();
     let pem = std::fs::read(data.join("server.crt")).expect("server.crt");
     let der = certkeeper_pki::pem_to_ders(&pem).unwrap().remove(0);
@@ -59,7 +62,10 @@ fn start_server(data: &Path, port: u16, database_url: Option<&str>) -> Server {
             let _ = std::io::BufReader::new(out).read_line(&mut line);
             let _ = tx.send(line);
         });
-        rx.recv_timeout(Duration::from_millis(500)).ok().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
+        rx.recv_timeout(Duration::from_millis(500))
+            .ok()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
     };
     Server {
         child,
@@ -71,7 +77,11 @@ fn start_server(data: &Path, port: u16, database_url: Option<&str>) -> Server {
 }
 
 fn ck(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env_remove("CERTKEEPER_TOKEN").output().expect("run certkeeper")
+    Command::new(BIN)
+        .args(args)
+        .env_remove("CERTKEEPER_TOKEN")
+        .output()
+        .expect("run certkeeper")
 }
 
 fn ok(out: Output) -> String {
@@ -85,8 +95,15 @@ fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn admin_args<'a>(s: &'a Server) -> Vec<&'a str> {
-    vec!["--server", &s.url, "--token", &s.admin, "--ca-fingerprint", &s.fingerprint]
+fn admin_args(s: &Server) -> Vec<&str> {
+    vec![
+        "--server",
+        &s.url,
+        "--token",
+        &s.admin,
+        "--ca-fingerprint",
+        &s.fingerprint,
+    ]
 }
 
 fn enroll(s: &Server, dir: &Path) {
@@ -94,8 +111,16 @@ fn enroll(s: &Server, dir: &Path) {
     args.extend(admin_args(s));
     let token = ok(ck(&args)).trim().to_string();
     ok(ck(&[
-        "agent", "enroll", "--server", &s.url, "--token", &token, "--ca-fingerprint", &s.fingerprint,
-        "--config-dir", dir.to_str().unwrap(),
+        "agent",
+        "enroll",
+        "--server",
+        &s.url,
+        "--token",
+        &token,
+        "--ca-fingerprint",
+        &s.fingerprint,
+        "--config-dir",
+        dir.to_str().unwrap(),
     ]));
 }
 
@@ -110,7 +135,13 @@ fn certs(s: &Server, extra: &[&str]) -> Vec<Value> {
 /// Fields of `openssl x509 -text` for the same certificate file.
 fn openssl_fields(cert: &Path) -> BTreeMap<&'static str, String> {
     let run = |args: &[&str]| {
-        let out = Command::new("openssl").arg("x509").arg("-in").arg(cert).args(args).output().unwrap();
+        let out = Command::new("openssl")
+            .arg("x509")
+            .arg("-in")
+            .arg(cert)
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8(out.stdout).unwrap()
     };
     let mut m = BTreeMap::new();
@@ -118,7 +149,10 @@ fn openssl_fields(cert: &Path) -> BTreeMap<&'static str, String> {
     let serial = serial.trim().trim_start_matches("serial=").to_lowercase();
     m.insert("serial", serial.trim_start_matches("00").to_string());
     let end = run(&["-noout", "-enddate", "-dateopt", "iso_8601"]);
-    m.insert("not_after", end.trim().trim_start_matches("notAfter=").replace(' ', "T"));
+    m.insert(
+        "not_after",
+        end.trim().trim_start_matches("notAfter=").replace(' ', "T"),
+    );
     let text = run(&["-noout", "-text"]);
     let sig = text
         .lines()
@@ -128,7 +162,8 @@ fn openssl_fields(cert: &Path) -> BTreeMap<&'static str, String> {
     m.insert("signature_algorithm", sig);
     if let Some(bits) = text.lines().find_map(|l| {
         let l = l.trim();
-        l.strip_prefix("Public-Key: (").and_then(|r| r.strip_suffix(" bit)"))
+        l.strip_prefix("Public-Key: (")
+            .and_then(|r| r.strip_suffix(" bit)"))
     }) {
         m.insert("key_bits", bits.to_string());
     }
@@ -138,12 +173,22 @@ fn openssl_fields(cert: &Path) -> BTreeMap<&'static str, String> {
         .output()
         .unwrap();
     let fp = String::from_utf8(fp.stdout).unwrap();
-    m.insert("sha256", fp.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase());
+    m.insert(
+        "sha256",
+        fp.trim()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .replace(':', "")
+            .to_lowercase(),
+    );
     m
 }
 
 fn spool_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("spool")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(dir.join("spool"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -155,63 +200,175 @@ async fn discovery_end_to_end() {
     let agent_dir = work.path().join("agent");
     let port = free_port().unwrap();
     let server = start_server(&data, port, None);
-    assert_eq!(server.printed_token.as_deref(), Some(server.admin.as_str()), "first start prints the token");
+    assert_eq!(
+        server.printed_token.as_deref(),
+        Some(server.admin.as_str()),
+        "first start prints the token"
+    );
 
     // Real TLS servers of every kind the issue names.
-    let soon = |n: &str, k| LeafSpec::new(n, k).valid_days(-70, 90).names(&["localhost", n]);
+    let soon = |n: &str, k| {
+        LeafSpec::new(n, k)
+            .valid_days(-70, 90)
+            .names(&["localhost", n])
+    };
     let leaves: Vec<(&str, Issued, Vec<&str>)> = vec![
-        ("rsa", pki.leaf(&soon("rsa.test", KeyKind::Rsa2048)).unwrap(), vec![]),
-        ("ecdsa", pki.leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).valid_days(-1, 200)).unwrap(), vec![]),
-        ("ed25519", pki.leaf(&LeafSpec::new("localhost", KeyKind::Ed25519).valid_days(-1, 200)).unwrap(), vec![]),
-        ("tls13", pki.leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).valid_days(-1, 200)).unwrap(), vec!["-tls1_3"]),
-        ("tls10", pki.leaf(&LeafSpec::new("localhost", KeyKind::Rsa2048).valid_days(-1, 200)).unwrap(), vec!["-tls1", "-cipher", "ALL:@SECLEVEL=0"]),
-        ("expired", pki.leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).valid_days(-100, 30)).unwrap(), vec![]),
-        ("wrongname", pki.leaf(&LeafSpec::new("elsewhere.test", KeyKind::EcdsaP256).valid_days(-1, 200)).unwrap(), vec![]),
+        (
+            "rsa",
+            pki.leaf(&soon("rsa.test", KeyKind::Rsa2048)).unwrap(),
+            vec![],
+        ),
+        (
+            "ecdsa",
+            pki.leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).valid_days(-1, 200))
+                .unwrap(),
+            vec![],
+        ),
+        (
+            "ed25519",
+            pki.leaf(&LeafSpec::new("localhost", KeyKind::Ed25519).valid_days(-1, 200))
+                .unwrap(),
+            vec![],
+        ),
+        (
+            "tls13",
+            pki.leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).valid_days(-1, 200))
+                .unwrap(),
+            vec!["-tls1_3"],
+        ),
+        (
+            "tls10",
+            pki.leaf(&LeafSpec::new("localhost", KeyKind::Rsa2048).valid_days(-1, 200))
+                .unwrap(),
+            vec!["-tls1", "-cipher", "ALL:@SECLEVEL=0"],
+        ),
+        (
+            "expired",
+            pki.leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).valid_days(-100, 30))
+                .unwrap(),
+            vec![],
+        ),
+        (
+            "wrongname",
+            pki.leaf(&LeafSpec::new("elsewhere.test", KeyKind::EcdsaP256).valid_days(-1, 200))
+                .unwrap(),
+            vec![],
+        ),
     ];
     let mut servers = Vec::new();
     let mut port_of = BTreeMap::new();
     for (label, leaf, extra) in &leaves {
-        let s = OpensslServer::start(&leaf.cert_path, &leaf.key_path, Some(&pki.intermediate.cert_path), extra).unwrap();
+        let s = OpensslServer::start(
+            &leaf.cert_path,
+            &leaf.key_path,
+            Some(&pki.intermediate.cert_path),
+            extra,
+        )
+        .unwrap();
         port_of.insert(*label, s.port);
         servers.push(s);
     }
     let closed = free_port().unwrap();
     // STARTTLS on the well-known plain-text ports, on a loopback address of its own.
     let mail_ip: IpAddr = [127, 0, 0, 26].into();
-    let mail = pki.leaf(&LeafSpec::new("mail.test", KeyKind::EcdsaP256).valid_days(-1, 200)).unwrap();
+    let mail = pki
+        .leaf(&LeafSpec::new("mail.test", KeyKind::EcdsaP256).valid_days(-1, 200))
+        .unwrap();
     let tls_cfg = peers::server_config(&mail.chain_path, &mail.key_path).unwrap();
-    let _smtp = peers::start(SocketAddr::new(mail_ip, 25), Behaviour::SmtpStartTls, Some(tls_cfg.clone())).await.unwrap();
-    let _ldap = peers::start(SocketAddr::new(mail_ip, 389), Behaviour::LdapStartTls, Some(tls_cfg)).await.unwrap();
+    let _smtp = peers::start(
+        SocketAddr::new(mail_ip, 25),
+        Behaviour::SmtpStartTls,
+        Some(tls_cfg.clone()),
+    )
+    .await
+    .unwrap();
+    let _ldap = peers::start(
+        SocketAddr::new(mail_ip, 389),
+        Behaviour::LdapStartTls,
+        Some(tls_cfg),
+    )
+    .await
+    .unwrap();
 
     enroll(&server, &agent_dir);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(agent_dir.join("credential")).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(agent_dir.join("credential"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
     let dir = agent_dir.to_str().unwrap();
     let mut ports: Vec<String> = port_of.values().map(u16::to_string).collect();
     ports.push(closed.to_string());
     let ports = ports.join(",");
-    ok(ck(&["agent", "discover", "--servers", "localhost", "--ports", &ports, "--config-dir", dir]));
-    ok(ck(&["agent", "discover", "--ips", "127.0.0.26", "--ports", "25,389", "--config-dir", dir]));
-    let listed: Value = serde_json::from_str(&ok(ck(&["agent", "discover", "--list", "--output", "json", "--config-dir", dir]))).unwrap();
+    ok(ck(&[
+        "agent",
+        "discover",
+        "--servers",
+        "localhost",
+        "--ports",
+        &ports,
+        "--config-dir",
+        dir,
+    ]));
+    ok(ck(&[
+        "agent",
+        "discover",
+        "--ips",
+        "127.0.0.26",
+        "--ports",
+        "25,389",
+        "--config-dir",
+        dir,
+    ]));
+    let listed: Value = serde_json::from_str(&ok(ck(&[
+        "agent",
+        "discover",
+        "--list",
+        "--output",
+        "json",
+        "--config-dir",
+        dir,
+    ])))
+    .unwrap();
     assert_eq!(listed["servers"][0]["name"], "localhost");
     assert_eq!(listed["ranges"][0]["range"], "127.0.0.26");
     assert_eq!(listed["ranges"][0]["ports"], "25,389");
 
-    let summary: Value = serde_json::from_str(&ok(ck(&["agent", "scan", "--output", "json", "--config-dir", dir]))).unwrap();
+    let summary: Value = serde_json::from_str(&ok(ck(&[
+        "agent",
+        "scan",
+        "--output",
+        "json",
+        "--config-dir",
+        dir,
+    ])))
+    .unwrap();
     // localhost resolves to 127.0.0.1 (and maybe ::1, where nothing listens).
     assert_eq!(summary["tls_found"], 7 + 2, "{summary}");
     assert!(summary["failures"]["refused"].as_u64().unwrap() >= 1);
     assert_eq!(summary["spooled_reports"], 0);
-    assert_eq!(summary["new_certificates"], 8 + 1, "8 leaves + the intermediate: {summary}");
+    assert_eq!(
+        summary["new_certificates"],
+        8 + 1,
+        "8 leaves + the intermediate: {summary}"
+    );
 
     // What expires in the next 30 days, and where is it served?
     let expiring = certs(&server, &["--expiring-within", "30"]);
-    let names: Vec<&str> = expiring.iter().map(|c| c["common_name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["localhost", "rsa.test"], "expired first, then the RSA one expiring in 20 days");
+    let names: Vec<&str> = expiring
+        .iter()
+        .map(|c| c["common_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["localhost", "rsa.test"],
+        "expired first, then the RSA one expiring in 20 days"
+    );
     let rsa = &expiring[1];
     assert_eq!(rsa["endpoints"][0]["host"], "localhost");
     assert_eq!(rsa["endpoints"][0]["port"], port_of["rsa"]);
@@ -222,36 +379,74 @@ async fn discovery_end_to_end() {
     assert_eq!(all.len(), 9);
     for (label, leaf, _) in &leaves {
         let want = openssl_fields(&leaf.cert_path);
-        let got = all.iter().find(|c| c["sha256"] == want["sha256"].as_str()).unwrap_or_else(|| panic!("{label} missing"));
+        let got = all
+            .iter()
+            .find(|c| c["sha256"] == want["sha256"].as_str())
+            .unwrap_or_else(|| panic!("{label} missing"));
         assert_eq!(got["serial"], want["serial"].as_str(), "{label}");
-        assert_eq!(got["not_after"].as_str().unwrap(), want["not_after"], "{label}");
-        assert_eq!(got["signature_algorithm"], want["signature_algorithm"].as_str(), "{label}");
+        assert_eq!(
+            got["not_after"].as_str().unwrap(),
+            want["not_after"],
+            "{label}"
+        );
+        assert_eq!(
+            got["signature_algorithm"],
+            want["signature_algorithm"].as_str(),
+            "{label}"
+        );
         if let Some(bits) = want.get("key_bits") {
             assert_eq!(got["key_bits"].to_string(), *bits, "{label}");
         }
-        assert_eq!(got["issuer"], "O=certkeeper tests, CN=certkeeper test intermediate", "{label}");
+        assert_eq!(
+            got["issuer"], "O=certkeeper tests, CN=certkeeper test intermediate",
+            "{label}"
+        );
     }
     let by_label = |l: &str| {
-        let sha = openssl_fields(&leaves.iter().find(|x| x.0 == l).unwrap().1.cert_path)["sha256"].clone();
-        all.iter().find(|c| c["sha256"] == sha.as_str()).unwrap().clone()
+        let sha = openssl_fields(&leaves.iter().find(|x| x.0 == l).unwrap().1.cert_path)["sha256"]
+            .clone();
+        all.iter()
+            .find(|c| c["sha256"] == sha.as_str())
+            .unwrap()
+            .clone()
     };
     assert_eq!(by_label("ed25519")["key_type"], "ed25519");
     assert_eq!(by_label("rsa")["key_type"], "rsa");
     assert_eq!(by_label("tls10")["endpoints"][0]["protocol"], "TLSv1.0");
     assert_eq!(by_label("tls13")["endpoints"][0]["protocol"], "TLSv1.3");
     assert_eq!(by_label("wrongname")["common_name"], "elsewhere.test");
-    let mail_cert = all.iter().find(|c| c["common_name"] == "mail.test").unwrap();
-    let starttls: Vec<&str> = mail_cert["endpoints"].as_array().unwrap().iter().map(|e| e["starttls"].as_str().unwrap()).collect();
+    let mail_cert = all
+        .iter()
+        .find(|c| c["common_name"] == "mail.test")
+        .unwrap();
+    let starttls: Vec<&str> = mail_cert["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["starttls"].as_str().unwrap())
+        .collect();
     assert_eq!(starttls, ["starttls-smtp", "starttls-ldap"]);
     let inter = all.iter().find(|c| c["is_ca"] == true).unwrap();
     assert_eq!(inter["common_name"], "certkeeper test intermediate");
 
     // CSV export of the same answer.
-    let mut args = vec!["certs", "list", "--expiring-within", "30", "--output", "csv"];
+    let mut args = vec![
+        "certs",
+        "list",
+        "--expiring-within",
+        "30",
+        "--output",
+        "csv",
+    ];
     args.extend(admin_args(&server));
     let csv = ok(ck(&args));
     assert_eq!(csv.lines().count(), 3);
-    assert!(csv.lines().nth(2).unwrap().contains(&format!("localhost:{}", port_of["rsa"])));
+    assert!(
+        csv.lines()
+            .nth(2)
+            .unwrap()
+            .contains(&format!("localhost:{}", port_of["rsa"]))
+    );
 
     // Agents are listed with what they watch.
     let mut args = vec!["admin", "agents", "list", "--output", "json"];
@@ -265,12 +460,27 @@ async fn discovery_end_to_end() {
     drop(server);
     let out = ck(&["agent", "scan", "--config-dir", dir]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("kept in"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kept in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(spool_files(&agent_dir), 1);
     // ...and go out on the next run, once it is back.
     let server = start_server(&data, port, None);
-    assert!(server.printed_token.is_none(), "the token is printed only at the first start");
-    let summary: Value = serde_json::from_str(&ok(ck(&["agent", "scan", "--output", "json", "--config-dir", dir]))).unwrap();
+    assert!(
+        server.printed_token.is_none(),
+        "the token is printed only at the first start"
+    );
+    let summary: Value = serde_json::from_str(&ok(ck(&[
+        "agent",
+        "scan",
+        "--output",
+        "json",
+        "--config-dir",
+        dir,
+    ])))
+    .unwrap();
     assert_eq!(summary["spooled_reports"], 0);
     assert_eq!(spool_files(&agent_dir), 0);
 
@@ -289,14 +499,33 @@ async fn discovery_end_to_end() {
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    ok(ck(&["agent", "discover", "--servers", "mail.example.com", "--config-dir", d]));
+    ok(ck(&[
+        "agent",
+        "discover",
+        "--servers",
+        "mail.example.com",
+        "--config-dir",
+        d,
+    ]));
     let before = std::fs::read(dir.path().join("watchlist.toml")).unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["--ips", "198.51.100.0/33"], "invalid IP address or CIDR block"),
+        (
+            &["--ips", "198.51.100.0/33"],
+            "invalid IP address or CIDR block",
+        ),
         (&["--ips", "10.0.0.0/8"], "more than the limit"),
-        (&["--servers", "x.test", "--ports", "0"], "invalid port \"0\""),
-        (&["--servers", "x.test", "--ports", "65536"], "invalid port \"65536\""),
-        (&["--servers", "x.test", "--ports", "9000-8000"], "first port must not be greater"),
+        (
+            &["--servers", "x.test", "--ports", "0"],
+            "invalid port \"0\"",
+        ),
+        (
+            &["--servers", "x.test", "--ports", "65536"],
+            "invalid port \"65536\"",
+        ),
+        (
+            &["--servers", "x.test", "--ports", "9000-8000"],
+            "first port must not be greater",
+        ),
         (&["--servers", "https://x.test/"], "invalid server name"),
     ];
     for (args, msg) in cases {
@@ -307,18 +536,42 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(msg), "{args:?}: {err}");
     }
-    assert_eq!(std::fs::read(dir.path().join("watchlist.toml")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.path().join("watchlist.toml")).unwrap(),
+        before
+    );
     let out = ck(&["agent", "discover", "--bogus", "--config-dir", d]);
     assert_eq!(out.status.code(), Some(2), "unknown flags are usage errors");
     // Default ports when none are given.
-    let v: Value = serde_json::from_str(&ok(ck(&["agent", "discover", "--list", "--output", "json", "--config-dir", d]))).unwrap();
-    assert_eq!(v["servers"][0]["ports"], "443,465,636,853,989-990,992-993,995");
+    let v: Value = serde_json::from_str(&ok(ck(&[
+        "agent",
+        "discover",
+        "--list",
+        "--output",
+        "json",
+        "--config-dir",
+        d,
+    ])))
+    .unwrap();
+    assert_eq!(
+        v["servers"][0]["ports"],
+        "443,465,636,853,989-990,992-993,995"
+    );
     // Not enrolled: scanning says what to do.
     let out = ck(&["agent", "scan", "--config-dir", d]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("certkeeper agent enroll"));
     // An unreachable server.
-    let out = ck(&["agent", "enroll", "--server", "https://127.0.0.1:1", "--token", "x", "--config-dir", d]);
+    let out = ck(&[
+        "agent",
+        "enroll",
+        "--server",
+        "https://127.0.0.1:1",
+        "--token",
+        "x",
+        "--config-dir",
+        d,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"));
 }
@@ -329,9 +582,23 @@ fn a_wrong_pin_is_refused() {
     let port = free_port().unwrap();
     let server = start_server(&work.path().join("s"), port, None);
     let wrong = "00".repeat(32);
-    let out = ck(&["admin", "agents", "list", "--server", &server.url, "--token", &server.admin, "--ca-fingerprint", &wrong]);
+    let out = ck(&[
+        "admin",
+        "agents",
+        "list",
+        "--server",
+        &server.url,
+        "--token",
+        &server.admin,
+        "--ca-fingerprint",
+        &wrong,
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pinned fingerprint"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pinned fingerprint"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -344,27 +611,66 @@ async fn two_servers_on_one_postgres_keep_one_row_per_certificate_and_endpoint()
     let work = tempfile::tempdir().unwrap();
     let mut tls = Vec::new();
     for i in 0..12 {
-        let leaf = pki.leaf(&LeafSpec::new(&format!("n{i}.test"), KeyKind::EcdsaP256)).unwrap();
-        tls.push(OpensslServer::start(&leaf.cert_path, &leaf.key_path, Some(&pki.intermediate.cert_path), &[]).unwrap());
+        let leaf = pki
+            .leaf(&LeafSpec::new(&format!("n{i}.test"), KeyKind::EcdsaP256))
+            .unwrap();
+        tls.push(
+            OpensslServer::start(
+                &leaf.cert_path,
+                &leaf.key_path,
+                Some(&pki.intermediate.cert_path),
+                &[],
+            )
+            .unwrap(),
+        );
     }
-    let ports = tls.iter().map(|s| s.port.to_string()).collect::<Vec<_>>().join(",");
-    let s1 = start_server(&work.path().join("s1"), free_port().unwrap(), Some(&tdb.url));
-    let s2 = start_server(&work.path().join("s2"), free_port().unwrap(), Some(&tdb.url));
+    let ports = tls
+        .iter()
+        .map(|s| s.port.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let s1 = start_server(
+        &work.path().join("s1"),
+        free_port().unwrap(),
+        Some(&tdb.url),
+    );
+    let s2 = start_server(
+        &work.path().join("s2"),
+        free_port().unwrap(),
+        Some(&tdb.url),
+    );
     // Only the first server of a shared database creates (and prints) the admin token.
     assert!(s1.printed_token.is_some());
     assert!(s2.printed_token.is_none() && s2.admin.is_empty());
     let mut s2 = s2;
     s2.admin = s1.admin.clone();
-    let dirs: Vec<PathBuf> = (0..2).map(|i| work.path().join(format!("agent{i}"))).collect();
+    let dirs: Vec<PathBuf> = (0..2)
+        .map(|i| work.path().join(format!("agent{i}")))
+        .collect();
     for (dir, server) in dirs.iter().zip([&s1, &s2]) {
         enroll(server, dir);
-        ok(ck(&["agent", "discover", "--ips", "127.0.0.1", "--ports", &ports, "--config-dir", dir.to_str().unwrap()]));
+        ok(ck(&[
+            "agent",
+            "discover",
+            "--ips",
+            "127.0.0.1",
+            "--ports",
+            &ports,
+            "--config-dir",
+            dir.to_str().unwrap(),
+        ]));
     }
     // Both agents scan and report to their own server at the same time, three times.
     for _ in 0..3 {
         let children: Vec<Child> = dirs
             .iter()
-            .map(|d| Command::new(BIN).args(["agent", "scan", "--config-dir", d.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap())
+            .map(|d| {
+                Command::new(BIN)
+                    .args(["agent", "scan", "--config-dir", d.to_str().unwrap()])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
             .collect();
         for mut c in children {
             assert!(c.wait().unwrap().success());
@@ -374,7 +680,11 @@ async fn two_servers_on_one_postgres_keep_one_row_per_certificate_and_endpoint()
         let all = certs(s, &[]);
         assert_eq!(all.len(), 13, "12 leaves + 1 intermediate, once each");
         for c in all.iter().filter(|c| c["is_ca"] == false) {
-            assert_eq!(c["endpoints"].as_array().unwrap().len(), 1, "one endpoint row per (host, ip, port)");
+            assert_eq!(
+                c["endpoints"].as_array().unwrap().len(),
+                1,
+                "one endpoint row per (host, ip, port)"
+            );
         }
     }
 }
