@@ -1,6 +1,8 @@
 //! X.509 at the edge: DER in, [`certkeeper_core::CertificateFacts`] out; PEM handling;
 //! and the server's self-signed certificate.
 
+pub mod csr;
+pub mod keys;
 pub mod parse;
 pub mod selfsigned;
 

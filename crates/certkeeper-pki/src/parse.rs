@@ -130,7 +130,7 @@ pub fn parse_der(der: &[u8]) -> Result<CertificateFacts, ParseError> {
     Ok(facts)
 }
 
-fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+pub(crate) fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
         16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
@@ -138,7 +138,7 @@ fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn key_info(spki: &SubjectPublicKeyInfo<'_>) -> KeyInfo {
+pub(crate) fn key_info(spki: &SubjectPublicKeyInfo<'_>) -> KeyInfo {
     let alg = &spki.algorithm.algorithm;
     if *alg == OID_PKCS1_RSAENCRYPTION {
         let bits = match spki.parsed() {
@@ -199,7 +199,7 @@ fn key_info(spki: &SubjectPublicKeyInfo<'_>) -> KeyInfo {
 }
 
 /// OpenSSL-style short name of an OID, or its dotted form when unknown.
-fn oid_name(oid: &x509_parser::der_parser::oid::Oid<'_>) -> String {
+pub(crate) fn oid_name(oid: &x509_parser::der_parser::oid::Oid<'_>) -> String {
     match oid2sn(oid, oid_registry()) {
         Ok(name) => name.to_string(),
         Err(_) => oid.to_id_string(),

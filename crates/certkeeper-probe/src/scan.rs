@@ -204,6 +204,19 @@ mod tests {
         assert_eq!(all.iter().filter(|t| !t.named).count(), 2 * 2);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_spaces_connections_evenly() {
+        // Virtual time: the test measures the limiter, not the machine.
+        let l = RateLimiter::new(10);
+        let start = Instant::now();
+        for _ in 0..11 {
+            l.acquire().await;
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(1000), "{took:?}");
+        assert!(took < Duration::from_millis(1100), "{took:?}");
+    }
+
     #[tokio::test]
     async fn unresolvable_names_are_listed() {
         let mut w = Watchlist::default();

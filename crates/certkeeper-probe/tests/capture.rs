@@ -239,3 +239,46 @@ async fn closed_port_is_refused() {
     let o = probe(&target(port, None), &cfg()).await;
     assert_eq!(failure(&o), FailureKind::Refused);
 }
+
+#[tokio::test]
+async fn scans_honour_the_concurrency_cap() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A TCP peer that holds each connection 100 ms and records the peak in flight.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n2, p2) = (now.clone(), peak.clone());
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let (n, p) = (n2.clone(), p2.clone());
+            tokio::spawn(async move {
+                let cur = n.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(cur, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                drop(s);
+            });
+        }
+    });
+    let cfg = ProbeConfig {
+        concurrency: 3,
+        legacy_fallback: false,
+        ..cfg()
+    };
+    let targets: Vec<Target> = (0..15).map(|_| target(port, None)).collect();
+    let mut results = 0;
+    certkeeper_probe::scan(targets, &cfg, |_, o| {
+        results += 1;
+        assert!(matches!(o.outcome, Outcome::Failed { .. }));
+    })
+    .await;
+    assert_eq!(results, 15);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "never more than the cap, and the cap is used"
+    );
+}

@@ -4,6 +4,7 @@
 mod admin;
 mod agent;
 mod client;
+mod csr;
 mod server_cmd;
 
 use std::process::ExitCode;
@@ -35,6 +36,9 @@ enum Command {
     /// Query the certificate inventory.
     #[command(subcommand)]
     Certs(admin::CertsCommand),
+    /// Keys and certificate signing requests, locally.
+    #[command(subcommand)]
+    Csr(csr::CsrCommand),
 }
 
 /// Output format of commands that list or report.
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             Command::Agent(cmd) => agent::run(cmd).await,
             Command::Admin(cmd) => admin::run_admin(cmd).await,
             Command::Certs(cmd) => admin::run_certs(cmd).await,
+            Command::Csr(cmd) => csr::run(cmd),
         }
     });
     match result {

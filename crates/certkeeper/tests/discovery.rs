@@ -30,12 +30,19 @@ impl Drop for Server {
 
 fn start_server(data: &Path, port: u16, database_url: Option<&str>) -> Server {
     let mut cmd = Command::new(BIN);
+    // Debug logging, appended to <data>.log, so tests can check what never appears in it.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(data))
+        .unwrap();
     cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data)
         .env_remove("CERTKEEPER_ADMIN_TOKEN")
+        .env("CERTKEEPER_LOG", "debug")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(log);
     if let Some(u) = database_url {
         cmd.args(["--database-url", u]);
     }
@@ -76,6 +83,10 @@ fn start_server(data: &Path, port: u16, database_url: Option<&str>) -> Server {
     }
 }
 
+fn log_path(data: &Path) -> PathBuf {
+    data.with_extension("log")
+}
+
 fn ck(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
@@ -110,6 +121,8 @@ fn enroll(s: &Server, dir: &Path) {
     let mut args = vec!["admin", "enrollment-token", "create"];
     args.extend(admin_args(s));
     let token = ok(ck(&args)).trim().to_string();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.with_extension("enrollment"), &token).unwrap();
     ok(ck(&[
         "agent",
         "enroll",
@@ -205,6 +218,7 @@ async fn discovery_end_to_end() {
         Some(server.admin.as_str()),
         "first start prints the token"
     );
+    let admin = server.admin.clone();
 
     // Real TLS servers of every kind the issue names.
     let soon = |n: &str, k| {
@@ -493,6 +507,29 @@ async fn discovery_end_to_end() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
     assert_eq!(spool_files(&agent_dir), 1);
+
+    // Tokens and keys never appear in the server's (debug) log.
+    drop(server);
+    let log = std::fs::read_to_string(log_path(&data)).unwrap();
+    assert!(
+        log.contains("report applied"),
+        "the log is really being written"
+    );
+    let credential = std::fs::read_to_string(agent_dir.join("credential")).unwrap();
+    let enrollment = std::fs::read_to_string(agent_dir.with_extension("enrollment")).unwrap();
+    let key = std::fs::read_to_string(data.join("server.key")).unwrap();
+    let key_body = key.lines().nth(1).unwrap();
+    for (what, secret) in [
+        ("admin token", admin.as_str()),
+        ("agent credential", credential.trim()),
+        ("enrollment token", enrollment.trim()),
+        ("server key", key_body),
+    ] {
+        assert!(
+            !log.contains(secret),
+            "the {what} appears in the server log"
+        );
+    }
 }
 
 #[test]
