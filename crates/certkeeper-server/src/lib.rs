@@ -175,7 +175,10 @@ impl Prepared {
         let app = router(self.state.clone());
         let result = match self.tls {
             None => axum::serve(
-                listener,
+                // Small responses must not wait for a delayed ACK (Nagle).
+                axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
                 app.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(shutdown)
@@ -219,6 +222,8 @@ async fn serve_tls(
             },
             () = &mut shutdown => break,
         };
+        // Small responses must not wait for a delayed ACK (Nagle).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let builder = builder.clone();

@@ -1,6 +1,6 @@
 //! Applying one agent report: all of it in one transaction, or none of it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use certkeeper_core::CertificateFacts;
@@ -151,53 +151,94 @@ impl Store {
             return Ok(summary);
         }
 
-        for c in certs {
-            summary.new_certificates += insert_certificate(tx, c, now).await?;
+        // Certificates, many rows per statement.
+        for chunk in certs.chunks(40) {
+            let rows: Vec<Vec<Val>> = chunk.iter().map(|c| certificate_row(c, now)).collect();
+            summary.new_certificates += Batch::new(
+                "INSERT INTO certificates (sha256, der, sha1, serial, subject, common_name, sans, issuer, not_before, not_after, key_type, key_bits, key_curve, signature_algorithm, is_ca, self_signed, subject_key_id, authority_key_id, ocsp_urls, ca_issuer_urls, crl_urls, first_seen) VALUES ",
+                rows,
+                " ON CONFLICT (sha256) DO NOTHING",
+            )
+            .execute(tx)
+            .await?;
         }
+
+        // The same endpoint twice in one report: the first wins.
+        let mut seen_keys = HashSet::new();
+        let unique: Vec<&Sighting> = sightings
+            .iter()
+            .copied()
+            .filter(|s| seen_keys.insert((&s.host, s.ip, s.port)))
+            .collect();
+
+        // New endpoints are inserted whole, many per statement; the rows that come back
+        // are the ones that did not exist.
+        let mut new_ids: HashMap<(String, String, i64), i64> = HashMap::new();
+        let insertable: Vec<&Sighting> = unique
+            .iter()
+            .copied()
+            .filter(|s| s.result.peer_answered())
+            .collect();
+        for chunk in insertable.chunks(50) {
+            let rows = chunk.iter().map(|s| endpoint_row(s, agent_id)).collect();
+            let returned = Batch::new(
+                "INSERT INTO endpoints (host, ip, port, first_seen, last_seen, last_checked, sha256, agent_id, sni, protocol, cipher, starttls, last_error_kind, last_error) VALUES ",
+                rows,
+                " ON CONFLICT (host, ip, port) DO NOTHING RETURNING id, host, ip, port",
+            )
+            .fetch(tx)
+            .await?;
+            for r in returned {
+                new_ids.insert((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(0)?);
+            }
+        }
+        summary.new_endpoints = new_ids.len() as u64;
 
         let select_endpoint = match self.backend {
             Backend::Sqlite => SELECT_ENDPOINT_SQLITE,
             Backend::Postgres => SELECT_ENDPOINT_PG,
         };
-        let mut seen_keys = HashSet::new();
-        for s in sightings {
+        let mut history_rows: Vec<Vec<Val>> = Vec::new();
+        let mut chain_rows: Vec<Vec<Val>> = Vec::new();
+        let chain_of = |id: i64, chain: &[ParsedCert]| -> Vec<Vec<Val>> {
+            chain
+                .iter()
+                .enumerate()
+                .map(|(pos, c)| {
+                    vec![
+                        Val::Int(id),
+                        Val::Int(pos as i64),
+                        Val::Text(c.facts.sha256.to_string()),
+                    ]
+                })
+                .collect()
+        };
+        for s in unique {
             let ip = s.ip.to_string();
-            if !seen_keys.insert((&s.host, s.ip, s.port)) {
-                continue; // the same endpoint twice in one report: the first wins
-            }
             let seen = s.seen_at.unix_timestamp();
-            let inserted = if s.result.peer_answered() {
-                sqlx::query(
-                    "INSERT INTO endpoints (host, ip, port, first_seen, last_checked) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (host, ip, port) DO NOTHING RETURNING id",
-                )
+            let key = (s.host.clone(), ip.clone(), i64::from(s.port));
+            if let Some(&id) = new_ids.get(&key) {
+                if let SightingResult::Tls { chain, .. } = &s.result {
+                    summary.tls_endpoints += 1;
+                    history_rows.push(history_row(id, &chain[0].facts.sha256.to_string(), seen));
+                    chain_rows.extend(chain_of(id, chain));
+                } else if matches!(&s.result, SightingResult::Failed { kind, .. } if kind == "bad_certificate")
+                {
+                    summary.rejected += 1;
+                }
+                continue;
+            }
+            let row = sqlx::query(select_endpoint)
                 .bind(&s.host)
                 .bind(&ip)
                 .bind(i64::from(s.port))
-                .bind(seen)
                 .fetch_optional(&mut **tx)
-                .await?
-            } else {
-                None
+                .await?;
+            let Some(row) = row else {
+                continue; // a failure at an endpoint we never knew
             };
             let (endpoint_id, current, last_seen): (i64, Option<String>, Option<i64>) =
-                match inserted {
-                    Some(row) => {
-                        summary.new_endpoints += 1;
-                        (row.try_get(0)?, None, None)
-                    }
-                    None => {
-                        let row = sqlx::query(select_endpoint)
-                            .bind(&s.host)
-                            .bind(&ip)
-                            .bind(i64::from(s.port))
-                            .fetch_optional(&mut **tx)
-                            .await?;
-                        match row {
-                            Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
-                            None => continue, // a failure at an endpoint we never knew
-                        }
-                    }
-                };
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
             match &s.result {
                 SightingResult::Tls {
                     protocol,
@@ -212,7 +253,6 @@ impl Store {
                         continue;
                     }
                     let leaf = chain[0].facts.sha256.to_string();
-                    let replaced = current.as_deref().is_some_and(|c| c != leaf);
                     if current.as_deref() == Some(leaf.as_str()) {
                         sqlx::query("UPDATE served_history SET last_seen = $2 WHERE endpoint_id = $1 AND replaced_at IS NULL")
                             .bind(endpoint_id)
@@ -220,7 +260,7 @@ impl Store {
                             .execute(&mut **tx)
                             .await?;
                     } else {
-                        if replaced {
+                        if current.is_some() {
                             summary.replaced += 1;
                             sqlx::query("UPDATE served_history SET replaced_at = $2 WHERE endpoint_id = $1 AND replaced_at IS NULL")
                                 .bind(endpoint_id)
@@ -228,12 +268,7 @@ impl Store {
                                 .execute(&mut **tx)
                                 .await?;
                         }
-                        sqlx::query("INSERT INTO served_history (endpoint_id, sha256, first_seen, last_seen, replaced_at) VALUES ($1, $2, $3, $3, NULL)")
-                            .bind(endpoint_id)
-                            .bind(&leaf)
-                            .bind(seen)
-                            .execute(&mut **tx)
-                            .await?;
+                        history_rows.push(history_row(endpoint_id, &leaf, seen));
                     }
                     sqlx::query(
                         "UPDATE endpoints SET last_seen = $2, last_checked = $2, sha256 = $3, agent_id = $4, sni = $5, protocol = $6, cipher = $7, starttls = $8, last_error_kind = $9, last_error = $10 WHERE id = $1",
@@ -254,14 +289,7 @@ impl Store {
                         .bind(endpoint_id)
                         .execute(&mut **tx)
                         .await?;
-                    for (pos, c) in chain.iter().enumerate() {
-                        sqlx::query("INSERT INTO endpoint_chain (endpoint_id, position, sha256) VALUES ($1, $2, $3)")
-                            .bind(endpoint_id)
-                            .bind(pos as i64)
-                            .bind(c.facts.sha256.to_string())
-                            .execute(&mut **tx)
-                            .await?;
-                    }
+                    chain_rows.extend(chain_of(endpoint_id, chain));
                 }
                 SightingResult::Failed { kind, message } => {
                     if kind == "bad_certificate" {
@@ -280,6 +308,24 @@ impl Store {
                 }
             }
         }
+        for chunk in history_rows.chunks(200) {
+            Batch::new(
+                "INSERT INTO served_history (endpoint_id, sha256, first_seen, last_seen, replaced_at) VALUES ",
+                chunk.to_vec(),
+                "",
+            )
+            .execute(tx)
+            .await?;
+        }
+        for chunk in chain_rows.chunks(300) {
+            Batch::new(
+                "INSERT INTO endpoint_chain (endpoint_id, position, sha256) VALUES ",
+                chunk.to_vec(),
+                "",
+            )
+            .execute(tx)
+            .await?;
+        }
 
         sqlx::query(
             "UPDATE agents SET last_contact = $2, watched_endpoints = $3, hostname = $4, version = $5 WHERE id = $1",
@@ -295,43 +341,158 @@ impl Store {
     }
 }
 
-async fn insert_certificate(
-    tx: &mut Transaction<'static, Any>,
-    c: &ParsedCert,
-    now: OffsetDateTime,
-) -> Result<u64, StoreError> {
+/// A value bound into a batched statement.
+#[derive(Debug, Clone)]
+enum Val {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    OptInt(Option<i64>),
+    Blob(Vec<u8>),
+}
+
+/// `PREFIX ($1, $2, …), ($n, …) SUFFIX` over rows of equal width.
+struct Batch {
+    sql: String,
+    rows: Vec<Vec<Val>>,
+}
+
+impl Batch {
+    fn new(prefix: &str, rows: Vec<Vec<Val>>, suffix: &str) -> Self {
+        let mut sql = String::from(prefix);
+        let mut n = 0;
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for j in 0..row.len() {
+                if j > 0 {
+                    sql.push_str(", ");
+                }
+                n += 1;
+                sql.push_str(&format!("${n}"));
+            }
+            sql.push(')');
+        }
+        sql.push_str(suffix);
+        Batch { sql, rows }
+    }
+
+    fn query(self) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
+        // Only fixed fragments and `$n` placeholders are in the text.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql));
+        for v in self.rows.into_iter().flatten() {
+            q = match v {
+                Val::Text(s) => q.bind(s),
+                Val::OptText(s) => q.bind(s),
+                Val::Int(i) => q.bind(i),
+                Val::OptInt(i) => q.bind(i),
+                Val::Blob(b) => q.bind(b),
+            };
+        }
+        q
+    }
+
+    async fn execute(self, tx: &mut Transaction<'static, Any>) -> Result<u64, StoreError> {
+        if self.rows.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.query().execute(&mut **tx).await?.rows_affected())
+    }
+
+    async fn fetch(
+        self,
+        tx: &mut Transaction<'static, Any>,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        if self.rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.query().fetch_all(&mut **tx).await?)
+    }
+}
+
+fn history_row(endpoint_id: i64, sha256: &str, seen: i64) -> Vec<Val> {
+    vec![
+        Val::Int(endpoint_id),
+        Val::Text(sha256.to_string()),
+        Val::Int(seen),
+        Val::Int(seen),
+        Val::OptInt(None),
+    ]
+}
+
+fn endpoint_row(s: &Sighting, agent_id: &str) -> Vec<Val> {
+    let seen = s.seen_at.unix_timestamp();
+    let mut row = vec![
+        Val::Text(s.host.clone()),
+        Val::Text(s.ip.to_string()),
+        Val::Int(i64::from(s.port)),
+        Val::Int(seen),
+    ];
+    match &s.result {
+        SightingResult::Tls {
+            protocol,
+            cipher,
+            starttls,
+            chain,
+            note,
+        } => row.extend([
+            Val::OptInt(Some(seen)),
+            Val::Int(seen),
+            Val::OptText(Some(chain[0].facts.sha256.to_string())),
+            Val::Text(agent_id.to_string()),
+            Val::OptText(s.sni.clone()),
+            Val::OptText(Some(protocol.clone())),
+            Val::OptText(Some(cipher.clone())),
+            Val::OptText(starttls.clone()),
+            Val::OptText(note.as_ref().map(|_| "partial_chain".to_string())),
+            Val::OptText(note.clone()),
+        ]),
+        SightingResult::Failed { kind, message } => row.extend([
+            Val::OptInt(None),
+            Val::Int(seen),
+            Val::OptText(None),
+            Val::Text(agent_id.to_string()),
+            Val::OptText(s.sni.clone()),
+            Val::OptText(None),
+            Val::OptText(None),
+            Val::OptText(None),
+            Val::OptText(Some(kind.clone())),
+            Val::OptText(Some(message.clone())),
+        ]),
+    }
+    row
+}
+
+fn certificate_row(c: &ParsedCert, now: OffsetDateTime) -> Vec<Val> {
     let f = &c.facts;
-    let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-    let n = sqlx::query(
-        "INSERT INTO certificates (sha256, der, sha1, serial, subject, common_name, sans, issuer, not_before, not_after, key_type, key_bits, key_curve, signature_algorithm, is_ca, self_signed, subject_key_id, authority_key_id, ocsp_urls, ca_issuer_urls, crl_urls, first_seen) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT (sha256) DO NOTHING",
-    )
-    .bind(f.sha256.to_string())
-    .bind(c.der.clone())
-    .bind(&f.sha1)
-    .bind(f.serial.as_str())
-    .bind(&f.subject)
-    .bind(f.common_name.as_deref())
-    .bind(json(&f.sans))
-    .bind(&f.issuer)
-    .bind(f.not_before.unix_timestamp())
-    .bind(f.not_after.unix_timestamp())
-    .bind(f.key.key_type.as_str())
-    .bind(f.key.bits.map(i64::from))
-    .bind(f.key.curve.as_deref())
-    .bind(&f.signature_algorithm)
-    .bind(i64::from(f.is_ca))
-    .bind(i64::from(f.self_signed))
-    .bind(f.subject_key_id.as_deref())
-    .bind(f.authority_key_id.as_deref())
-    .bind(json(&f.ocsp_urls))
-    .bind(json(&f.ca_issuer_urls))
-    .bind(json(&f.crl_urls))
-    .bind(now.unix_timestamp())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(n)
+    let json =
+        |v: &Vec<String>| Val::Text(serde_json::to_string(v).unwrap_or_else(|_| "[]".into()));
+    vec![
+        Val::Text(f.sha256.to_string()),
+        Val::Blob(c.der.clone()),
+        Val::Text(f.sha1.clone()),
+        Val::Text(f.serial.to_string()),
+        Val::Text(f.subject.clone()),
+        Val::OptText(f.common_name.clone()),
+        json(&f.sans),
+        Val::Text(f.issuer.clone()),
+        Val::Int(f.not_before.unix_timestamp()),
+        Val::Int(f.not_after.unix_timestamp()),
+        Val::Text(f.key.key_type.as_str().to_string()),
+        Val::OptInt(f.key.bits.map(i64::from)),
+        Val::OptText(f.key.curve.clone()),
+        Val::Text(f.signature_algorithm.clone()),
+        Val::Int(i64::from(f.is_ca)),
+        Val::Int(i64::from(f.self_signed)),
+        Val::OptText(f.subject_key_id.clone()),
+        Val::OptText(f.authority_key_id.clone()),
+        json(&f.ocsp_urls),
+        json(&f.ca_issuer_urls),
+        json(&f.crl_urls),
+        Val::Int(now.unix_timestamp()),
+    ]
 }
 
 /// Deadlocks, serialisation failures and SQLite busy errors are worth another try.
