@@ -227,7 +227,7 @@ async fn hostile_peers_cost_at_most_the_timeout() {
         let took = start.elapsed();
         assert_eq!(failure(&o), expected, "{behaviour:?}: {:?}", o.outcome);
         assert!(
-            took <= c.connect_timeout + c.handshake_timeout + Duration::from_millis(500),
+            took <= c.connect_timeout + c.handshake_timeout + Duration::from_millis(1500),
             "{behaviour:?} took {took:?}"
         );
     }

@@ -155,6 +155,7 @@ impl Store {
         for chunk in certs.chunks(40) {
             let rows: Vec<Vec<Val>> = chunk.iter().map(|c| certificate_row(c, now)).collect();
             summary.new_certificates += Batch::new(
+                self.backend,
                 "INSERT INTO certificates (sha256, der, sha1, serial, subject, common_name, sans, issuer, not_before, not_after, key_type, key_bits, key_curve, signature_algorithm, is_ca, self_signed, subject_key_id, authority_key_id, ocsp_urls, ca_issuer_urls, crl_urls, first_seen) VALUES ",
                 rows,
                 " ON CONFLICT (sha256) DO NOTHING",
@@ -182,6 +183,7 @@ impl Store {
         for chunk in insertable.chunks(50) {
             let rows = chunk.iter().map(|s| endpoint_row(s, agent_id)).collect();
             let returned = Batch::new(
+                self.backend,
                 "INSERT INTO endpoints (host, ip, port, first_seen, last_seen, last_checked, sha256, agent_id, sni, protocol, cipher, starttls, last_error_kind, last_error) VALUES ",
                 rows,
                 " ON CONFLICT (host, ip, port) DO NOTHING RETURNING id, host, ip, port",
@@ -310,6 +312,7 @@ impl Store {
         }
         for chunk in history_rows.chunks(200) {
             Batch::new(
+                self.backend,
                 "INSERT INTO served_history (endpoint_id, sha256, first_seen, last_seen, replaced_at) VALUES ",
                 chunk.to_vec(),
                 "",
@@ -319,6 +322,7 @@ impl Store {
         }
         for chunk in chain_rows.chunks(300) {
             Batch::new(
+                self.backend,
                 "INSERT INTO endpoint_chain (endpoint_id, position, sha256) VALUES ",
                 chunk.to_vec(),
                 "",
@@ -358,7 +362,9 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(prefix: &str, rows: Vec<Vec<Val>>, suffix: &str) -> Self {
+    /// PostgreSQL gets `$n`; SQLite gets anonymous `?`, because sqlx looks every
+    /// numbered parameter up by name, which is quadratic in SQLite for wide statements.
+    fn new(backend: Backend, prefix: &str, rows: Vec<Vec<Val>>, suffix: &str) -> Self {
         let mut sql = String::from(prefix);
         let mut n = 0;
         for (i, row) in rows.iter().enumerate() {
@@ -371,7 +377,10 @@ impl Batch {
                     sql.push_str(", ");
                 }
                 n += 1;
-                sql.push_str(&format!("${n}"));
+                match backend {
+                    Backend::Postgres => sql.push_str(&format!("${n}")),
+                    Backend::Sqlite => sql.push('?'),
+                }
             }
             sql.push(')');
         }
