@@ -5,6 +5,7 @@
 pub mod cert;
 pub mod expiry;
 pub mod inventory;
+pub mod policy;
 pub mod report;
 pub mod target;
 pub mod watchlist;

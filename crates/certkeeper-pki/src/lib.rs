@@ -2,8 +2,10 @@
 //! and the server's self-signed certificate.
 
 pub mod csr;
+pub mod import;
 pub mod keys;
 pub mod parse;
 pub mod selfsigned;
+pub mod vault;
 
 pub use parse::{ParseError, parse_der, pem_to_ders, sha256, to_pem};

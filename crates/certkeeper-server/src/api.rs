@@ -36,6 +36,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/agents/enrollment-tokens"),
     ("post", "/api/v1/agents/enroll"),
     ("post", "/api/v1/reports"),
+    ("post", "/api/v1/certificates/import"),
+    ("post", "/api/v1/certificates/{sha256}/export"),
+    ("get", "/api/v1/audit"),
 ];
 
 /// The API router.
@@ -58,6 +61,15 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/reports",
             post(report).layer(DefaultBodyLimit::max(max_report)),
         )
+        .route(
+            "/api/v1/certificates/import",
+            post(crate::manage::import_certificate),
+        )
+        .route(
+            "/api/v1/certificates/{sha256}/export",
+            post(crate::manage::export_certificate),
+        )
+        .route("/api/v1/audit", get(crate::manage::audit_log))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

@@ -14,6 +14,8 @@ pub struct ApiError {
     /// Stable snake_case code that scripts may match on.
     pub code: &'static str,
     pub message: String,
+    /// Extra fields of the error object (e.g. the list of policy violations).
+    extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
@@ -22,7 +24,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: None,
         }
+    }
+    /// Add a field to the error object, beside `code` and `message`.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_string(), value);
+        self
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -52,7 +62,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.into());
+        if let Some(extra) = self.extra {
+            error.extend(*extra);
+        }
+        let body = json!({ "error": error });
         (self.status, Json(body)).into_response()
     }
 }

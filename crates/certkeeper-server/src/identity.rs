@@ -87,3 +87,93 @@ pub(crate) fn load_or_create(
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(cfg), fingerprint))
 }
+
+/// The vault: the current KEK from `CERTKEEPER_KEK`, `kek_file`, or `DATA_DIR/kek.key`
+/// (created with mode 0600 at first start), plus earlier KEKs for rotation.
+pub(crate) fn load_vault(
+    config: &crate::ServerConfig,
+) -> Result<certkeeper_pki::vault::Vault, ServerError> {
+    use certkeeper_pki::vault::{Kek, Vault};
+    let bad = |what: String| {
+        move |e: certkeeper_pki::vault::VaultError| ServerError::Kek(format!("{what}: {e}"))
+    };
+    let current = match (&config.kek, &config.kek_file) {
+        (Some(material), _) => {
+            Kek::from_material(material.as_bytes()).map_err(bad("CERTKEEPER_KEK".into()))?
+        }
+        (None, file) => {
+            let path = file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("kek.key"));
+            if file.is_none() && !path.exists() {
+                let fresh = Kek::generate().map_err(bad("generating".into()))?;
+                write_secret(&path, fresh.as_bytes()).map_err(|source| ServerError::Io {
+                    context: format!("writing {}", path.display()),
+                    source,
+                })?;
+                tracing::info!(path = %path.display(), "generated the key-encryption key; back it up apart from the database");
+            }
+            let material = std::fs::read(&path).map_err(|source| ServerError::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            })?;
+            Kek::from_material(&material).map_err(bad(path.display().to_string()))?
+        }
+    };
+    let mut keks = vec![current];
+    for p in &config.previous_kek_files {
+        let material = std::fs::read(p).map_err(|source| ServerError::Io {
+            context: format!("reading {}", p.display()),
+            source,
+        })?;
+        keks.push(Kek::from_material(&material).map_err(bad(p.display().to_string()))?);
+    }
+    Vault::new(keks).map_err(bad("vault".into()))
+}
+
+/// Re-wrap every stored key that is not under the current KEK.
+pub(crate) async fn rewrap_all(
+    store: certkeeper_store::Store,
+    vault: Arc<certkeeper_pki::vault::Vault>,
+) {
+    use certkeeper_pki::vault::SealedKey;
+    let current = vault.current_id().to_string();
+    loop {
+        let batch = match store.keys_not_under(&current, 100).await {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "key re-wrapping paused");
+                return;
+            }
+        };
+        let mut progressed = false;
+        for (cert, k) in batch {
+            let sealed = SealedKey {
+                kek_id: k.kek_id.clone(),
+                wrapped_dek: k.wrapped_dek,
+                ciphertext: k.ciphertext,
+            };
+            match vault.rewrap(&sealed, cert.as_bytes()) {
+                Ok(new) => {
+                    let stored = certkeeper_store::StoredKey {
+                        kek_id: new.kek_id,
+                        wrapped_dek: new.wrapped_dek,
+                        ciphertext: new.ciphertext,
+                    };
+                    if store
+                        .rewrap_key(&cert, &k.kek_id, &stored)
+                        .await
+                        .unwrap_or(false)
+                    {
+                        progressed = true;
+                    }
+                }
+                Err(e) => tracing::warn!(certificate = %cert, error = %e, "cannot re-wrap a key"),
+            }
+        }
+        if !progressed {
+            return;
+        }
+    }
+}

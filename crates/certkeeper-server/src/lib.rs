@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod error;
 mod identity;
+mod manage;
 mod views;
 
 use std::future::Future;
@@ -44,6 +45,14 @@ pub struct ServerConfig {
     pub auth_failures_per_minute: u32,
     /// Largest page size of listings.
     pub max_page_size: u32,
+    /// The key-encryption key, base64 (`CERTKEEPER_KEK`); else `kek_file`.
+    pub kek: Option<String>,
+    /// File holding the KEK [default: DATA_DIR/kek.key, created at first start].
+    pub kek_file: Option<PathBuf>,
+    /// Earlier KEKs, kept only to re-wrap keys sealed under them (rotation).
+    pub previous_kek_files: Vec<PathBuf>,
+    /// Rules imported certificates must follow.
+    pub policy: certkeeper_core::policy::CertificatePolicy,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -63,6 +72,10 @@ impl std::fmt::Debug for ServerConfig {
             .field("tls_names", &self.tls_names)
             .field("max_report_bytes", &self.max_report_bytes)
             .field("auth_failures_per_minute", &self.auth_failures_per_minute)
+            .field("kek", &self.kek.as_ref().map(|_| "***"))
+            .field("kek_file", &self.kek_file)
+            .field("previous_kek_files", &self.previous_kek_files)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -80,6 +93,10 @@ impl ServerConfig {
             max_report_bytes: 32 * 1024 * 1024,
             auth_failures_per_minute: 20,
             max_page_size: 1000,
+            kek: None,
+            kek_file: None,
+            previous_kek_files: Vec::new(),
+            policy: Default::default(),
         }
     }
 }
@@ -99,6 +116,9 @@ pub enum ServerError {
     /// The server's certificate or key is unusable.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The key-encryption key is missing or malformed.
+    #[error("key-encryption key: {0}")]
+    Kek(String),
 }
 
 /// Shared state of the request handlers.
@@ -107,6 +127,7 @@ pub struct AppState {
     pub store: Store,
     pub config: Arc<ServerConfig>,
     limiter: Arc<auth::AuthLimiter>,
+    vault: Arc<certkeeper_pki::vault::Vault>,
 }
 
 /// A server ready to serve.
@@ -152,11 +173,16 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         (Some(cfg), Some(fp))
     };
     let limiter = Arc::new(auth::AuthLimiter::new(config.auth_failures_per_minute));
+    let vault = Arc::new(identity::load_vault(&config)?);
+    // Keys sealed under an earlier KEK are re-wrapped in the background; they stay
+    // usable throughout, so rotation needs no downtime.
+    tokio::spawn(identity::rewrap_all(store.clone(), vault.clone()));
     Ok(Prepared {
         state: AppState {
             store,
             config: Arc::new(config),
             limiter,
+            vault,
         },
         tls,
         created_admin_token,

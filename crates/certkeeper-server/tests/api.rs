@@ -622,3 +622,37 @@ async fn https_by_default_with_a_generated_certificate_and_one_admin_token() {
     assert!(s.fingerprint.is_some());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn policy_violations_are_listed_by_rule() {
+    let pki = TestPki::new().unwrap();
+    let long = pki
+        .leaf(&LeafSpec::new("long.example.com", KeyKind::EcdsaP256).valid_days(-1, 500))
+        .unwrap();
+    let s = start(|c| c.policy.max_validity_days = certkeeper_core::policy::PRESET_200).await.unwrap();
+    let r = s
+        .client
+        .post(format!("{}/api/v1/certificates/import", s.base))
+        .bearer_auth(&s.admin)
+        .json(&json!({"certificate": long.cert_pem}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "policy_violation");
+    assert_eq!(v["error"]["violations"][0]["rule"], "max_validity");
+    assert!(v["error"]["message"].as_str().unwrap().contains("200 days"));
+    // Agents cannot import.
+    let (_, cred) = enroll(&s).await;
+    let r = s
+        .client
+        .post(format!("{}/api/v1/certificates/import", s.base))
+        .bearer_auth(&cred)
+        .json(&json!({"certificate": long.cert_pem}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    s.stop().await;
+}

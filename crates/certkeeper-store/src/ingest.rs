@@ -347,7 +347,7 @@ impl Store {
 
 /// A value bound into a batched statement.
 #[derive(Debug, Clone)]
-enum Val {
+pub(crate) enum Val {
     Text(String),
     OptText(Option<String>),
     Int(i64),
@@ -356,7 +356,7 @@ enum Val {
 }
 
 /// `PREFIX ($1, $2, …), ($n, …) SUFFIX` over rows of equal width.
-struct Batch {
+pub(crate) struct Batch {
     sql: String,
     rows: Vec<Vec<Val>>,
 }
@@ -364,7 +364,7 @@ struct Batch {
 impl Batch {
     /// PostgreSQL gets `$n`; SQLite gets anonymous `?`, because sqlx looks every
     /// numbered parameter up by name, which is quadratic in SQLite for wide statements.
-    fn new(backend: Backend, prefix: &str, rows: Vec<Vec<Val>>, suffix: &str) -> Self {
+    pub(crate) fn new(backend: Backend, prefix: &str, rows: Vec<Vec<Val>>, suffix: &str) -> Self {
         let mut sql = String::from(prefix);
         let mut n = 0;
         for (i, row) in rows.iter().enumerate() {
@@ -403,7 +403,10 @@ impl Batch {
         q
     }
 
-    async fn execute(self, tx: &mut Transaction<'static, Any>) -> Result<u64, StoreError> {
+    pub(crate) async fn execute(
+        self,
+        tx: &mut Transaction<'static, Any>,
+    ) -> Result<u64, StoreError> {
         if self.rows.is_empty() {
             return Ok(0);
         }
@@ -474,7 +477,7 @@ fn endpoint_row(s: &Sighting, agent_id: &str) -> Vec<Val> {
     row
 }
 
-fn certificate_row(c: &ParsedCert, now: OffsetDateTime) -> Vec<Val> {
+pub(crate) fn certificate_row(c: &ParsedCert, now: OffsetDateTime) -> Vec<Val> {
     let f = &c.facts;
     let json =
         |v: &Vec<String>| Val::Text(serde_json::to_string(v).unwrap_or_else(|_| "[]".into()));

@@ -3,6 +3,7 @@
 //! migrations. Domain types carry no database derives: rows are mapped here.
 
 mod ingest;
+mod managed;
 mod queries;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use sqlx::{AnyPool, Executor, Row, SqlStr};
 use time::OffsetDateTime;
 
 pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
+pub use managed::{ImportOutcome, StoredKey};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,16 +77,30 @@ impl std::fmt::Debug for Store {
     }
 }
 
-static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "inventory",
-    include_str!("../migrations/sqlite/0001_inventory.sql"),
-)];
-static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "inventory",
-    include_str!("../migrations/postgres/0001_inventory.sql"),
-)];
+static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "inventory",
+        include_str!("../migrations/sqlite/0001_inventory.sql"),
+    ),
+    (
+        2,
+        "keys",
+        include_str!("../migrations/sqlite/0002_keys.sql"),
+    ),
+];
+static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "inventory",
+        include_str!("../migrations/postgres/0001_inventory.sql"),
+    ),
+    (
+        2,
+        "keys",
+        include_str!("../migrations/postgres/0002_keys.sql"),
+    ),
+];
 
 /// SQLite URL for a database file inside `dir`.
 pub fn sqlite_url_in(dir: &Path) -> String {

@@ -106,6 +106,28 @@ impl Api {
         )
         .await?)
     }
+    async fn post_raw(&self, path: &str, body: &Value) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .json(body)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {url}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?.to_vec();
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            bail!(
+                "the server refused: {} ({}, HTTP {status})",
+                v["error"]["message"].as_str().unwrap_or(""),
+                v["error"]["code"].as_str().unwrap_or("http_error")
+            );
+        }
+        Ok(bytes)
+    }
     async fn delete(&self, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         Ok(call(self.http.delete(&url).bearer_auth(&self.token), &url).await?)
@@ -120,6 +142,13 @@ pub enum AdminCommand {
     /// Enrolled agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// The audit log: imports and key exports.
+    Audit {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +289,23 @@ pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
                         } else {
                             "active"
                         }
+                    );
+                }
+            }
+        }
+        AdminCommand::Audit { output, remote } => {
+            let api = remote.connect()?;
+            let v = api.get("/api/v1/audit", &[]).await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                for e in v["items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<8}  {:<16}  {}",
+                        e["at"].as_str().unwrap_or(""),
+                        e["actor"].as_str().unwrap_or(""),
+                        e["action"].as_str().unwrap_or(""),
+                        e["subject"].as_str().unwrap_or("")
                     );
                 }
             }
@@ -449,4 +495,172 @@ mod tests {
         assert!(parse_duration("3w").is_err());
         assert!(parse_duration("h").is_err());
     }
+}
+
+/// `certkeeper import`: certificates (and keys) into the server's inventory.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Certificate, PEM or DER (more PEM blocks after the first are taken as chain).
+    #[arg(long, conflicts_with = "pfx", required_unless_present = "pfx")]
+    cert: Option<PathBuf>,
+    /// Private key: PEM (PKCS#1, PKCS#8, SEC1, encrypted PKCS#8 or legacy encrypted) or DER.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// File with the key's passphrase.
+    #[arg(long)]
+    key_password_file: Option<PathBuf>,
+    /// Intermediate certificates, leaf side first; repeat for several files.
+    #[arg(long)]
+    chain: Vec<PathBuf>,
+    /// A PKCS#12 (.pfx/.p12) file.
+    #[arg(long)]
+    pfx: Option<PathBuf>,
+    /// File with the PKCS#12 password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `certkeeper export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// SHA-256 of the certificate.
+    sha256: String,
+    /// pem, chain, fullchain, der or pfx.
+    #[arg(long, default_value = "pem")]
+    format: String,
+    /// Include the private key (audited).
+    #[arg(long)]
+    with_key: bool,
+    /// File with the PKCS#12 password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+fn read_file(p: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+}
+
+fn read_secret_file(p: &PathBuf) -> Result<String> {
+    Ok(String::from_utf8(read_file(p)?)
+        .with_context(|| format!("{} is not text", p.display()))?
+        .trim_end_matches(['\r', '\n'])
+        .to_string())
+}
+
+/// PEM stays text; anything else goes as base64.
+fn as_text(bytes: Vec<u8>) -> String {
+    use base64::Engine;
+    match String::from_utf8(bytes) {
+        Ok(s) if s.trim_start().starts_with("-----BEGIN") => s,
+        Ok(s) => base64::engine::general_purpose::STANDARD.encode(s.as_bytes()),
+        Err(e) => base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+    }
+}
+
+pub async fn run_import(args: ImportArgs) -> Result<ExitCode> {
+    let api = args.remote.connect()?;
+    let mut body = serde_json::Map::new();
+    if let Some(p) = &args.cert {
+        body.insert("certificate".into(), Value::String(as_text(read_file(p)?)));
+    }
+    if let Some(p) = &args.key {
+        body.insert("private_key".into(), Value::String(as_text(read_file(p)?)));
+    }
+    if let Some(p) = &args.key_password_file {
+        body.insert("key_password".into(), Value::String(read_secret_file(p)?));
+    }
+    if !args.chain.is_empty() {
+        let chain: Vec<Value> = args
+            .chain
+            .iter()
+            .map(|p| read_file(p).map(|b| Value::String(as_text(b))))
+            .collect::<Result<_>>()?;
+        body.insert("chain".into(), Value::Array(chain));
+    }
+    if let Some(p) = &args.pfx {
+        use base64::Engine;
+        body.insert(
+            "pkcs12".into(),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(read_file(p)?)),
+        );
+        let pw = match &args.password_file {
+            Some(f) => read_secret_file(f)?,
+            None => String::new(),
+        };
+        body.insert("pkcs12_password".into(), Value::String(pw));
+    }
+    let v = api
+        .post("/api/v1/certificates/import", &Value::Object(body))
+        .await?;
+    if args.output == Output::Json {
+        println!("{v}");
+    } else {
+        println!("{}", v["sha256"].as_str().unwrap_or(""));
+        eprintln!(
+            "imported {} (valid until {}); policy {}; chain {}; key {}",
+            v["common_name"].as_str().unwrap_or("-"),
+            v["not_after"].as_str().unwrap_or("?"),
+            v["policy"].as_str().unwrap_or("?"),
+            if v["chain_complete"] == true {
+                "complete"
+            } else {
+                "incomplete"
+            },
+            if v["key_stored"] == true {
+                "stored encrypted"
+            } else {
+                "not stored"
+            }
+        );
+        for w in v["warnings"].as_array().into_iter().flatten() {
+            eprintln!("warning: {}", w.as_str().unwrap_or(""));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_export(args: ExportArgs) -> Result<ExitCode> {
+    let api = args.remote.connect()?;
+    let password = args
+        .password_file
+        .as_ref()
+        .map(read_secret_file)
+        .transpose()?;
+    let bytes = api
+        .post_raw(
+            &format!("/api/v1/certificates/{}/export", args.sha256),
+            &json!({"format": args.format, "with_key": args.with_key, "password": password}),
+        )
+        .await?;
+    match &args.out {
+        Some(p) => {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                // A file that may hold a private key is the owner's only.
+                opts.mode(0o600);
+            }
+            use std::io::Write;
+            opts.open(p)
+                .and_then(|mut f| f.write_all(&bytes))
+                .with_context(|| format!("writing {}", p.display()))?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -36,6 +36,10 @@ enum Command {
     /// Query the certificate inventory.
     #[command(subcommand)]
     Certs(admin::CertsCommand),
+    /// Import a certificate (with key and chain, or a PKCS#12 file) into the inventory.
+    Import(Box<admin::ImportArgs>),
+    /// Export a certificate, its chain, or a PKCS#12 file.
+    Export(admin::ExportArgs),
     /// Keys and certificate signing requests, locally.
     #[command(subcommand)]
     Csr(csr::CsrCommand),
@@ -77,6 +81,8 @@ fn main() -> ExitCode {
             Command::Admin(cmd) => admin::run_admin(cmd).await,
             Command::Certs(cmd) => admin::run_certs(cmd).await,
             Command::Csr(cmd) => csr::run(cmd),
+            Command::Import(args) => admin::run_import(*args).await,
+            Command::Export(args) => admin::run_export(args).await,
         }
     });
     match result {

@@ -45,6 +45,13 @@ struct FileConfig {
     admin_token_file: Option<PathBuf>,
     max_report_bytes: Option<usize>,
     auth_failures_per_minute: Option<u32>,
+    /// File with the key-encryption key (base64 of 32 bytes).
+    kek_file: Option<PathBuf>,
+    /// Earlier KEK files, during a rotation.
+    #[serde(default)]
+    previous_kek_files: Vec<PathBuf>,
+    /// Rules for imported certificates.
+    policy: Option<certkeeper_core::policy::CertificatePolicy>,
 }
 
 fn read_secret(path: &Path) -> Result<String> {
@@ -119,6 +126,13 @@ fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
     }
     if let Some(n) = file.auth_failures_per_minute {
         cfg.auth_failures_per_minute = n;
+    }
+    // The KEK itself never comes from the TOML file: from the environment or a file.
+    cfg.kek = env_secret("CERTKEEPER_KEK")?;
+    cfg.kek_file = file.kek_file;
+    cfg.previous_kek_files = file.previous_kek_files;
+    if let Some(p) = file.policy {
+        cfg.policy = p;
     }
     if !listen.ip().is_unspecified() {
         cfg.tls_names.push(listen.ip().to_string());

@@ -1,0 +1,237 @@
+//! Certificate policy: ordered, pure checks, each with a machine rule name and a
+//! human message. The same checks judge imports now and issued certificates later.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cert::{CertificateFacts, KeyType};
+
+/// CA/Browser Forum maximum validity presets, in days.
+pub const PRESET_398: u32 = 398;
+pub const PRESET_200: u32 = 200;
+pub const PRESET_100: u32 = 100;
+pub const PRESET_47: u32 = 47;
+
+/// What certificates must look like. Defaults follow the CA/Browser Forum today.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertificatePolicy {
+    /// Longest allowed validity (notAfter − notBefore), in days.
+    pub max_validity_days: u32,
+    /// Allowed key types (`rsa`, `ec`, `ed25519`).
+    pub allowed_key_types: Vec<KeyType>,
+    /// Smallest RSA modulus, in bits.
+    pub min_rsa_bits: u32,
+    /// Smallest EC field size, in bits.
+    pub min_ec_bits: u32,
+    /// Signature algorithms refused (OpenSSL short names, e.g. `sha1WithRSAEncryption`).
+    pub forbidden_signature_algorithms: Vec<String>,
+    /// If not empty, every DNS name (CN and SANs) must match one of these patterns
+    /// (`*.example.com` matches any name under example.com; others match exactly).
+    pub allowed_names: Vec<String>,
+}
+
+impl Default for CertificatePolicy {
+    fn default() -> Self {
+        CertificatePolicy {
+            max_validity_days: PRESET_398,
+            allowed_key_types: vec![KeyType::Rsa, KeyType::Ec, KeyType::Ed25519],
+            min_rsa_bits: 2048,
+            min_ec_bits: 256,
+            forbidden_signature_algorithms: vec![
+                "md2WithRSAEncryption".into(),
+                "md5WithRSAEncryption".into(),
+                "sha1WithRSAEncryption".into(),
+                "ecdsa-with-SHA1".into(),
+                "dsaWithSHA1".into(),
+            ],
+            allowed_names: Vec::new(),
+        }
+    }
+}
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Stable rule name: `max_validity`, `key_type`, `key_size`, `signature_algorithm`, `name`.
+    pub rule: String,
+    pub message: String,
+}
+
+fn violation(rule: &str, message: String) -> Violation {
+    Violation {
+        rule: rule.into(),
+        message,
+    }
+}
+
+fn name_matches(name: &str, pattern: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let pattern = pattern.to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(base) => name == base || name.ends_with(&format!(".{base}")),
+        None => name == pattern,
+    }
+}
+
+impl CertificatePolicy {
+    /// Every rule `facts` breaks, in a fixed order (validity, key, signature, names).
+    pub fn check(&self, facts: &CertificateFacts) -> Vec<Violation> {
+        let mut v = Vec::new();
+        let days = (facts.not_after - facts.not_before).whole_seconds() as f64 / 86_400.0;
+        // The validity limit is for subscriber certificates; CAs live longer.
+        if !facts.is_ca && days > f64::from(self.max_validity_days) {
+            v.push(violation(
+                "max_validity",
+                format!(
+                    "valid for {:.0} days, more than the {} days allowed",
+                    days.ceil(),
+                    self.max_validity_days
+                ),
+            ));
+        }
+        let kt = facts.key.key_type;
+        if !self.allowed_key_types.contains(&kt) {
+            v.push(violation(
+                "key_type",
+                format!("{} keys are not allowed", kt.as_str()),
+            ));
+        }
+        match (kt, facts.key.bits) {
+            (KeyType::Rsa, Some(b)) if b < self.min_rsa_bits => v.push(violation(
+                "key_size",
+                format!(
+                    "RSA key of {b} bits, at least {} required",
+                    self.min_rsa_bits
+                ),
+            )),
+            (KeyType::Ec, Some(b)) if b < self.min_ec_bits => v.push(violation(
+                "key_size",
+                format!("EC key of {b} bits, at least {} required", self.min_ec_bits),
+            )),
+            _ => {}
+        }
+        if self
+            .forbidden_signature_algorithms
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&facts.signature_algorithm))
+        {
+            v.push(violation(
+                "signature_algorithm",
+                format!(
+                    "signed with {}, which is not allowed",
+                    facts.signature_algorithm
+                ),
+            ));
+        }
+        if !self.allowed_names.is_empty() {
+            let names = facts
+                .common_name
+                .iter()
+                .chain(facts.sans.iter())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_err());
+            for n in names {
+                if !self.allowed_names.iter().any(|p| name_matches(n, p)) {
+                    v.push(violation(
+                        "name",
+                        format!("{n} matches none of the allowed names"),
+                    ));
+                }
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert::{Fingerprint, KeyInfo, Serial};
+    use time::macros::datetime;
+
+    fn facts(days: i64, key: KeyType, bits: u32, sig: &str, names: &[&str]) -> CertificateFacts {
+        let nb = datetime!(2026-01-01 0:00 UTC);
+        CertificateFacts {
+            sha256: Fingerprint::from_bytes([0; 32]),
+            sha1: String::new(),
+            serial: Serial::from_be_bytes(&[1]),
+            subject: String::new(),
+            common_name: names.first().map(|s| s.to_string()),
+            sans: names.iter().map(|s| s.to_string()).collect(),
+            issuer: String::new(),
+            not_before: nb,
+            not_after: nb + time::Duration::days(days),
+            key: KeyInfo {
+                key_type: key,
+                bits: Some(bits),
+                curve: None,
+            },
+            signature_algorithm: sig.into(),
+            is_ca: false,
+            self_signed: false,
+            subject_key_id: None,
+            authority_key_id: None,
+            ocsp_urls: vec![],
+            ca_issuer_urls: vec![],
+            crl_urls: vec![],
+        }
+    }
+
+    #[test]
+    fn a_compliant_certificate_passes() {
+        let p = CertificatePolicy::default();
+        let f = facts(
+            398,
+            KeyType::Ec,
+            256,
+            "ecdsa-with-SHA256",
+            &["www.example.com"],
+        );
+        assert!(p.check(&f).is_empty());
+    }
+
+    #[test]
+    fn each_rule_reports_itself() {
+        let mut p = CertificatePolicy {
+            max_validity_days: PRESET_47,
+            allowed_key_types: vec![KeyType::Rsa],
+            allowed_names: vec!["*.example.com".into()],
+            ..Default::default()
+        };
+        let f = facts(
+            90,
+            KeyType::Rsa,
+            1024,
+            "sha1WithRSAEncryption",
+            &["www.example.org"],
+        );
+        let rules: Vec<String> = p.check(&f).into_iter().map(|v| v.rule).collect();
+        assert_eq!(
+            rules,
+            [
+                "max_validity",
+                "key_size",
+                "signature_algorithm",
+                "name",
+                "name"
+            ]
+        );
+        p.allowed_key_types = vec![KeyType::Ec];
+        let ok_size = facts(
+            30,
+            KeyType::Rsa,
+            2048,
+            "sha256WithRSAEncryption",
+            &["a.example.com"],
+        );
+        let rules: Vec<String> = p.check(&ok_size).into_iter().map(|v| v.rule).collect();
+        assert_eq!(rules, ["key_type"]);
+    }
+
+    #[test]
+    fn wildcard_patterns_match_subdomains_only() {
+        assert!(name_matches("a.b.example.com", "*.example.com"));
+        assert!(name_matches("example.com", "*.example.com"));
+        assert!(!name_matches("badexample.com", "*.example.com"));
+        assert!(name_matches("WWW.example.com", "www.example.com"));
+    }
+}

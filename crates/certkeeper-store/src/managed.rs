@@ -1,0 +1,290 @@
+//! Managed certificates: imported with their verified chain and, when given, their
+//! private key sealed by the server's vault. The store only ever sees sealed keys.
+
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use crate::ingest::{Batch, Val, certificate_row};
+use crate::{ParsedCert, Store, StoreError, get};
+
+/// A private key as the store keeps it (see `certkeeper_pki::vault::SealedKey`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub kek_id: String,
+    pub wrapped_dek: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredKey(kek {})", self.kek_id)
+    }
+}
+
+/// What an import changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// The leaf was not in the inventory before.
+    pub new_certificate: bool,
+    /// A key was stored now (false: none given, or one was already stored).
+    pub key_stored: bool,
+}
+
+impl Store {
+    /// Save an imported certificate: `certs` is the leaf then its ordered chain; all in
+    /// one transaction with the sealed key and an audit entry.
+    pub async fn save_import(
+        &self,
+        certs: &[ParsedCert],
+        chain_complete: bool,
+        key: Option<&StoredKey>,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<ImportOutcome, StoreError> {
+        let leaf = certs
+            .first()
+            .ok_or(StoreError::NotFound)?
+            .facts
+            .sha256
+            .to_string();
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<Vec<Val>> = certs.iter().map(|c| certificate_row(c, now)).collect();
+        let before = sqlx::query("SELECT 1 FROM certificates WHERE sha256 = $1")
+            .bind(&leaf)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none();
+        Batch::new(
+            self.backend,
+            "INSERT INTO certificates (sha256, der, sha1, serial, subject, common_name, sans, issuer, not_before, not_after, key_type, key_bits, key_curve, signature_algorithm, is_ca, self_signed, subject_key_id, authority_key_id, ocsp_urls, ca_issuer_urls, crl_urls, first_seen) VALUES ",
+            rows,
+            " ON CONFLICT (sha256) DO NOTHING",
+        )
+        .execute(&mut tx)
+        .await?;
+        sqlx::query("DELETE FROM certificate_chains WHERE leaf_sha256 = $1")
+            .bind(&leaf)
+            .execute(&mut *tx)
+            .await?;
+        let chain_rows: Vec<Vec<Val>> = certs[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                vec![
+                    Val::Text(leaf.clone()),
+                    Val::Int(i as i64),
+                    Val::Text(c.facts.sha256.to_string()),
+                ]
+            })
+            .collect();
+        Batch::new(
+            self.backend,
+            "INSERT INTO certificate_chains (leaf_sha256, position, sha256) VALUES ",
+            chain_rows,
+            "",
+        )
+        .execute(&mut tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO managed_certificates (sha256, source, chain_complete, imported_at) VALUES ($1, 'import', $2, $3) \
+             ON CONFLICT (sha256) DO UPDATE SET chain_complete = excluded.chain_complete",
+        )
+        .bind(&leaf)
+        .bind(i64::from(chain_complete))
+        .bind(now.unix_timestamp())
+        .execute(&mut *tx)
+        .await?;
+        let mut key_stored = false;
+        if let Some(k) = key {
+            key_stored = sqlx::query(
+                "INSERT INTO private_keys (cert_sha256, kek_id, wrapped_dek, ciphertext, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (cert_sha256) DO NOTHING",
+            )
+            .bind(&leaf)
+            .bind(&k.kek_id)
+            .bind(k.wrapped_dek.clone())
+            .bind(k.ciphertext.clone())
+            .bind(now.unix_timestamp())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+        }
+        audit(
+            &mut tx,
+            actor,
+            if key_stored {
+                "import_with_key"
+            } else {
+                "import"
+            },
+            &leaf,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ImportOutcome {
+            new_certificate: before,
+            key_stored,
+        })
+    }
+
+    /// DER of inventory certificates whose subject is `subject` (issuer candidates).
+    pub async fn certificates_with_subject(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let rows = sqlx::query("SELECT der FROM certificates WHERE subject = $1 LIMIT 20")
+            .bind(subject)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| get::<Vec<u8>>(r, "der")).collect()
+    }
+
+    /// The chain of a certificate, leaf's issuer first: the verified chain of an import,
+    /// else the chain an endpoint last presented with it.
+    pub async fn chain_of(
+        &self,
+        leaf: &certkeeper_core::Fingerprint,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let sha = leaf.to_string();
+        let mut rows = sqlx::query(
+            "SELECT c.der FROM certificate_chains k JOIN certificates c ON c.sha256 = k.sha256 WHERE k.leaf_sha256 = $1 ORDER BY k.position",
+        )
+        .bind(&sha)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            rows = sqlx::query(
+                "SELECT c.der FROM endpoint_chain k JOIN certificates c ON c.sha256 = k.sha256 \
+                 WHERE k.endpoint_id = (SELECT id FROM endpoints WHERE sha256 = $1 ORDER BY last_seen DESC LIMIT 1) AND k.position > 0 ORDER BY k.position",
+            )
+            .bind(&sha)
+            .fetch_all(&self.pool)
+            .await?;
+        }
+        rows.iter().map(|r| get::<Vec<u8>>(r, "der")).collect()
+    }
+
+    /// The sealed private key of a certificate, if one is stored.
+    pub async fn sealed_key(
+        &self,
+        cert: &certkeeper_core::Fingerprint,
+    ) -> Result<Option<StoredKey>, StoreError> {
+        let row = sqlx::query(
+            "SELECT kek_id, wrapped_dek, ciphertext FROM private_keys WHERE cert_sha256 = $1",
+        )
+        .bind(cert.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StoredKey {
+                kek_id: r.try_get(0)?,
+                wrapped_dek: r.try_get(1)?,
+                ciphertext: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Sealed keys not wrapped by `kek_id`, up to `limit`, with their certificate.
+    pub async fn keys_not_under(
+        &self,
+        kek_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, StoredKey)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT cert_sha256, kek_id, wrapped_dek, ciphertext FROM private_keys WHERE kek_id <> $1 LIMIT $2",
+        )
+        .bind(kek_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    StoredKey {
+                        kek_id: r.try_get(1)?,
+                        wrapped_dek: r.try_get(2)?,
+                        ciphertext: r.try_get(3)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Replace a key's wrapping (rotation); only if it is still wrapped by `old_kek`.
+    pub async fn rewrap_key(
+        &self,
+        cert: &str,
+        old_kek: &str,
+        new: &StoredKey,
+    ) -> Result<bool, StoreError> {
+        let _w = self.writer().await;
+        let n = sqlx::query("UPDATE private_keys SET kek_id = $3, wrapped_dek = $4 WHERE cert_sha256 = $1 AND kek_id = $2")
+            .bind(cert)
+            .bind(old_kek)
+            .bind(&new.kek_id)
+            .bind(new.wrapped_dek.clone())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Record who did what to which certificate (key exports, imports).
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await?;
+        audit(&mut tx, actor, action, subject, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The audit log, newest first.
+    pub async fn audit_log(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(OffsetDateTime, String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, actor, action, subject FROM audit_log ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    crate::ts(r.try_get(0)?)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+async fn audit(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit_log (at, actor, action, subject) VALUES ($1, $2, $3, $4)")
+        .bind(now.unix_timestamp())
+        .bind(actor)
+        .bind(action)
+        .bind(subject)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
