@@ -413,6 +413,17 @@ pub fn from_openssl_config(text: &str) -> Result<CsrRequest, CsrError> {
     Ok(req)
 }
 
+/// SHA-256 (lower-case hex) of a CSR's SubjectPublicKeyInfo.
+pub fn csr_spki_sha256(csr_der: &[u8]) -> Result<String, CsrError> {
+    let (_, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| CsrError::NotACsr(e.to_string()))?;
+    let d = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        csr.certification_request_info.subject_pki.raw,
+    );
+    Ok(hex::encode(d))
+}
+
 /// What a request says, read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CsrInfo {

@@ -8,4 +8,4 @@ pub mod parse;
 pub mod selfsigned;
 pub mod vault;
 
-pub use parse::{ParseError, parse_der, pem_to_ders, sha256, to_pem};
+pub use parse::{ParseError, cert_spki_sha256, parse_der, pem_to_ders, sha256, to_pem};

@@ -38,6 +38,17 @@ pub fn sha256(der: &[u8]) -> Fingerprint {
     Fingerprint::from_bytes(out)
 }
 
+/// SHA-256 (lower-case hex) of a certificate's SubjectPublicKeyInfo: the key's identity,
+/// shared by the CSR and every certificate issued for that key.
+pub fn cert_spki_sha256(der: &[u8]) -> Result<String, ParseError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| ParseError::NotACertificate(e.to_string()))?;
+    Ok(hex::encode(digest::digest(
+        &digest::SHA256,
+        cert.tbs_certificate.subject_pki.raw,
+    )))
+}
+
 /// Decode one DER certificate.
 pub fn parse_der(der: &[u8]) -> Result<CertificateFacts, ParseError> {
     let (rest, cert) =

@@ -39,6 +39,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/certificates/import"),
     ("post", "/api/v1/certificates/{sha256}/export"),
     ("get", "/api/v1/audit"),
+    ("post", "/api/v1/requests"),
+    ("get", "/api/v1/requests"),
+    ("get", "/api/v1/requests/{id}"),
 ];
 
 /// The API router.
@@ -70,6 +73,11 @@ pub fn router(state: AppState) -> Router {
             post(crate::manage::export_certificate),
         )
         .route("/api/v1/audit", get(crate::manage::audit_log))
+        .route(
+            "/api/v1/requests",
+            post(crate::manage::create_request).get(crate::manage::list_requests),
+        )
+        .route("/api/v1/requests/{id}", get(crate::manage::show_request))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

@@ -140,7 +140,34 @@ pub async fn import_certificate(
         certs.push(parsed(c)?);
     }
     let sha = certs[0].facts.sha256;
-    let sealed = match &imported.key_pkcs8 {
+    // No key given: a pending request of ours may hold it (manual CA flow).
+    let mut completes = None;
+    let mut key_pkcs8 = imported.key_pkcs8.clone();
+    if key_pkcs8.is_none() {
+        let spki = certkeeper_pki::cert_spki_sha256(&imported.leaf)
+            .map_err(|e| ApiError::bad_request("malformed_certificate", e.to_string()))?;
+        if let Some(r) = state.store.pending_request_for_key(&spki).await? {
+            let sealed = SealedKey {
+                kek_id: r.key.kek_id.clone(),
+                wrapped_dek: r.key.wrapped_dek.clone(),
+                ciphertext: r.key.ciphertext.clone(),
+            };
+            let key = state
+                .vault
+                .open(&sealed, &request_aad(&r.id))
+                .map_err(|e| {
+                    tracing::error!(request = %r.id, error = %e, "a request's key does not open");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "key_unavailable",
+                        "the request's key cannot be opened",
+                    )
+                })?;
+            key_pkcs8 = Some(key);
+            completes = Some(r.id);
+        }
+    }
+    let sealed = match &key_pkcs8 {
         Some(k) => {
             let s = state
                 .vault
@@ -158,7 +185,14 @@ pub async fn import_certificate(
     };
     let outcome = state
         .store
-        .save_import(&certs, complete, sealed.as_ref(), "admin", now)
+        .save_import(
+            &certs,
+            complete,
+            sealed.as_ref(),
+            completes.as_deref(),
+            "admin",
+            now,
+        )
         .await?;
     tracing::info!(certificate = %sha, key = outcome.key_stored, "certificate imported");
     let mut warnings = Vec::new();
@@ -179,6 +213,7 @@ pub async fn import_certificate(
         "chain_complete": complete,
         "key_stored": outcome.key_stored,
         "policy": "passed",
+        "request": completes,
         "warnings": warnings,
     });
     let status = if outcome.new_certificate {
@@ -336,4 +371,144 @@ pub async fn audit_log(
         .map(|(at, actor, action, subject)| json!({"at": views::rfc3339(at), "actor": actor, "action": action, "subject": subject}))
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequest {
+    common_name: String,
+    #[serde(default)]
+    sans: Vec<String>,
+    country: Option<String>,
+    state: Option<String>,
+    locality: Option<String>,
+    organization: Option<String>,
+    org_unit: Option<String>,
+    /// rsa2048 (default), rsa3072, rsa4096, p256, p384, ed25519.
+    key_type: Option<String>,
+}
+
+fn request_aad(id: &str) -> Vec<u8> {
+    format!("request:{id}").into_bytes()
+}
+
+fn request_view(r: &certkeeper_store::CertRequest) -> Value {
+    json!({
+        "id": r.id,
+        "status": r.status,
+        "common_name": r.common_name,
+        "sans": r.sans,
+        "key_type": r.key_type,
+        "csr": r.csr_pem,
+        "certificate_sha256": r.certificate_sha256,
+        "created_at": views::rfc3339(r.created_at),
+    })
+}
+
+/// `POST /api/v1/requests`: the server generates the key (kept sealed) and the CSR,
+/// and returns the CSR. The request stays pending until the signed certificate is
+/// imported (manual CA); the import then picks the key up by its public key.
+pub async fn create_request(
+    State(state): State<AppState>,
+    _admin: Admin,
+    req: Result<Json<NewRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    use certkeeper_pki::csr::{self, CsrRequest, San};
+    let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let bad = |e: csr::CsrError| ApiError::bad_request("invalid_request", e.to_string());
+    let spec = CsrRequest {
+        common_name: req.common_name,
+        sans: req
+            .sans
+            .iter()
+            .map(|s| s.parse::<San>())
+            .collect::<Result<_, _>>()
+            .map_err(bad)?,
+        country: req.country,
+        state: req.state,
+        locality: req.locality,
+        organization: req.organization,
+        org_unit: req.org_unit,
+        key: req
+            .key_type
+            .as_deref()
+            .unwrap_or("rsa2048")
+            .parse()
+            .map_err(bad)?,
+    };
+    let key_type = spec.key.to_string();
+    let generated = tokio::task::spawn_blocking(move || csr::generate(&spec).map(|g| (g, spec)))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "key generation failed",
+            )
+        })?
+        .map_err(bad)?;
+    let (g, spec) = generated;
+    let info = csr::inspect(&g.csr_der).map_err(bad)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    // PKCS#8 DER of the key, sealed for this request.
+    let key_der = rustls::pki_types::pem::PemObject::from_pem_slice(g.key_pem.as_bytes())
+        .map(|k: rustls::pki_types::PrivatePkcs8KeyDer<'static>| k.secret_pkcs8_der().to_vec())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "generated key unreadable",
+            )
+        })?;
+    let sealed = state
+        .vault
+        .seal(&key_der, &request_aad(&id))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let record = certkeeper_store::CertRequest {
+        id,
+        common_name: info.common_name.clone().unwrap_or(spec.common_name),
+        sans: info.sans,
+        key_type,
+        csr_pem: g.csr_pem,
+        spki_sha256: csr::csr_spki_sha256(&g.csr_der).map_err(bad)?,
+        key: StoredKey {
+            kek_id: sealed.kek_id,
+            wrapped_dek: sealed.wrapped_dek,
+            ciphertext: sealed.ciphertext,
+        },
+        status: "pending".into(),
+        certificate_sha256: None,
+        created_at: OffsetDateTime::now_utc(),
+    };
+    state.store.create_request(&record).await?;
+    tracing::info!(request = %record.id, "certificate request created");
+    Ok((StatusCode::CREATED, Json(request_view(&record))))
+}
+
+/// `GET /api/v1/requests`
+pub async fn list_requests(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> = state
+        .store
+        .list_requests()
+        .await?
+        .iter()
+        .map(request_view)
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+/// `GET /api/v1/requests/{id}`
+pub async fn show_request(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let r = state.store.request(&id).await.map_err(|e| match e {
+        certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
+        other => other.into(),
+    })?;
+    Ok(Json(request_view(&r)))
 }

@@ -629,7 +629,9 @@ async fn policy_violations_are_listed_by_rule() {
     let long = pki
         .leaf(&LeafSpec::new("long.example.com", KeyKind::EcdsaP256).valid_days(-1, 500))
         .unwrap();
-    let s = start(|c| c.policy.max_validity_days = certkeeper_core::policy::PRESET_200).await.unwrap();
+    let s = start(|c| c.policy.max_validity_days = certkeeper_core::policy::PRESET_200)
+        .await
+        .unwrap();
     let r = s
         .client
         .post(format!("{}/api/v1/certificates/import", s.base))
@@ -654,5 +656,118 @@ async fn policy_violations_are_listed_by_rule() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_made_request_is_completed_by_importing_the_signed_certificate() {
+    let pki = TestPki::new().unwrap();
+    let s = start(|_| {}).await.unwrap();
+    let r = s
+        .client
+        .post(format!("{}/api/v1/requests", s.base))
+        .bearer_auth(&s.admin)
+        .json(&json!({"common_name": "app.example.com", "sans": ["api.example.com"], "country": "DE", "key_type": "p256"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let req: Value = r.json().await.unwrap();
+    assert_eq!(req["status"], "pending");
+    assert_eq!(
+        req["sans"],
+        json!(["DNS:app.example.com", "DNS:api.example.com"])
+    );
+    let id = req["id"].as_str().unwrap();
+    assert!(
+        !req.to_string().contains("PRIVATE KEY"),
+        "the key never leaves in a listing"
+    );
+
+    // A manual CA (here: openssl with the test intermediate) signs the CSR.
+    let dir = tempfile::tempdir().unwrap();
+    let csr = dir.path().join("app.csr");
+    let crt = dir.path().join("app.crt");
+    std::fs::write(&csr, req["csr"].as_str().unwrap()).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-req",
+            "-days",
+            "90",
+            "-copy_extensions",
+            "copy",
+            "-CAcreateserial",
+            "-in",
+        ])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&pki.intermediate.cert_path)
+        .arg("-CAkey")
+        .arg(&pki.intermediate.key_path)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Importing the certificate alone picks up the request's key.
+    let imported: Value = s
+        .client
+        .post(format!("{}/api/v1/certificates/import", s.base))
+        .bearer_auth(&s.admin)
+        .json(&json!({"certificate": std::fs::read_to_string(&crt).unwrap(), "chain": [pki.intermediate.cert_pem]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(imported["key_stored"], true, "{imported}");
+    assert_eq!(imported["request"], id);
+    let done: Value = s
+        .client
+        .get(format!("{}/api/v1/requests/{id}", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "issued");
+    assert_eq!(done["certificate_sha256"], imported["sha256"]);
+
+    // The exported key is the one in the certificate.
+    let sha = imported["sha256"].as_str().unwrap();
+    let pem = s
+        .client
+        .post(format!("{}/api/v1/certificates/{sha}/export", s.base))
+        .bearer_auth(&s.admin)
+        .json(&json!({"format": "pem", "with_key": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let key = dir.path().join("exported.key");
+    std::fs::write(&key, &pem[pem.find("-----BEGIN PRIVATE KEY").unwrap()..]).unwrap();
+    let pubkey = |args: &[&str], file: &std::path::Path| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .arg(file)
+            .output()
+            .unwrap()
+            .stdout
+    };
+    assert_eq!(
+        pubkey(&["pkey", "-pubout", "-in"], &key),
+        pubkey(&["x509", "-noout", "-pubkey", "-in"], &crt)
+    );
     s.stop().await;
 }

@@ -15,7 +15,7 @@ use sqlx::{AnyPool, Executor, Row, SqlStr};
 use time::OffsetDateTime;
 
 pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
-pub use managed::{ImportOutcome, StoredKey};
+pub use managed::{CertRequest, ImportOutcome, StoredKey};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,30 +77,31 @@ impl std::fmt::Debug for Store {
     }
 }
 
-static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "inventory",
-        include_str!("../migrations/sqlite/0001_inventory.sql"),
-    ),
-    (
-        2,
-        "keys",
-        include_str!("../migrations/sqlite/0002_keys.sql"),
-    ),
-];
-static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "inventory",
-        include_str!("../migrations/postgres/0001_inventory.sql"),
-    ),
-    (
-        2,
-        "keys",
-        include_str!("../migrations/postgres/0002_keys.sql"),
-    ),
-];
+/// `(version, name)`; the SQL is `migrations/<backend>/<name>.sql`. A test checks that
+/// every file of both folders is listed here.
+macro_rules! migrations {
+    ($dir:literal) => {
+        &[
+            (
+                1,
+                "0001_inventory",
+                include_str!(concat!("../migrations/", $dir, "/0001_inventory.sql")),
+            ),
+            (
+                2,
+                "0002_keys",
+                include_str!(concat!("../migrations/", $dir, "/0002_keys.sql")),
+            ),
+            (
+                3,
+                "0003_requests",
+                include_str!(concat!("../migrations/", $dir, "/0003_requests.sql")),
+            ),
+        ]
+    };
+}
+static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite");
+static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres");
 
 /// SQLite URL for a database file inside `dir`.
 pub fn sqlite_url_in(dir: &Path) -> String {
@@ -381,6 +382,23 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_migration_file_is_listed() {
+        for (dir, list) in [
+            ("sqlite", super::SQLITE_MIGRATIONS),
+            ("postgres", super::POSTGRES_MIGRATIONS),
+        ] {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/").to_string() + dir;
+            let mut files: Vec<String> = std::fs::read_dir(path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            files.sort();
+            let listed: Vec<String> = list.iter().map(|(_, n, _)| format!("{n}.sql")).collect();
+            assert_eq!(files, listed, "{dir}");
+        }
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(

@@ -21,6 +21,45 @@ impl std::fmt::Debug for StoredKey {
     }
 }
 
+/// A certificate request whose key the server generated and keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRequest {
+    pub id: String,
+    pub common_name: String,
+    pub sans: Vec<String>,
+    pub key_type: String,
+    pub csr_pem: String,
+    /// SHA-256 of the request's SubjectPublicKeyInfo: how the signed certificate is matched.
+    pub spki_sha256: String,
+    pub key: StoredKey,
+    /// `pending` until the signed certificate is imported, then `issued`.
+    pub status: String,
+    pub certificate_sha256: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
+    let sans: String = r.try_get("sans")?;
+    Ok(CertRequest {
+        id: r.try_get("id")?,
+        common_name: r.try_get("common_name")?,
+        sans: serde_json::from_str(&sans).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        key_type: r.try_get("key_type")?,
+        csr_pem: r.try_get("csr_pem")?,
+        spki_sha256: r.try_get("spki_sha256")?,
+        key: StoredKey {
+            kek_id: r.try_get("kek_id")?,
+            wrapped_dek: r.try_get("wrapped_dek")?,
+            ciphertext: r.try_get("ciphertext")?,
+        },
+        status: r.try_get("status")?,
+        certificate_sha256: r.try_get("certificate_sha256")?,
+        created_at: crate::ts(r.try_get("created_at")?)?,
+    })
+}
+
+const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at";
+
 /// What an import changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportOutcome {
@@ -33,11 +72,15 @@ pub struct ImportOutcome {
 impl Store {
     /// Save an imported certificate: `certs` is the leaf then its ordered chain; all in
     /// one transaction with the sealed key and an audit entry.
+    /// When `completes` names a pending request, it is marked issued in the same
+    /// transaction.
+    #[allow(clippy::too_many_arguments)] // one call site; each argument is one fact of the import
     pub async fn save_import(
         &self,
         certs: &[ParsedCert],
         chain_complete: bool,
         key: Option<&StoredKey>,
+        completes: Option<&str>,
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<ImportOutcome, StoreError> {
@@ -110,6 +153,16 @@ impl Store {
             .rows_affected()
                 == 1;
         }
+        if let Some(id) = completes {
+            sqlx::query(
+                "UPDATE cert_requests SET status = 'issued', certificate_sha256 = $2, completed_at = $3 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(&leaf)
+            .bind(now.unix_timestamp())
+            .execute(&mut *tx)
+            .await?;
+        }
         audit(
             &mut tx,
             actor,
@@ -127,6 +180,68 @@ impl Store {
             new_certificate: before,
             key_stored,
         })
+    }
+
+    /// Record a new pending request.
+    pub async fn create_request(&self, r: &CertRequest) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO cert_requests (id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, completed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', NULL, $10, NULL)",
+        )
+        .bind(&r.id)
+        .bind(&r.common_name)
+        .bind(serde_json::to_string(&r.sans).unwrap_or_else(|_| "[]".into()))
+        .bind(&r.key_type)
+        .bind(&r.csr_pem)
+        .bind(&r.spki_sha256)
+        .bind(&r.key.kek_id)
+        .bind(r.key.wrapped_dek.clone())
+        .bind(r.key.ciphertext.clone())
+        .bind(r.created_at.unix_timestamp())
+        .execute(&mut *tx)
+        .await?;
+        audit(&mut tx, "admin", "request", &r.id, r.created_at).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One request by id.
+    pub async fn request(&self, id: &str) -> Result<CertRequest, StoreError> {
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM cert_requests WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        request_from_row(&row)
+    }
+
+    /// All requests, newest first.
+    pub async fn list_requests(&self) -> Result<Vec<CertRequest>, StoreError> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM cert_requests ORDER BY created_at DESC, id LIMIT 1000"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(request_from_row).collect()
+    }
+
+    /// The pending request whose public key is `spki_sha256`, if any.
+    pub async fn pending_request_for_key(
+        &self,
+        spki_sha256: &str,
+    ) -> Result<Option<CertRequest>, StoreError> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM cert_requests WHERE spki_sha256 = $1 AND status = 'pending' LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(spki_sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(request_from_row).transpose()
     }
 
     /// DER of inventory certificates whose subject is `subject` (issuer candidates).
