@@ -7,8 +7,10 @@
 # Environment:
 #   PORT_BASE=20000          first port; TLS on PORT_BASE+2i, nothing on PORT_BASE+2i+1 (i < 1000)
 #   CONCURRENCIES="64 128 256 512 1024"   certkeeper --concurrency values tried
-#   REPEAT=3                 certkeeper runs per concurrency (the median is reported)
+#   REPEAT=3                 rounds (each: one certkeeper run per concurrency, one nmap run);
+#                            medians are reported
 #   NMAP_ARGS=""             extra nmap arguments (e.g. -T4); the default is the plain command
+#   WAIT_IDLE=SECONDS        wait up to that long for the machine to be idle before the runs
 #   KEEP=1                   keep the temporary directory (PKI, nginx conf, raw results)
 #
 # Fails (exit 1) unless both tools found a certificate on exactly the 1,000 TLS ports, the
@@ -45,10 +47,8 @@ if [ ${#missing[@]} -gt 0 ]; then
         { apt-get update >/dev/null && apt-get install -y -o DPkg::Post-Invoke::= "${missing[@]}" >/dev/null; }
 fi
 for t in openssl python3 ss; do command -v "$t" >/dev/null || die "$t is needed"; done
-if [ ! -x "$BIN" ]; then
-    echo "building $BIN"
-    (cd "$ROOT" && cargo build --release -p certkeeper)
-fi
+# Always (a no-op when up to date): a stale binary would measure old code.
+(cd "$ROOT" && cargo build --release -p certkeeper)
 
 # Two workers and 1,000 listening sockets each, plus up to ~1,000 client sockets.
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -58,7 +58,7 @@ read -r eph_lo eph_hi </proc/sys/net/ipv4/ip_local_port_range
 if [ "$PORT_BASE" -le "$eph_hi" ] && [ "$PORT_LAST" -ge "$eph_lo" ]; then
     die "ports $PORTS overlap the ephemeral range $eph_lo-$eph_hi; set PORT_BASE"
 fi
-busy=$(ss -Htan "( sport >= :$PORT_BASE and sport <= :$PORT_LAST )" | wc -l)
+busy=$(ss -Htan exclude time-wait "( sport >= :$PORT_BASE and sport <= :$PORT_LAST )" | wc -l)
 [ "$busy" = 0 ] || die "$busy socket(s) already use ports $PORTS; set PORT_BASE"
 
 # --- temporary directory and cleanup --------------------------------------------------
@@ -165,25 +165,58 @@ served=$(openssl s_client -connect "127.0.0.1:$PORT_BASE" -showcerts </dev/null 
 echo "== certkeeper discovery scan benchmark: 127.0.0.1 ports $PORTS ($TLS_COUNT TLS, $TLS_COUNT closed)"
 echo "   $(nproc) CPU(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); client and server share them"
 echo "   certkeeper $("$BIN" --version | cut -d' ' -f2) ($BIN, built $(date -u -r "$BIN" '+%F %T UTC');" \
-    "tree $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- crates Cargo.toml Cargo.lock || echo ' with uncommitted changes'))"
+    "checkout now at $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- crates Cargo.toml Cargo.lock || echo ' with uncommitted changes'))"
 echo "   $(nmap --version | head -1), $(nginx -v 2>&1 | cut -d' ' -f3) (2 workers), $(openssl version | cut -d' ' -f1-2)"
+# Other work on the machine skews everything: say how busy it was just before the runs
+# (with WAIT_IDLE=SECONDS, first wait up to that long for it to be idle).
+cpu_busy() { # percent of all CPUs busy over the next second
+    python3 -c '
+import time
+def sample():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v), v[3] + v[4]
+t0, i0 = sample(); time.sleep(1); t1, i1 = sample()
+print(round(100 * (1 - (i1 - i0) / max(1, t1 - t0))))'
+}
+busy=$(cpu_busy)
+waited=0
+while [ "$busy" -gt 10 ] && [ "$waited" -lt "${WAIT_IDLE:-0}" ]; do
+    sleep 4
+    waited=$((waited + 5))
+    busy=$(cpu_busy)
+done
+echo "   CPU busy before the runs: $busy%$([ "$busy" -le 10 ] || echo '  WARNING: something else is running; figures will be low')"
 echo "   TLS ports: 900 ECDSA P-256 + 100 RSA-2048 leaves, chain = leaf + intermediate; 500 TLS 1.3 only, 500 TLS 1.2 only"
 
 # --- certkeeper -------------------------------------------------------------------------
 AGENT="$WORK/agent"
 mkdir -p "$AGENT"
-"$BIN" agent discover --config-dir "$AGENT" --ips 127.0.0.1 --ports "$PORTS" >/dev/null
+"$BIN" agent discover --config-dir "$AGENT" --ips 127.0.0.1 --ports "$PORTS" >"$WORK/discover.out" 2>&1 ||
+    { cat "$WORK/discover.out" >&2; die "certkeeper agent discover failed"; }
 
-# ck_run LABEL CONCURRENCY: one scan, checked; sets WALL USER SYS.
+# CPU seconds used so far by the nginx workers (the server side of every handshake).
+CLK_TCK=$(getconf CLK_TCK)
+nginx_cpu() {
+    local ticks=0 pid
+    for pid in $(pgrep -P "$(cat "$NGINX_PID_FILE")"); do
+        ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    python3 -c "print($ticks / $CLK_TCK)"
+}
+
+# ck_run LABEL CONCURRENCY: one scan, checked; sets WALL USER SYS SRV (nginx CPU s).
 ck_run() {
     local label=$1 conc=$2
     local out="$WORK/ck-$label.json" err="$WORK/ck-$label.err" res="$WORK/ck-$label.time"
+    local srv0
+    srv0=$(nginx_cpu)
     python3 "$HERE/timed.py" "$res" "$out" "$err" -- \
         "$BIN" agent scan --config-dir "$AGENT" --no-push --output json --concurrency "$conc" \
         ${CONNECT_TIMEOUT_MS:+--connect-timeout-ms "$CONNECT_TIMEOUT_MS"} \
         ${HANDSHAKE_TIMEOUT_MS:+--handshake-timeout-ms "$HANDSHAKE_TIMEOUT_MS"}
     local code
     read -r WALL USER SYS code <"$res"
+    SRV=$(python3 -c "print(round($(nginx_cpu) - $srv0, 2))")
     if [ "$code" != 0 ]; then
         sed 's/^/  | /' "$err" | head -20 >&2
         die "certkeeper scan (concurrency $conc) exited with $code"
@@ -194,55 +227,82 @@ ck_run() {
     fi
 }
 
+# nmap_run LABEL: one nmap scan, checked; sets WALL USER SYS SRV.
+nmap_run() {
+    local label=$1 srv0 code
+    srv0=$(nginx_cpu)
+    # shellcheck disable=SC2086
+    python3 "$HERE/timed.py" "$WORK/nmap-$label.time" "$WORK/nmap-$label.xml" "$WORK/nmap-$label.err" -- \
+        nmap -Pn -n -p "$PORTS" --script ssl-cert $NMAP_ARGS -oX - 127.0.0.1
+    read -r WALL USER SYS code <"$WORK/nmap-$label.time"
+    SRV=$(python3 -c "print(round($(nginx_cpu) - $srv0, 2))")
+    [ "$code" = 0 ] || { sed 's/^/  | /' "$WORK/nmap-$label.err" | head -20 >&2; die "nmap exited with $code"; }
+    if ! python3 "$HERE/scan_check.py" nmap "$WORK/nmap-$label.xml" "$MANIFEST" >"$WORK/nmap-$label.check"; then
+        cat "$WORK/nmap-$label.check" >&2
+        die "nmap did not find the expected $TLS_COUNT certificates"
+    fi
+}
+
+# median ROWS...: the row ("wall user sys srv") with the median wall time.
+median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; }
+# row_fmt LABEL WALL USER SYS SRV
+row_fmt() {
+    python3 -c "
+label, wall, user, sys_, srv = '$1', $2, $3, $4, $5
+print(f'   {label:<19} {wall:8.3f} {$TLS_COUNT / wall:10.0f} {(user + sys_) * 1000 / $TLS_COUNT:14.3f} {srv:13.2f}')"
+}
+
 ck_run warmup 256 # page cache, first-run effects; not counted
-echo
-echo "-- certkeeper agent scan --no-push (median of $REPEAT runs per concurrency)"
-printf '   %-11s %9s %14s %15s\n' concurrency "wall s" "chains/s" "CPU s/1000 TLS"
-best_conc="" best_wall="" best_cpu=""
-for conc in $CONCURRENCIES; do
-    rows=()
-    for r in $(seq "$REPEAT"); do
+# Rounds, each with every concurrency and one nmap run, so that a burst of other work on
+# the machine hits all of them alike; the median of the rounds is reported.
+declare -A CK_ROWS
+NMAP_ROWS=()
+for r in $(seq "$REPEAT"); do
+    for conc in $CONCURRENCIES; do
         ck_run "c$conc-r$r" "$conc"
-        rows+=("$WALL $USER $SYS")
+        CK_ROWS[$conc]+="$WALL $USER $SYS $SRV"$'\n'
     done
-    read -r WALL USER SYS < <(printf '%s\n' "${rows[@]}" | sort -n | sed -n "$(((REPEAT + 1) / 2))p")
-    cpu=$(python3 -c "print(f'{($USER + $SYS) * 1000 / $TLS_COUNT:.3f}')")
-    printf '   %-11s %9.3f %14.0f %15s\n' "$conc" "$WALL" "$(python3 -c "print($TLS_COUNT / $WALL)")" "$cpu"
-    if [ -z "$best_wall" ] || python3 -c "import sys; sys.exit(0 if $WALL < $best_wall else 1)"; then
-        best_conc=$conc best_wall=$WALL best_cpu=$cpu
-        cp "$WORK/ck-c$conc-r1.check" "$WORK/ck-best.check"
+    nmap_run "r$r"
+    NMAP_ROWS+=("$WALL $USER $SYS $SRV")
+done
+
+echo
+echo "-- median of $REPEAT rounds; CPU s are per 1,000 TLS handshakes (each run: 1,000 TLS + 1,000 closed ports)"
+printf '   %-19s %8s %10s %14s %13s\n' "" "wall s" "certs/s" "client CPU s" "nginx CPU s"
+best_conc="" best_row=""
+for conc in $CONCURRENCIES; do
+    mapfile -t rows < <(printf '%s' "${CK_ROWS[$conc]}")
+    row=$(median "${rows[@]}")
+    # shellcheck disable=SC2086
+    row_fmt "certkeeper -c $conc" $row
+    if [ -z "$best_row" ] || python3 -c "import sys; sys.exit(0 if ${row%% *} < ${best_row%% *} else 1)"; then
+        best_conc=$conc best_row=$row
     fi
 done
-sed 's/^  //' "$WORK/ck-best.check" | sed 's/^/   /'
-
-# --- nmap ---------------------------------------------------------------------------------
-echo
-echo "-- nmap -Pn -n -p $PORTS --script ssl-cert ${NMAP_ARGS:+$NMAP_ARGS }127.0.0.1"
+nmap_row=$(median "${NMAP_ROWS[@]}")
 # shellcheck disable=SC2086
-python3 "$HERE/timed.py" "$WORK/nmap.time" "$WORK/nmap.xml" "$WORK/nmap.err" -- \
-    nmap -Pn -n -p "$PORTS" --script ssl-cert $NMAP_ARGS -oX - 127.0.0.1
-read -r NMAP_WALL NMAP_USER NMAP_SYS code <"$WORK/nmap.time"
-[ "$code" = 0 ] || { cat "$WORK/nmap.err" >&2; die "nmap exited with $code"; }
-if ! python3 "$HERE/scan_check.py" nmap "$WORK/nmap.xml" "$MANIFEST" >"$WORK/nmap.check"; then
-    cat "$WORK/nmap.check" >&2
-    die "nmap did not find the expected $TLS_COUNT certificates"
-fi
-sed 's/^  //' "$WORK/nmap.check" | sed 's/^/   /'
-NMAP_CPU=$(python3 -c "print(f'{($NMAP_USER + $NMAP_SYS) * 1000 / $TLS_COUNT:.3f}')")
+row_fmt "nmap ssl-cert" $nmap_row
+echo "   nmap runs (wall s): $(printf '%s\n' "${NMAP_ROWS[@]}" | awk '{printf "%.3f ", $1}');" \
+    "certkeeper -c $best_conc runs: $(printf '%s' "${CK_ROWS[$best_conc]}" | awk '{printf "%.3f ", $1}')"
+echo
+sed 's/^  //; s/^/   /' "$WORK/ck-c$best_conc-r1.check"
+sed 's/^  //; s/^/   /' "$WORK/nmap-r1.check"
 
 # --- summary ------------------------------------------------------------------------------
-python3 - "$best_conc" "$best_wall" "$best_cpu" "$NMAP_WALL" "$NMAP_CPU" "$TLS_COUNT" <<'EOF'
+# shellcheck disable=SC2086
+python3 - "$best_conc" $best_row $nmap_row "$TLS_COUNT" <<'EOF'
 import sys
-conc, ck_wall, ck_cpu, nm_wall, nm_cpu, n = sys.argv[1:]
-ck_wall, ck_cpu, nm_wall, nm_cpu, n = float(ck_wall), float(ck_cpu), float(nm_wall), float(nm_cpu), int(n)
+conc = sys.argv[1]
+ck_wall, ck_user, ck_sys, _, nm_wall, nm_user, nm_sys, _, n = map(float, sys.argv[2:])
+ck_cpu, nm_cpu = (ck_user + ck_sys) * 1000 / n, (nm_user + nm_sys) * 1000 / n
 ratio, rate = nm_wall / ck_wall, n / ck_wall
 print()
-print(f"== same findings: both tools found the expected leaf on the same {n} TLS ports; "
-      f"certkeeper captured leaf + intermediate on all {n}")
-print(f"   certkeeper (concurrency {conc}): {ck_wall:8.3f} s wall, {rate:7.0f} complete chains/s, "
-      f"{ck_cpu:.3f} CPU s per 1,000 handshakes")
-print(f"   nmap ssl-cert:             {nm_wall:8.3f} s wall, {n / nm_wall:7.0f} certificates/s,    "
-      f"{nm_cpu:.3f} CPU s per 1,000 handshakes")
-print(f"   ratio nmap / certkeeper:   {ratio:.1f}x  (target >= 10x: {'met' if ratio >= 10 else 'NOT met'}); "
-      f"chains/s target >= 1,000: {'met' if rate >= 1000 else 'NOT met'}")
+print(f"== same findings in every run: both tools found the expected leaf on the same {n:.0f} TLS ports;")
+print(f"   certkeeper captured leaf + intermediate on all {n:.0f}")
+print(f"   certkeeper (concurrency {conc}): {ck_wall:6.3f} s wall, {rate:5.0f} complete chains/s, "
+      f"{ck_cpu:.3f} client CPU s per 1,000 handshakes")
+print(f"   nmap --script ssl-cert:  {' ' * len(conc)} {nm_wall:6.3f} s wall, {n / nm_wall:5.0f} certificates/s,    "
+      f"{nm_cpu:.3f} client CPU s per 1,000 handshakes")
+print(f"   nmap / certkeeper: {ratio:.1f}x wall (target >= 10x: {'met' if ratio >= 10 else 'NOT met'}), "
+      f"{nm_cpu / ck_cpu:.1f}x client CPU; >= 1,000 complete chains/s: {'met' if rate >= 1000 else 'NOT met'}")
 EOF

@@ -225,7 +225,8 @@ impl fmt::Debug for GeneratedCsr {
     }
 }
 
-fn new_key(alg: KeyAlgorithm) -> Result<KeyPair, rcgen::Error> {
+/// A new key pair of the given algorithm (Ed25519 made by OpenSSL, see below).
+pub fn new_key_pair(alg: KeyAlgorithm) -> Result<KeyPair, rcgen::Error> {
     match alg {
         KeyAlgorithm::Rsa2048 => {
             KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048)
@@ -292,7 +293,7 @@ pub fn generate(req: &CsrRequest) -> Result<GeneratedCsr, CsrError> {
             })
         })
         .collect::<Result<_, CsrError>>()?;
-    let key = new_key(req.key).map_err(gen_err)?;
+    let key = new_key_pair(req.key).map_err(gen_err)?;
     let csr = params.serialize_request(&key).map_err(gen_err)?;
     Ok(GeneratedCsr {
         csr_pem: csr.pem().map_err(gen_err)?,

@@ -1,6 +1,7 @@
 //! X.509 at the edge: DER in, [`certkeeper_core::CertificateFacts`] out; PEM handling;
 //! and the server's self-signed certificate.
 
+pub mod ca;
 pub mod csr;
 pub mod import;
 pub mod keys;

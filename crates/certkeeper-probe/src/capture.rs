@@ -245,8 +245,19 @@ fn base_config() -> Arc<ClientConfig> {
     CONFIG
         .get_or_init(|| {
             let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-            provider.cipher_suites = rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES.to_vec();
-            provider.kx_groups = rustls::crypto::aws_lc_rs::ALL_KX_GROUPS.to_vec();
+            // Every suite rustls has, cheapest first: the suite does not change which
+            // certificate a server presents, so SHA-256 suites are preferred to SHA-384.
+            let mut suites = rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES.to_vec();
+            suites.sort_by_key(|s| !format!("{:?}", s.suite()).contains("SHA256"));
+            provider.cipher_suites = suites;
+            // Classical groups only: a post-quantum hybrid key share costs every
+            // handshake an ML-KEM key generation and a 1 KB larger ClientHello, for a
+            // connection that carries no secrets.
+            provider.kx_groups = vec![
+                rustls::crypto::aws_lc_rs::kx_group::X25519,
+                rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+                rustls::crypto::aws_lc_rs::kx_group::SECP384R1,
+            ];
             let config = ClientConfig::builder_with_provider(Arc::new(provider))
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
                 .map(|b| {
