@@ -3,8 +3,8 @@
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -60,7 +60,9 @@ fn unusable(e: impl std::fmt::Display) -> CaError {
 
 fn serial() -> Result<SerialNumber, CaError> {
     let mut b = [0u8; 16];
-    SystemRandom::new().fill(&mut b).map_err(|_| CaError::Unusable("no randomness".into()))?;
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| CaError::Unusable("no randomness".into()))?;
     b[0] &= 0x7f; // positive
     Ok(SerialNumber::from(b.to_vec()))
 }
@@ -90,7 +92,11 @@ pub fn new_root(
     dn.push(DnType::CommonName, common_name);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = now - Duration::minutes(5);
     p.not_after = now + Duration::days(i64::from(validity_days));
     p.serial_number = Some(serial()?);
@@ -118,10 +124,13 @@ pub fn issue(
         }
     }
     if profile.validity_days == 0 {
-        return Err(CaError::Validity("validity must be at least one day".into()));
+        return Err(CaError::Validity(
+            "validity must be at least one day".into(),
+        ));
     }
     let ca_key = KeyPair::try_from(ca_key_pkcs8).map_err(unusable)?;
-    let issuer = Issuer::from_ca_cert_der(&ca_cert_der.to_vec().into(), ca_key).map_err(unusable)?;
+    let issuer =
+        Issuer::from_ca_cert_der(&ca_cert_der.to_vec().into(), ca_key).map_err(unusable)?;
     let (_, ca) = x509_parser::prelude::FromDer::from_der(ca_cert_der)
         .map(|(r, c): (&[u8], x509_parser::certificate::X509Certificate<'_>)| (r, c))
         .map_err(unusable)?;
@@ -138,7 +147,10 @@ pub fn issue(
     params.serial_number = Some(serial()?);
     params.is_ca = IsCa::ExplicitNoCa;
     params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = [
         (profile.server_auth, ExtendedKeyUsagePurpose::ServerAuth),
         (profile.client_auth, ExtendedKeyUsagePurpose::ClientAuth),
@@ -146,7 +158,9 @@ pub fn issue(
     .into_iter()
     .filter_map(|(on, p)| on.then_some(p))
     .collect();
-    let cert = params.signed_by(&csr.public_key, &issuer).map_err(unusable)?;
+    let cert = params
+        .signed_by(&csr.public_key, &issuer)
+        .map_err(unusable)?;
     Ok(cert.der().to_vec())
 }
 
@@ -175,7 +189,10 @@ mod tests {
         assert_eq!(f.sans, vec!["app.example.com".to_string()]);
         assert_eq!(f.issuer, root.subject);
         assert!(!f.is_ca);
-        assert_eq!(((f.not_after - now).whole_seconds() as f64 / 86_400.0).round(), 90.0);
+        assert_eq!(
+            ((f.not_after - now).whole_seconds() as f64 / 86_400.0).round(),
+            90.0
+        );
         let elsewhere = Profile {
             allowed_names: vec!["*.example.org".into()],
             ..Default::default()
@@ -188,6 +205,9 @@ mod tests {
             validity_days: 4000,
             ..Default::default()
         };
-        assert!(matches!(issue(&ca, &ca_key, &req.csr_der, &too_long, now), Err(CaError::Validity(_))));
+        assert!(matches!(
+            issue(&ca, &ca_key, &req.csr_der, &too_long, now),
+            Err(CaError::Validity(_))
+        ));
     }
 }

@@ -42,6 +42,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/requests"),
     ("get", "/api/v1/requests"),
     ("get", "/api/v1/requests/{id}"),
+    ("post", "/api/v1/cas"),
+    ("get", "/api/v1/cas"),
+    ("post", "/api/v1/cas/{name}/issue"),
 ];
 
 /// The API router.
@@ -78,6 +81,11 @@ pub fn router(state: AppState) -> Router {
             post(crate::manage::create_request).get(crate::manage::list_requests),
         )
         .route("/api/v1/requests/{id}", get(crate::manage::show_request))
+        .route(
+            "/api/v1/cas",
+            post(crate::manage::create_ca).get(crate::manage::list_cas),
+        )
+        .route("/api/v1/cas/{name}/issue", post(crate::manage::issue))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

@@ -80,6 +80,11 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidCursor => {
                 ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued")
             }
+            StoreError::Exists(what) => ApiError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                format!("{what} exists already"),
+            ),
             StoreError::EnrollmentRefused => ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "enrollment_refused",

@@ -512,3 +512,349 @@ pub async fn show_request(
     })?;
     Ok(Json(request_view(&r)))
 }
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+fn seal_for(state: &AppState, key: &[u8], aad: &[u8]) -> Result<StoredKey, ApiError> {
+    let s = state.vault.seal(key, aad).map_err(internal)?;
+    Ok(StoredKey {
+        kek_id: s.kek_id,
+        wrapped_dek: s.wrapped_dek,
+        ciphertext: s.ciphertext,
+    })
+}
+
+/// The plaintext PKCS#8 key of a stored certificate.
+async fn open_cert_key(state: &AppState, fp: &Fingerprint) -> Result<Vec<u8>, ApiError> {
+    let sealed = state.store.sealed_key(fp).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_private_key",
+            "no private key is stored for this certificate",
+        )
+    })?;
+    state
+        .vault
+        .open(
+            &SealedKey {
+                kek_id: sealed.kek_id,
+                wrapped_dek: sealed.wrapped_dek,
+                ciphertext: sealed.ciphertext,
+            },
+            fp.to_string().as_bytes(),
+        )
+        .map_err(|e| {
+            tracing::error!(certificate = %fp, error = %e, "a stored key does not open");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "key_unavailable",
+                "the stored key cannot be opened with the configured key-encryption keys",
+            )
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCa {
+    name: String,
+    /// A new root: its common name (and key type, validity).
+    common_name: Option<String>,
+    key_type: Option<String>,
+    validity_days: Option<u32>,
+    /// Or an imported CA certificate (with its key stored) by SHA-256.
+    certificate_sha256: Option<String>,
+    #[serde(default)]
+    profile: certkeeper_pki::ca::Profile,
+}
+
+fn ca_view(
+    name: &str,
+    cert: &certkeeper_core::inventory::StoredCertificate,
+    profile: &Value,
+) -> Value {
+    json!({
+        "name": name,
+        "sha256": cert.facts.sha256.to_string(),
+        "subject": cert.facts.subject,
+        "not_after": views::rfc3339(cert.facts.not_after),
+        "profile": profile,
+        "certificate": certkeeper_pki::to_pem(&cert.der),
+    })
+}
+
+/// `POST /api/v1/cas`: a new internal root, or an imported CA (its key already stored).
+pub async fn create_ca(
+    State(state): State<AppState>,
+    _admin: Admin,
+    req: Result<Json<NewCa>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let name = req.name.trim().to_string();
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "a CA name is 1 to 64 letters, digits, - or _",
+        ));
+    }
+    let now = OffsetDateTime::now_utc();
+    let sha = match (&req.certificate_sha256, &req.common_name) {
+        (Some(sha), None) => {
+            let fp: Fingerprint =
+                sha.parse()
+                    .map_err(|e: certkeeper_core::cert::BadFingerprint| {
+                        ApiError::bad_request("invalid_request", e.to_string())
+                    })?;
+            let cert = state.store.certificate(&fp).await.map_err(|e| match e {
+                certkeeper_store::StoreError::NotFound => ApiError::not_found("certificate"),
+                other => other.into(),
+            })?;
+            if !cert.facts.is_ca {
+                return Err(ApiError::bad_request(
+                    "not_a_ca",
+                    "that certificate is not a CA certificate",
+                ));
+            }
+            open_cert_key(&state, &fp).await?;
+            fp
+        }
+        (None, Some(cn)) => {
+            let key = req.key_type.as_deref().unwrap_or("p256").parse().map_err(
+                |e: certkeeper_pki::csr::CsrError| {
+                    ApiError::bad_request("invalid_request", e.to_string())
+                },
+            )?;
+            let cn = cn.clone();
+            let days = req.validity_days.unwrap_or(3650);
+            let (der, key_der) = tokio::task::spawn_blocking(move || {
+                certkeeper_pki::ca::new_root(&cn, key, days, now)
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+            let root = parsed(&der)?;
+            let fp = root.facts.sha256;
+            let sealed = seal_for(&state, &key_der, fp.to_string().as_bytes())?;
+            state
+                .store
+                .save_import(&[root], true, Some(&sealed), None, "admin", now)
+                .await?;
+            fp
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give either common_name (a new root) or certificate_sha256 (an imported CA with its key)",
+            ));
+        }
+    };
+    let profile = serde_json::to_value(&req.profile).map_err(internal)?;
+    state
+        .store
+        .create_ca(&name, &sha.to_string(), &profile.to_string(), now)
+        .await?;
+    let cert = state.store.certificate(&sha).await?;
+    tracing::info!(ca = %name, certificate = %sha, "internal CA created");
+    Ok((StatusCode::CREATED, Json(ca_view(&name, &cert, &profile))))
+}
+
+/// `GET /api/v1/cas`
+pub async fn list_cas(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let mut items = Vec::new();
+    for (name, sha, profile) in state.store.cas(None).await? {
+        let fp: Fingerprint = sha.parse().map_err(internal)?;
+        let cert = state.store.certificate(&fp).await?;
+        items.push(ca_view(
+            &name,
+            &cert,
+            &serde_json::from_str(&profile).unwrap_or(Value::Null),
+        ));
+    }
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    /// A CSR (PEM) to sign; the key stays with whoever made it.
+    csr: Option<String>,
+    /// Or a pending request of this server; its key is kept with the certificate.
+    request_id: Option<String>,
+    /// Shorter than the profile's validity, if wanted.
+    validity_days: Option<u32>,
+}
+
+/// `POST /api/v1/cas/{name}/issue`
+pub async fn issue(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    req: Result<Json<IssueRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let (_, ca_sha, profile) = state
+        .store
+        .cas(Some(&name))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found("CA"))?;
+    let mut profile: certkeeper_pki::ca::Profile =
+        serde_json::from_str(&profile).map_err(internal)?;
+    if let Some(d) = req.validity_days {
+        if d > profile.validity_days {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "this CA's profile allows at most {} days",
+                    profile.validity_days
+                ),
+            ));
+        }
+        profile.validity_days = d;
+    }
+    if profile.validity_days > state.config.policy.max_validity_days {
+        return Err(ApiError::bad_request(
+            "policy_violation",
+            format!(
+                "{} days is more than the policy's {} days",
+                profile.validity_days, state.config.policy.max_validity_days
+            ),
+        ));
+    }
+    let (csr_der, request) = match (&req.csr, &req.request_id) {
+        (Some(pem), None) => {
+            let der = certkeeper_pki::csr::inspect(pem.as_bytes())
+                .and_then(|_| {
+                    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+                        .filter_map(Result::ok)
+                        .find(|p| p.label.contains("CERTIFICATE REQUEST"))
+                        .map(|p| p.contents)
+                        .ok_or_else(|| {
+                            certkeeper_pki::csr::CsrError::NotACsr("no PEM block".into())
+                        })
+                })
+                .map_err(|e| ApiError::bad_request("malformed_csr", e.to_string()))?;
+            (der, None)
+        }
+        (None, Some(id)) => {
+            let r = state.store.request(id).await.map_err(|e| match e {
+                certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
+                other => other.into(),
+            })?;
+            if r.status != "pending" {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "request_not_pending",
+                    format!("request {id} is {}", r.status),
+                ));
+            }
+            let der = x509_parser::pem::Pem::iter_from_buffer(r.csr_pem.as_bytes())
+                .filter_map(Result::ok)
+                .next()
+                .map(|p| p.contents)
+                .ok_or_else(|| internal("stored CSR unreadable"))?;
+            (der, Some(r))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give either csr or request_id",
+            ));
+        }
+    };
+    let ca_fp: Fingerprint = ca_sha.parse().map_err(internal)?;
+    let ca_cert = state.store.certificate(&ca_fp).await?;
+    let ca_key = open_cert_key(&state, &ca_fp).await?;
+    let now = OffsetDateTime::now_utc();
+    let ca_der = ca_cert.der.clone();
+    let issued = tokio::task::spawn_blocking(move || {
+        certkeeper_pki::ca::issue(&ca_der, &ca_key, &csr_der, &profile, now)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| match e {
+        certkeeper_pki::ca::CaError::NameNotAllowed(_) => {
+            ApiError::bad_request("name_not_allowed", e.to_string())
+        }
+        certkeeper_pki::ca::CaError::BadCsr(_) => {
+            ApiError::bad_request("malformed_csr", e.to_string())
+        }
+        other => ApiError::bad_request("invalid_request", other.to_string()),
+    })?;
+    let leaf = parsed(&issued)?;
+    let violations = state.config.policy.check(&leaf.facts);
+    if !violations.is_empty() {
+        let rules: Vec<String> = violations
+            .iter()
+            .map(|v| format!("{}: {}", v.rule, v.message))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "policy_violation",
+            format!("refused by policy: {}", rules.join("; ")),
+        )
+        .with(
+            "violations",
+            serde_json::to_value(&violations).unwrap_or_default(),
+        ));
+    }
+    let sha = leaf.facts.sha256;
+    // The CA's own chain follows it.
+    let mut chain_ders = vec![ca_cert.der.clone()];
+    chain_ders.extend(state.store.chain_of(&ca_fp).await?);
+    let mut certs = vec![leaf];
+    for d in &chain_ders {
+        certs.push(parsed(d)?);
+    }
+    let key = match &request {
+        Some(r) => {
+            let k = state
+                .vault
+                .open(
+                    &SealedKey {
+                        kek_id: r.key.kek_id.clone(),
+                        wrapped_dek: r.key.wrapped_dek.clone(),
+                        ciphertext: r.key.ciphertext.clone(),
+                    },
+                    &request_aad(&r.id),
+                )
+                .map_err(internal)?;
+            Some(seal_for(&state, &k, sha.to_string().as_bytes())?)
+        }
+        None => None,
+    };
+    let complete = certs.last().is_some_and(|c| c.facts.self_signed);
+    state
+        .store
+        .save_import(
+            &certs,
+            complete,
+            key.as_ref(),
+            request.as_ref().map(|r| r.id.as_str()),
+            &format!("ca:{name}"),
+            now,
+        )
+        .await?;
+    tracing::info!(ca = %name, certificate = %sha, "certificate issued");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "sha256": sha.to_string(),
+            "certificate": certkeeper_pki::to_pem(&issued),
+            "chain": pem_of(import::served_chain(&chain_ders)),
+            "not_after": views::rfc3339(certs[0].facts.not_after),
+            "request": request.map(|r| r.id),
+            "key_stored": key.is_some(),
+        })),
+    ))
+}

@@ -771,3 +771,142 @@ async fn a_server_made_request_is_completed_by_importing_the_signed_certificate(
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_internal_ca_issues_by_profile() {
+    let s = start(|_| {}).await.unwrap();
+    let post = |path: &str, body: Value| {
+        s.client
+            .post(format!("{}{path}", s.base))
+            .bearer_auth(&s.admin)
+            .json(&body)
+            .send()
+    };
+    let r = post("/api/v1/cas", json!({"name": "corp", "common_name": "Corp Internal Root", "profile": {"validity_days": 30, "allowed_names": ["*.corp.example"]}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ca: Value = r.json().await.unwrap();
+    assert_eq!(
+        ca["subject"],
+        "O=certkeeper internal CA, CN=Corp Internal Root"
+    );
+    let r = post(
+        "/api/v1/cas",
+        json!({"name": "corp", "common_name": "again"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::CONFLICT, "already_exists".into())
+    );
+
+    // For a pending request: the key stays on the server with the certificate.
+    let req: Value = post(
+        "/api/v1/requests",
+        json!({"common_name": "db.corp.example", "key_type": "p256"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let r = post("/api/v1/cas/corp/issue", json!({"request_id": req["id"]}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let issued: Value = r.json().await.unwrap();
+    assert_eq!(issued["key_stored"], true);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    let cert_file = dir.path().join("cert.pem");
+    std::fs::write(&ca_file, ca["certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&cert_file, issued["certificate"].as_str().unwrap()).unwrap();
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-purpose", "sslserver", "-CAfile"])
+        .arg(&ca_file)
+        .arg(&cert_file)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let text = String::from_utf8(
+        std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&cert_file)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains("DNS:db.corp.example") && text.contains("TLS Web Server Authentication"),
+        "{text}"
+    );
+    let done: Value = s
+        .client
+        .get(format!(
+            "{}/api/v1/requests/{}",
+            s.base,
+            req["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "issued");
+    let again = post("/api/v1/cas/corp/issue", json!({"request_id": req["id"]}))
+        .await
+        .unwrap();
+    assert_eq!(error_code(again).await.1, "request_not_pending");
+
+    // From a CSR made elsewhere; names outside the profile are refused; so is a
+    // validity over the profile's.
+    let outside = certkeeper_pki::csr::generate(&certkeeper_pki::csr::CsrRequest {
+        common_name: "www.example.com".into(),
+        key: certkeeper_pki::csr::KeyAlgorithm::P256,
+        ..Default::default()
+    })
+    .unwrap();
+    let r = post("/api/v1/cas/corp/issue", json!({"csr": outside.csr_pem}))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "name_not_allowed".into())
+    );
+    let inside = certkeeper_pki::csr::generate(&certkeeper_pki::csr::CsrRequest {
+        common_name: "web.corp.example".into(),
+        key: certkeeper_pki::csr::KeyAlgorithm::Rsa2048,
+        ..Default::default()
+    })
+    .unwrap();
+    let r = post(
+        "/api/v1/cas/corp/issue",
+        json!({"csr": inside.csr_pem, "validity_days": 31}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(error_code(r).await.0, StatusCode::BAD_REQUEST);
+    let r = post(
+        "/api/v1/cas/corp/issue",
+        json!({"csr": inside.csr_pem, "validity_days": 7}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["key_stored"], false, "the CSR's owner keeps the key");
+    let r = post("/api/v1/cas/nope/issue", json!({"csr": inside.csr_pem}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await;
+}

@@ -33,6 +33,9 @@ pub enum StoreError {
     /// The database URL names no supported backend.
     #[error("unsupported database URL (expected sqlite://… or postgres://…): {0}")]
     UnsupportedUrl(String),
+    /// A row with this key exists already.
+    #[error("{0} exists already")]
+    Exists(String),
     /// A pagination cursor that this store did not hand out.
     #[error("invalid cursor")]
     InvalidCursor,
@@ -96,6 +99,11 @@ macro_rules! migrations {
                 3,
                 "0003_requests",
                 include_str!(concat!("../migrations/", $dir, "/0003_requests.sql")),
+            ),
+            (
+                4,
+                "0004_cas",
+                include_str!(concat!("../migrations/", $dir, "/0004_cas.sql")),
             ),
         ]
     };

@@ -182,6 +182,56 @@ impl Store {
         })
     }
 
+    /// Register an internal CA by name: its certificate (already stored with its key)
+    /// and its issuing profile (JSON).
+    pub async fn create_ca(
+        &self,
+        name: &str,
+        cert_sha256: &str,
+        profile: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("INSERT INTO cas (name, cert_sha256, profile, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(cert_sha256)
+            .bind(profile)
+            .bind(now.unix_timestamp())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::Exists(format!("a CA named {name}")));
+        }
+        audit(&mut tx, "admin", "create_ca", name, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// (name, certificate SHA-256, profile JSON) of every CA, or of the one named.
+    pub async fn cas(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = match name {
+            Some(n) => {
+                sqlx::query("SELECT name, cert_sha256, profile FROM cas WHERE name = $1")
+                    .bind(n)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT name, cert_sha256, profile FROM cas ORDER BY name")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     /// Record a new pending request.
     pub async fn create_request(&self, r: &CertRequest) -> Result<(), StoreError> {
         let _w = self.writer().await;
