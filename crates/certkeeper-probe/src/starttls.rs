@@ -152,8 +152,10 @@ async fn read_smtp_reply(stream: &mut TcpStream) -> Result<String, String> {
         if all.len() > MAX_REPLY {
             return Err("SMTP reply too long".into());
         }
-        // "250-..." continues, "250 ..." ends.
-        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+        // "250-..." continues, "250 ..." ends; anything without a code is not SMTP.
+        let b = line.as_bytes();
+        let continues = b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b'-';
+        if !continues {
             return Ok(all);
         }
     }

@@ -169,7 +169,7 @@ async fn sends_the_server_name_as_sni_and_none_for_addresses() {
 }
 
 #[tokio::test]
-async fn speaks_starttls_on_smtp_and_ldap_ports() {
+async fn speaks_starttls_on_smtp_imap_pop3_and_ldap_ports() {
     let pki = TestPki::new().unwrap();
     let leaf = pki
         .leaf(&LeafSpec::new("mail.test", KeyKind::EcdsaP256))
@@ -207,6 +207,25 @@ async fn speaks_starttls_on_smtp_and_ldap_ports() {
             }
             other => panic!("{label}: {other:?}"),
         }
+    }
+    // A plain-text peer that is not what the port promises: a clear failure, no capture.
+    let odd = peers::start(SocketAddr::new(ip, 25), Behaviour::Garbage, None)
+        .await
+        .unwrap();
+    let o = probe(
+        &Target {
+            ip,
+            ..target(odd.addr.port(), Some("mail.test"))
+        },
+        &cfg(),
+    )
+    .await;
+    match &o.outcome {
+        Outcome::Failed { kind, message } => {
+            assert_eq!(*kind, FailureKind::NotTls);
+            assert!(message.contains("starttls-smtp"), "{message}");
+        }
+        other => panic!("{other:?}"),
     }
 }
 

@@ -46,6 +46,10 @@ pub enum Behaviour {
     SmtpStartTls,
     /// LDAP StartTLS extended operation, then TLS.
     LdapStartTls,
+    /// IMAP greeting, `STARTTLS` tagged command, then TLS.
+    ImapStartTls,
+    /// POP3 greeting, `STLS`, then TLS.
+    Pop3StartTls,
     /// Answers every connection with bytes that are not TLS.
     Garbage,
     /// Accepts and never says anything.
@@ -130,6 +134,35 @@ async fn serve(
                 0x30, 0x0c, 0x02, 0x01, 0x01, 0x78, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00,
             ])
             .await?;
+            finish_tls(s, tls).await
+        }
+        Behaviour::ImapStartTls => {
+            s.write_all(b"* OK [CAPABILITY IMAP4rev1 STARTTLS] certkeeper-testkit ready\r\n")
+                .await?;
+            loop {
+                let line = read_line(&mut s).await?;
+                let (tag, cmd) = line.trim_end().split_once(' ').unwrap_or(("*", ""));
+                if cmd.eq_ignore_ascii_case("STARTTLS") {
+                    s.write_all(format!("{tag} OK Begin TLS negotiation now\r\n").as_bytes())
+                        .await?;
+                    break;
+                }
+                s.write_all(format!("{tag} BAD unknown command\r\n").as_bytes())
+                    .await?;
+            }
+            finish_tls(s, tls).await
+        }
+        Behaviour::Pop3StartTls => {
+            s.write_all(b"+OK certkeeper-testkit POP3 ready\r\n")
+                .await?;
+            loop {
+                let line = read_line(&mut s).await?;
+                if line.trim_end().eq_ignore_ascii_case("STLS") {
+                    s.write_all(b"+OK Begin TLS negotiation\r\n").await?;
+                    break;
+                }
+                s.write_all(b"-ERR unknown command\r\n").await?;
+            }
             finish_tls(s, tls).await
         }
         Behaviour::Garbage => {

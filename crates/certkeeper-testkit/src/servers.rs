@@ -37,14 +37,29 @@ impl OpensslServer {
     /// Start `openssl s_server -www` on a free loopback port with the given
     /// certificate, key, optional extra chain file and extra arguments.
     pub fn start(cert: &Path, key: &Path, chain: Option<&Path>, extra: &[&str]) -> Result<Self> {
+        Self::start_at(None, cert, key, chain, extra)
+    }
+
+    /// Like [`OpensslServer::start`], on a given address (e.g. a well-known port on a
+    /// loopback address of its own) instead of a free port on 127.0.0.1.
+    pub fn start_at(
+        at: Option<SocketAddr>,
+        cert: &Path,
+        key: &Path,
+        chain: Option<&Path>,
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut last_err = None;
         // A free port can be taken between probing and binding; try a few.
         for _ in 0..5 {
-            let port = free_port()?;
+            let (ip, port) = match at {
+                Some(a) => (a.ip(), a.port()),
+                None => (std::net::IpAddr::from([127, 0, 0, 1]), free_port()?),
+            };
             let mut cmd = Command::new("openssl");
             cmd.arg("s_server")
                 .arg("-accept")
-                .arg(format!("127.0.0.1:{port}"))
+                .arg(SocketAddr::new(ip, port).to_string())
                 .arg("-cert")
                 .arg(cert)
                 .arg("-key")
@@ -59,7 +74,7 @@ impl OpensslServer {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
             let mut child = cmd.spawn().context("starting openssl s_server")?;
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let addr = SocketAddr::new(ip, port);
             match wait_for_child_port(&mut child, addr) {
                 Ok(()) => return Ok(OpensslServer { child, port }),
                 Err(e) => {

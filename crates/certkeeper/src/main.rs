@@ -64,10 +64,21 @@ fn main() -> ExitCode {
         .init();
     // One crypto provider for every rustls user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A scan is thousands of small handshakes: one thread avoids cross-thread wake-ups
+    // and leaves the other cores to the machine (OpenSSL retries run on the blocking
+    // pool). Everything else gets the multi-threaded runtime.
+    let single = matches!(&cli.command, Command::Agent(agent::AgentCommand::Scan(_)))
+        || std::env::var("CERTKEEPER_SINGLE_THREAD").is_ok_and(|v| v == "1");
+    let built = if single {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -179,6 +179,18 @@ async fn discovery_end_to_end() {
     )
     .await
     .unwrap();
+    // LDAP over TLS (implicit, port 636) from a real TLS server.
+    let ldaps_leaf = pki
+        .leaf(&LeafSpec::new("ldap.test", KeyKind::Rsa2048).valid_days(-1, 200))
+        .unwrap();
+    let _ldaps = OpensslServer::start_at(
+        Some(SocketAddr::new(mail_ip, 636)),
+        &ldaps_leaf.cert_path,
+        &ldaps_leaf.key_path,
+        Some(&pki.intermediate.cert_path),
+        &[],
+    )
+    .unwrap();
 
     enroll(&server, &agent_dir);
     #[cfg(unix)]
@@ -211,7 +223,7 @@ async fn discovery_end_to_end() {
         "--ips",
         "127.0.0.26",
         "--ports",
-        "25,389",
+        "25,389,636",
         "--config-dir",
         dir,
     ]));
@@ -227,7 +239,7 @@ async fn discovery_end_to_end() {
     .unwrap();
     assert_eq!(listed["servers"][0]["name"], "localhost");
     assert_eq!(listed["ranges"][0]["range"], "127.0.0.26");
-    assert_eq!(listed["ranges"][0]["ports"], "25,389");
+    assert_eq!(listed["ranges"][0]["ports"], "25,389,636");
 
     let summary: Value = serde_json::from_str(&ok(ck(&[
         "agent",
@@ -239,13 +251,13 @@ async fn discovery_end_to_end() {
     ])))
     .unwrap();
     // localhost resolves to 127.0.0.1 (and maybe ::1, where nothing listens).
-    assert_eq!(summary["tls_found"], 7 + 2, "{summary}");
+    assert_eq!(summary["tls_found"], 7 + 3, "{summary}");
     assert!(summary["failures"]["refused"].as_u64().unwrap() >= 1);
     assert_eq!(summary["spooled_reports"], 0);
     assert_eq!(
         summary["new_certificates"],
-        8 + 1,
-        "8 leaves + the intermediate: {summary}"
+        9 + 1,
+        "9 leaves + the intermediate: {summary}"
     );
 
     // What expires in the next 30 days, and where is it served?
@@ -266,7 +278,7 @@ async fn discovery_end_to_end() {
 
     // Every field the server parsed agrees with `openssl x509 -text` on the same file.
     let all = certs(&server, &[]);
-    assert_eq!(all.len(), 9);
+    assert_eq!(all.len(), 10);
     for (label, leaf, _) in &leaves {
         let want = openssl_fields(&leaf.cert_path);
         let got = all
@@ -316,6 +328,13 @@ async fn discovery_end_to_end() {
         .map(|e| e["starttls"].as_str().unwrap())
         .collect();
     assert_eq!(starttls, ["starttls-smtp", "starttls-ldap"]);
+    let ldaps = all
+        .iter()
+        .find(|c| c["common_name"] == "ldap.test")
+        .unwrap();
+    assert_eq!(ldaps["endpoints"][0]["port"], 636);
+    assert_eq!(ldaps["endpoints"][0]["host"], "127.0.0.26");
+    assert!(ldaps["endpoints"][0]["starttls"].is_null(), "implicit TLS");
     let inter = all.iter().find(|c| c["is_ca"] == true).unwrap();
     assert_eq!(inter["common_name"], "certkeeper test intermediate");
 
@@ -343,8 +362,8 @@ async fn discovery_end_to_end() {
     args.extend(admin_args(&server));
     let agents: Value = serde_json::from_str(&ok(ck(&args))).unwrap();
     let agent = &agents["items"][0];
-    assert_eq!(agent["watched_endpoints"], port_of.len() as u64 + 1 + 2);
-    assert_eq!(agent["endpoints_seen"], 9);
+    assert_eq!(agent["watched_endpoints"], port_of.len() as u64 + 1 + 3);
+    assert_eq!(agent["endpoints_seen"], 10);
 
     // Nothing is lost: with the server down, results wait in the spool...
     drop(server);
