@@ -213,15 +213,8 @@ async fn show_certificate(
     _admin: Admin,
     Path(sha): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let fp: Fingerprint = sha
-        .parse()
-        .map_err(|e: certkeeper_core::cert::BadFingerprint| {
-            ApiError::bad_request("invalid_request", e.to_string())
-        })?;
-    let cert = state.store.certificate(&fp).await.map_err(|e| match e {
-        certkeeper_store::StoreError::NotFound => ApiError::not_found("certificate"),
-        other => other.into(),
-    })?;
+    let fp = crate::manage::fingerprint_param(&sha)?;
+    let cert = crate::manage::stored_certificate(&state, &fp).await?;
     let endpoints = state.store.endpoints_serving(&[fp]).await?;
     let history = state.store.served_history_of(&fp).await?;
     let now = OffsetDateTime::now_utc();

@@ -104,23 +104,7 @@ pub async fn import_certificate(
         })?
         .map_err(import_error)?;
     let leaf = parsed(&imported.leaf)?;
-    let violations = state.config.policy.check(&leaf.facts);
-    if !violations.is_empty() {
-        let rules: Vec<String> = violations
-            .iter()
-            .map(|v| format!("{}: {}", v.rule, v.message))
-            .collect();
-        // The structured list goes along for scripts.
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "policy_violation",
-            format!("refused by policy: {}", rules.join("; ")),
-        )
-        .with(
-            "violations",
-            serde_json::to_value(&violations).unwrap_or_default(),
-        ));
-    }
+    check_policy(&state, &leaf.facts)?;
 
     // Chain completion: the given chain, then issuers already in the inventory.
     let mut chain = imported.chain.clone();
@@ -147,22 +131,7 @@ pub async fn import_certificate(
         let spki = certkeeper_pki::cert_spki_sha256(&imported.leaf)
             .map_err(|e| ApiError::bad_request("malformed_certificate", e.to_string()))?;
         if let Some(r) = state.store.pending_request_for_key(&spki).await? {
-            let sealed = SealedKey {
-                kek_id: r.key.kek_id.clone(),
-                wrapped_dek: r.key.wrapped_dek.clone(),
-                ciphertext: r.key.ciphertext.clone(),
-            };
-            let key = state
-                .vault
-                .open(&sealed, &request_aad(&r.id))
-                .map_err(|e| {
-                    tracing::error!(request = %r.id, error = %e, "a request's key does not open");
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "key_unavailable",
-                        "the request's key cannot be opened",
-                    )
-                })?;
+            let key = open_request_key(&state, &r)?;
             key_pkcs8 = Some(key);
             completes = Some(r.id);
         }
@@ -245,43 +214,12 @@ pub async fn export_certificate(
     req: Result<Json<ExportRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
-    let fp: Fingerprint = sha
-        .parse()
-        .map_err(|e: certkeeper_core::cert::BadFingerprint| {
-            ApiError::bad_request("invalid_request", e.to_string())
-        })?;
-    let cert = state.store.certificate(&fp).await.map_err(|e| match e {
-        certkeeper_store::StoreError::NotFound => ApiError::not_found("certificate"),
-        other => other.into(),
-    })?;
+    let fp = fingerprint_param(&sha)?;
+    let cert = stored_certificate(&state, &fp).await?;
     let chain = state.store.chain_of(&fp).await?;
     let served = import::served_chain(&chain).to_vec();
     let key = if req.with_key {
-        let sealed = state.store.sealed_key(&fp).await?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_private_key",
-                "no private key is stored for this certificate",
-            )
-        })?;
-        let key = state
-            .vault
-            .open(
-                &SealedKey {
-                    kek_id: sealed.kek_id,
-                    wrapped_dek: sealed.wrapped_dek,
-                    ciphertext: sealed.ciphertext,
-                },
-                fp.to_string().as_bytes(),
-            )
-            .map_err(|e| {
-                tracing::error!(certificate = %fp, error = %e, "a stored key does not open");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "key_unavailable",
-                    "the stored key cannot be opened with the configured key-encryption keys",
-                )
-            })?;
+        let key = open_cert_key(&state, &fp).await?;
         state
             .store
             .audit(
@@ -606,15 +544,8 @@ pub async fn create_ca(
     let now = OffsetDateTime::now_utc();
     let sha = match (&req.certificate_sha256, &req.common_name) {
         (Some(sha), None) => {
-            let fp: Fingerprint =
-                sha.parse()
-                    .map_err(|e: certkeeper_core::cert::BadFingerprint| {
-                        ApiError::bad_request("invalid_request", e.to_string())
-                    })?;
-            let cert = state.store.certificate(&fp).await.map_err(|e| match e {
-                certkeeper_store::StoreError::NotFound => ApiError::not_found("certificate"),
-                other => other.into(),
-            })?;
+            let fp = fingerprint_param(sha)?;
+            let cert = stored_certificate(&state, &fp).await?;
             if !cert.facts.is_ca {
                 return Err(ApiError::bad_request(
                     "not_a_ca",
@@ -792,22 +723,7 @@ pub async fn issue(
         other => ApiError::bad_request("invalid_request", other.to_string()),
     })?;
     let leaf = parsed(&issued)?;
-    let violations = state.config.policy.check(&leaf.facts);
-    if !violations.is_empty() {
-        let rules: Vec<String> = violations
-            .iter()
-            .map(|v| format!("{}: {}", v.rule, v.message))
-            .collect();
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "policy_violation",
-            format!("refused by policy: {}", rules.join("; ")),
-        )
-        .with(
-            "violations",
-            serde_json::to_value(&violations).unwrap_or_default(),
-        ));
-    }
+    check_policy(&state, &leaf.facts)?;
     let sha = leaf.facts.sha256;
     // The CA's own chain follows it.
     let mut chain_ders = vec![ca_cert.der.clone()];
@@ -818,17 +734,7 @@ pub async fn issue(
     }
     let key = match &request {
         Some(r) => {
-            let k = state
-                .vault
-                .open(
-                    &SealedKey {
-                        kek_id: r.key.kek_id.clone(),
-                        wrapped_dek: r.key.wrapped_dek.clone(),
-                        ciphertext: r.key.ciphertext.clone(),
-                    },
-                    &request_aad(&r.id),
-                )
-                .map_err(internal)?;
+            let k = open_request_key(&state, r)?;
             Some(seal_for(&state, &k, sha.to_string().as_bytes())?)
         }
         None => None,
@@ -857,4 +763,68 @@ pub async fn issue(
             "key_stored": key.is_some(),
         })),
     ))
+}
+
+/// A SHA-256 path parameter.
+pub(crate) fn fingerprint_param(s: &str) -> Result<Fingerprint, ApiError> {
+    s.parse()
+        .map_err(|e: certkeeper_core::cert::BadFingerprint| {
+            ApiError::bad_request("invalid_request", e.to_string())
+        })
+}
+
+/// A certificate of the inventory, or 404.
+pub(crate) async fn stored_certificate(
+    state: &AppState,
+    fp: &Fingerprint,
+) -> Result<certkeeper_core::inventory::StoredCertificate, ApiError> {
+    state.store.certificate(fp).await.map_err(|e| match e {
+        certkeeper_store::StoreError::NotFound => ApiError::not_found("certificate"),
+        other => other.into(),
+    })
+}
+
+/// Refuse a certificate that breaks the server's policy, listing every broken rule.
+fn check_policy(
+    state: &AppState,
+    facts: &certkeeper_core::CertificateFacts,
+) -> Result<(), ApiError> {
+    let violations = state.config.policy.check(facts);
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let rules: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.rule, v.message))
+        .collect();
+    // The structured list goes along for scripts.
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "policy_violation",
+        format!("refused by policy: {}", rules.join("; ")),
+    )
+    .with(
+        "violations",
+        serde_json::to_value(&violations).unwrap_or_default(),
+    ))
+}
+
+/// The plaintext PKCS#8 key of a pending request.
+fn open_request_key(
+    state: &AppState,
+    r: &certkeeper_store::CertRequest,
+) -> Result<Vec<u8>, ApiError> {
+    let sealed = SealedKey {
+        kek_id: r.key.kek_id.clone(),
+        wrapped_dek: r.key.wrapped_dek.clone(),
+        ciphertext: r.key.ciphertext.clone(),
+    };
+    state.vault.open(&sealed, &request_aad(&r.id)).map_err(|e| {
+        tracing::error!(request = %r.id, error = %e, "a request's key does not open");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "key_unavailable",
+            "the request's key cannot be opened",
+        )
+    })
 }

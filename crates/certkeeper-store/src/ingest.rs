@@ -152,7 +152,7 @@ impl Store {
         }
 
         // Certificates, many rows per statement.
-        for chunk in certs.chunks(40) {
+        for chunk in certs.chunks(250) {
             let rows: Vec<Vec<Val>> = chunk.iter().map(|c| certificate_row(c, now)).collect();
             summary.new_certificates += Batch::new(
                 self.backend,
@@ -180,7 +180,7 @@ impl Store {
             .copied()
             .filter(|s| s.result.peer_answered())
             .collect();
-        for chunk in insertable.chunks(50) {
+        for chunk in insertable.chunks(500) {
             let rows = chunk.iter().map(|s| endpoint_row(s, agent_id)).collect();
             let returned = Batch::new(
                 self.backend,
@@ -310,7 +310,7 @@ impl Store {
                 }
             }
         }
-        for chunk in history_rows.chunks(200) {
+        for chunk in history_rows.chunks(1000) {
             Batch::new(
                 self.backend,
                 "INSERT INTO served_history (endpoint_id, sha256, first_seen, last_seen, replaced_at) VALUES ",
@@ -320,7 +320,7 @@ impl Store {
             .execute(tx)
             .await?;
         }
-        for chunk in chain_rows.chunks(300) {
+        for chunk in chain_rows.chunks(1000) {
             Batch::new(
                 self.backend,
                 "INSERT INTO endpoint_chain (endpoint_id, position, sha256) VALUES ",

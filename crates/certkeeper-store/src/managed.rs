@@ -342,14 +342,7 @@ impl Store {
         .bind(cert.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(StoredKey {
-                kek_id: r.try_get(0)?,
-                wrapped_dek: r.try_get(1)?,
-                ciphertext: r.try_get(2)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(|r| stored_key(r, 0)).transpose()
     }
 
     /// Sealed keys not wrapped by `kek_id`, up to `limit`, with their certificate.
@@ -366,16 +359,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0)?,
-                    StoredKey {
-                        kek_id: r.try_get(1)?,
-                        wrapped_dek: r.try_get(2)?,
-                        ciphertext: r.try_get(3)?,
-                    },
-                ))
-            })
+            .map(|r| Ok((r.try_get(0)?, stored_key(r, 1)?)))
             .collect()
     }
 
@@ -435,6 +419,15 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// A sealed key from three columns starting at `first` (kek_id, wrapped_dek, ciphertext).
+fn stored_key(r: &sqlx::any::AnyRow, first: usize) -> Result<StoredKey, StoreError> {
+    Ok(StoredKey {
+        kek_id: r.try_get(first)?,
+        wrapped_dek: r.try_get(first + 1)?,
+        ciphertext: r.try_get(first + 2)?,
+    })
 }
 
 async fn audit(

@@ -85,6 +85,15 @@ fn endpoint_from_row(row: &AnyRow) -> Result<Endpoint, StoreError> {
     })
 }
 
+fn period(r: &AnyRow) -> Result<ServedPeriod, StoreError> {
+    Ok(ServedPeriod {
+        sha256: fingerprint(&get::<String>(r, "sha256")?)?,
+        first_seen: ts(get(r, "first_seen")?)?,
+        last_seen: ts(get(r, "last_seen")?)?,
+        replaced_at: opt_ts(get(r, "replaced_at")?)?,
+    })
+}
+
 /// Escape `%`, `_` and `\` for a LIKE pattern used with `ESCAPE '\'`.
 fn like_pattern(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -282,12 +291,7 @@ impl Store {
                 Ok((
                     get(r, "host")?,
                     u16::try_from(get::<i64>(r, "port")?).unwrap_or(0),
-                    ServedPeriod {
-                        sha256: fingerprint(&get::<String>(r, "sha256")?)?,
-                        first_seen: ts(get(r, "first_seen")?)?,
-                        last_seen: ts(get(r, "last_seen")?)?,
-                        replaced_at: opt_ts(get(r, "replaced_at")?)?,
-                    },
+                    period(r)?,
                 ))
             })
             .collect()
@@ -308,16 +312,7 @@ impl Store {
         .bind(i64::from(port))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ServedPeriod {
-                    sha256: fingerprint(&get::<String>(r, "sha256")?)?,
-                    first_seen: ts(get(r, "first_seen")?)?,
-                    last_seen: ts(get(r, "last_seen")?)?,
-                    replaced_at: opt_ts(get(r, "replaced_at")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(period).collect()
     }
 
     /// The presented chain of an endpoint, leaf first, as SHA-256s.
