@@ -45,6 +45,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/cas"),
     ("get", "/api/v1/cas"),
     ("post", "/api/v1/cas/{name}/issue"),
+    ("get", "/api/v1/server/certificate"),
+    ("put", "/api/v1/server/certificate"),
 ];
 
 /// The API router.
@@ -86,6 +88,10 @@ pub fn router(state: AppState) -> Router {
             post(crate::manage::create_ca).get(crate::manage::list_cas),
         )
         .route("/api/v1/cas/{name}/issue", post(crate::manage::issue))
+        .route(
+            "/api/v1/server/certificate",
+            get(crate::manage::server_certificate).put(crate::manage::use_server_certificate),
+        )
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

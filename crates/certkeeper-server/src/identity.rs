@@ -3,7 +3,10 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use certkeeper_core::Fingerprint;
 use rustls::pki_types::pem::PemObject;
@@ -35,7 +38,7 @@ pub(crate) fn load_or_create(
     dir: &Path,
     extra_names: &[String],
     now: OffsetDateTime,
-) -> Result<(Arc<rustls::ServerConfig>, Fingerprint), ServerError> {
+) -> Result<Identity, ServerError> {
     let cert_path = dir.join("server.crt");
     let key_path = dir.join("server.key");
     if !cert_path.exists() || !key_path.exists() {
@@ -78,14 +81,133 @@ pub(crate) fn load_or_create(
         ))
     })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let key_der = key.secret_der().to_vec();
+    let leaf_der = leaf.to_vec();
+    let certified = CertifiedKey::from_der(certs, key, &provider)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let resolver = Arc::new(SwappableCert::new(certified, fingerprint));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerError::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+        .with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((Arc::new(cfg), fingerprint))
+    Ok(Identity {
+        config: Arc::new(cfg),
+        resolver,
+        leaf_der,
+        key_der,
+    })
+}
+
+/// The server's TLS setup and where its certificate came from.
+pub(crate) struct Identity {
+    pub config: Arc<rustls::ServerConfig>,
+    pub resolver: Arc<SwappableCert>,
+    pub leaf_der: Vec<u8>,
+    /// The file key, to be sealed into the inventory; never logged.
+    pub key_der: Vec<u8>,
+}
+
+/// The certificate the server presents, replaceable while it runs: new handshakes get
+/// the new one, established connections keep theirs.
+#[derive(Debug)]
+pub struct SwappableCert {
+    current: RwLock<(Arc<CertifiedKey>, Fingerprint)>,
+}
+
+impl SwappableCert {
+    fn new(key: CertifiedKey, fp: Fingerprint) -> Self {
+        SwappableCert {
+            current: RwLock::new((Arc::new(key), fp)),
+        }
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    pub fn swap(&self, key: CertifiedKey, fp: Fingerprint) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(key), fp);
+    }
+}
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .clone(),
+        )
+    }
+}
+
+/// Build what the server presents for an inventory certificate with a stored key:
+/// the certificate, its chain (without the root), and the key, which must match.
+pub(crate) async fn certified_from_inventory(
+    store: &certkeeper_store::Store,
+    vault: &certkeeper_pki::vault::Vault,
+    fp: &Fingerprint,
+) -> Result<CertifiedKey, String> {
+    let cert = store.certificate(fp).await.map_err(|e| e.to_string())?;
+    let sealed = store
+        .sealed_key(fp)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no private key is stored for this certificate")?;
+    let key = vault
+        .open(
+            &certkeeper_pki::vault::SealedKey {
+                kek_id: sealed.kek_id,
+                wrapped_dek: sealed.wrapped_dek,
+                ciphertext: sealed.ciphertext,
+            },
+            fp.to_string().as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+    let chain = store.chain_of(fp).await.map_err(|e| e.to_string())?;
+    let mut certs = vec![CertificateDer::from(cert.der)];
+    certs.extend(
+        certkeeper_pki::import::served_chain(&chain)
+            .iter()
+            .map(|d| CertificateDer::from(d.clone())),
+    );
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    CertifiedKey::from_der(
+        certs,
+        PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key)),
+        &provider,
+    )
+    .map_err(|e| format!("the key does not fit the certificate: {e}"))
+}
+
+/// Follow the `server_certificate` setting, so every replica of a shared database
+/// switches when one of them is told to.
+pub(crate) async fn follow_setting(
+    store: certkeeper_store::Store,
+    vault: Arc<certkeeper_pki::vault::Vault>,
+    resolver: Arc<SwappableCert>,
+    every: std::time::Duration,
+) {
+    loop {
+        if let Ok(Some(sha)) = store.setting("server_certificate").await
+            && let Ok(fp) = sha.parse::<Fingerprint>()
+            && fp != resolver.fingerprint()
+        {
+            match certified_from_inventory(&store, &vault, &fp).await {
+                Ok(ck) => {
+                    resolver.swap(ck, fp);
+                    tracing::info!(certificate = %fp, "now serving the configured certificate");
+                }
+                Err(e) => {
+                    tracing::warn!(certificate = %fp, error = %e, "cannot serve the configured certificate")
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// The vault: the current KEK from `CERTKEEPER_KEK`, `kek_file`, or `DATA_DIR/kek.key`

@@ -128,6 +128,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     limiter: Arc<auth::AuthLimiter>,
     vault: Arc<certkeeper_pki::vault::Vault>,
+    /// The certificate served, when serving HTTPS.
+    tls: Option<Arc<identity::SwappableCert>>,
 }
 
 /// A server ready to serve.
@@ -166,14 +168,60 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         }
     }
 
-    let (tls, certificate_fingerprint) = if config.http {
-        (None, None)
-    } else {
-        let (cfg, fp) = identity::load_or_create(&config.data_dir, &config.tls_names, now)?;
-        (Some(cfg), Some(fp))
-    };
     let limiter = Arc::new(auth::AuthLimiter::new(config.auth_failures_per_minute));
     let vault = Arc::new(identity::load_vault(&config)?);
+    let (tls, resolver, certificate_fingerprint) = if config.http {
+        (None, None, None)
+    } else {
+        let id = identity::load_or_create(&config.data_dir, &config.tls_names, now)?;
+        let fp = id.resolver.fingerprint();
+        // The server's own certificate is in its inventory, watched like any other.
+        if store.sealed_key(&fp).await?.is_none() {
+            let cert = certkeeper_pki::parse_der(&id.leaf_der)
+                .map_err(|e| ServerError::Tls(e.to_string()))?;
+            let sealed = vault
+                .seal(&id.key_der, fp.to_string().as_bytes())
+                .map_err(|e| ServerError::Kek(e.to_string()))?;
+            let key = certkeeper_store::StoredKey {
+                kek_id: sealed.kek_id,
+                wrapped_dek: sealed.wrapped_dek,
+                ciphertext: sealed.ciphertext,
+            };
+            let parsed = certkeeper_store::ParsedCert {
+                facts: cert,
+                der: id.leaf_der.clone(),
+            };
+            store
+                .save_import(&[parsed], true, Some(&key), None, "server", now)
+                .await?;
+        }
+        (Some(id.config), Some(id.resolver), Some(fp))
+    };
+    let mut certificate_fingerprint = certificate_fingerprint;
+    if let Some(r) = &resolver
+        && let Some(sha) = store.setting("server_certificate").await?
+        && let Ok(fp) = sha.parse::<Fingerprint>()
+        && fp != r.fingerprint()
+    {
+        match identity::certified_from_inventory(&store, &vault, &fp).await {
+            Ok(ck) => {
+                r.swap(ck, fp);
+                certificate_fingerprint = Some(fp);
+            }
+            Err(e) => {
+                tracing::warn!(certificate = %fp, error = %e, "cannot serve the configured certificate; serving the generated one")
+            }
+        }
+    }
+    if let Some(r) = &resolver {
+        // A certificate chosen earlier (or by another replica) takes over, now and later.
+        tokio::spawn(identity::follow_setting(
+            store.clone(),
+            vault.clone(),
+            r.clone(),
+            Duration::from_secs(30),
+        ));
+    }
     // Keys sealed under an earlier KEK are re-wrapped in the background; they stay
     // usable throughout, so rotation needs no downtime.
     tokio::spawn(identity::rewrap_all(store.clone(), vault.clone()));
@@ -183,6 +231,7 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
             config: Arc::new(config),
             limiter,
             vault,
+            tls: resolver,
         },
         tls,
         created_admin_token,

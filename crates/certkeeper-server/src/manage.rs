@@ -828,3 +828,84 @@ fn open_request_key(
         )
     })
 }
+
+/// `GET /api/v1/server/certificate`: what this server presents now.
+pub async fn server_certificate(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let tls = state.tls.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_serving_tls",
+            "this server runs plain HTTP (--http)",
+        )
+    })?;
+    let fp = tls.fingerprint();
+    let cert = stored_certificate(&state, &fp).await?;
+    Ok(Json(json!({
+        "sha256": fp.to_string(),
+        "common_name": cert.facts.common_name,
+        "sans": cert.facts.sans,
+        "not_after": views::rfc3339(cert.facts.not_after),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UseCertificate {
+    sha256: String,
+}
+
+/// `PUT /api/v1/server/certificate`: serve another certificate of the inventory (with
+/// its stored key) from the next handshake on, without a restart; other replicas of
+/// the same database follow within 30 s.
+pub async fn use_server_certificate(
+    State(state): State<AppState>,
+    _admin: Admin,
+    req: Result<Json<UseCertificate>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let tls = state.tls.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_serving_tls",
+            "this server runs plain HTTP (--http)",
+        )
+    })?;
+    let fp = fingerprint_param(&req.sha256)?;
+    let cert = stored_certificate(&state, &fp).await?;
+    if cert.facts.not_after < OffsetDateTime::now_utc() {
+        return Err(ApiError::bad_request(
+            "certificate_expired",
+            "that certificate has expired",
+        ));
+    }
+    if cert.facts.is_ca {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "a CA certificate cannot be the server's certificate",
+        ));
+    }
+    let ck = crate::identity::certified_from_inventory(&state.store, &state.vault, &fp)
+        .await
+        .map_err(|e| ApiError::bad_request("unusable_certificate", e))?;
+    state
+        .store
+        .set_setting("server_certificate", &fp.to_string())
+        .await?;
+    tls.swap(ck, fp);
+    state
+        .store
+        .audit(
+            "admin",
+            "server_certificate",
+            &fp.to_string(),
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+    tracing::info!(certificate = %fp, "server certificate replaced");
+    Ok(Json(
+        json!({"sha256": fp.to_string(), "common_name": cert.facts.common_name, "not_after": views::rfc3339(cert.facts.not_after)}),
+    ))
+}

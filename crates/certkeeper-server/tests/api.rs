@@ -910,3 +910,137 @@ async fn an_internal_ca_issues_by_profile() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_server_certificate_is_replaced_without_a_restart() {
+    install_provider();
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).names(&["localhost", "127.0.0.1"]))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |prepared: Prepared| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            prepared
+                .launch(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap()
+        });
+        (format!("https://{addr}"), tx, task)
+    };
+    let first = prepare(ServerConfig::new(dir.path())).await.unwrap();
+    let generated = first.certificate_fingerprint.unwrap();
+    let admin = first.created_admin_token.clone().unwrap();
+    let (base, stop, task) = serve(first).await;
+    let old_pem = std::fs::read(dir.path().join("server.crt")).unwrap();
+    let old_client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&old_pem).unwrap())
+        .build()
+        .unwrap();
+    let new_client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(pki.root.cert_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    // The generated certificate is in the inventory like any other.
+    let r = old_client
+        .get(format!("{base}/api/v1/certificates/{generated}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        new_client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "not trusted yet"
+    );
+
+    let imported: Value = old_client
+        .post(format!("{base}/api/v1/certificates/import"))
+        .bearer_auth(&admin)
+        .json(&json!({"certificate": leaf.cert_pem, "private_key": leaf.key_pem, "chain": [pki.intermediate.cert_pem]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sha = imported["sha256"].as_str().unwrap().to_string();
+    let r = old_client
+        .put(format!("{base}/api/v1/server/certificate"))
+        .bearer_auth(&admin)
+        .json(&json!({"sha256": sha}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // New handshakes get the new certificate and its chain...
+    let now: Value = new_client
+        .get(format!("{base}/api/v1/server/certificate"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["sha256"], sha.as_str());
+    // ...while the connection opened before the switch keeps working.
+    let r = old_client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A certificate without a key cannot be served.
+    let bare = pki
+        .leaf(&LeafSpec::new("bare.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let bare_sha: Value = new_client
+        .post(format!("{base}/api/v1/certificates/import"))
+        .bearer_auth(&admin)
+        .json(&json!({"certificate": bare.cert_pem}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = new_client
+        .put(format!("{base}/api/v1/server/certificate"))
+        .bearer_auth(&admin)
+        .json(&json!({"sha256": bare_sha["sha256"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "unusable_certificate".into())
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+
+    // After a restart the chosen certificate is still the one served.
+    let again = prepare(ServerConfig::new(dir.path())).await.unwrap();
+    assert_eq!(
+        again.certificate_fingerprint.map(|f| f.to_string()),
+        Some(sha.clone())
+    );
+    let (base, stop, task) = serve(again).await;
+    let r = new_client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = stop.send(());
+    task.await.unwrap();
+}

@@ -325,6 +325,27 @@ impl Store {
         Ok(())
     }
 
+    /// A server-wide setting (shared by every replica of a database).
+    pub async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM singletons WHERE name = $1")
+            .bind(format!("setting:{name}"))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get(0).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Set a server-wide setting.
+    pub async fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("INSERT INTO singletons (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            .bind(format!("setting:{name}"))
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Revoke an agent: its credential stops working with the next request.
     pub async fn revoke_agent(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
         let _w = self.writer().await;

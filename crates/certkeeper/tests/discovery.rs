@@ -278,7 +278,14 @@ async fn discovery_end_to_end() {
 
     // Every field the server parsed agrees with `openssl x509 -text` on the same file.
     let all = certs(&server, &[]);
-    assert_eq!(all.len(), 10);
+    // 10 seen on the network, and the server's own certificate, watched like any other.
+    assert_eq!(all.len(), 11);
+    assert_eq!(
+        all.iter()
+            .filter(|c| c["common_name"] == "certkeeper server")
+            .count(),
+        1
+    );
     for (label, leaf, _) in &leaves {
         let want = openssl_fields(&leaf.cert_path);
         let got = all
@@ -645,8 +652,14 @@ async fn two_servers_on_one_postgres_keep_one_row_per_certificate_and_endpoint()
     }
     for s in [&s1, &s2] {
         let all = certs(s, &[]);
-        assert_eq!(all.len(), 13, "12 leaves + 1 intermediate, once each");
-        for c in all.iter().filter(|c| c["is_ca"] == false) {
+        // Each server also keeps its own certificate in the shared inventory.
+        let seen: Vec<&Value> = all
+            .iter()
+            .filter(|c| c["common_name"] != "certkeeper server")
+            .collect();
+        assert_eq!(seen.len(), 13, "12 leaves + 1 intermediate, once each");
+        assert_eq!(all.len(), 13 + 2);
+        for c in seen.iter().filter(|c| c["is_ca"] == false) {
             assert_eq!(
                 c["endpoints"].as_array().unwrap().len(),
                 1,
