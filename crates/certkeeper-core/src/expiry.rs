@@ -44,10 +44,95 @@ pub fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
     (not_after - now).whole_days()
 }
 
+/// Where a certificate is on a notification policy's ladder of thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Expired: notifies once per policy period until renewed or retired.
+    Expired,
+    /// Within this many days (the smallest threshold not below the days left).
+    Within(u32),
+}
+
+/// The stage of a certificate expiring at `not_after`, or `None` when it is further
+/// out than the largest threshold. Thresholds are days, e.g. `[30, 14, 7, 1]`.
+pub fn stage(not_after: OffsetDateTime, now: OffsetDateTime, thresholds: &[u32]) -> Option<Stage> {
+    if now > not_after {
+        return Some(Stage::Expired);
+    }
+    let left = not_after - now;
+    thresholds
+        .iter()
+        .copied()
+        .filter(|t| left <= Duration::days(i64::from(*t)))
+        .min()
+        .map(Stage::Within)
+}
+
+/// The key that makes a notification happen once: once per threshold crossed, and for
+/// expired certificates once per period (`period_start` is the start of the policy's
+/// current daily or weekly period). Two runs, restarts or replicas in one period
+/// produce the same key, so a unique index on it prevents a second message.
+pub fn notification_key(
+    policy: &str,
+    sha256: &str,
+    stage: Stage,
+    period_start: OffsetDateTime,
+) -> String {
+    match stage {
+        Stage::Within(days) => format!("{policy}|{sha256}|{days}d"),
+        Stage::Expired => format!(
+            "{policy}|{sha256}|expired|{}",
+            period_start.unix_timestamp()
+        ),
+    }
+}
+
+/// Inside the escalation window (default 7 days) and still not renewed.
+pub fn escalated(not_after: OffsetDateTime, now: OffsetDateTime, escalation_days: u32) -> bool {
+    not_after - now <= Duration::days(i64::from(escalation_days))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn thresholds_and_notification_keys() {
+        let na = datetime!(2026-12-31 0:00 UTC);
+        let ladder = [30, 14, 7, 1];
+        assert_eq!(stage(na, datetime!(2026-11-01 0:00 UTC), &ladder), None);
+        assert_eq!(
+            stage(na, datetime!(2026-12-01 0:00 UTC), &ladder),
+            Some(Stage::Within(30))
+        );
+        assert_eq!(
+            stage(na, datetime!(2026-12-20 0:00 UTC), &ladder),
+            Some(Stage::Within(14))
+        );
+        assert_eq!(
+            stage(na, datetime!(2026-12-30 12:00 UTC), &ladder),
+            Some(Stage::Within(1))
+        );
+        assert_eq!(
+            stage(na, datetime!(2027-01-02 0:00 UTC), &ladder),
+            Some(Stage::Expired)
+        );
+        let p1 = datetime!(2027-01-02 0:00 UTC);
+        let p2 = datetime!(2027-01-03 0:00 UTC);
+        assert_eq!(
+            notification_key("default", "ab", Stage::Within(14), p1),
+            notification_key("default", "ab", Stage::Within(14), p2),
+            "a threshold notifies once"
+        );
+        assert_ne!(
+            notification_key("default", "ab", Stage::Expired, p1),
+            notification_key("default", "ab", Stage::Expired, p2),
+            "an expired certificate notifies every period"
+        );
+        assert!(escalated(na, datetime!(2026-12-25 0:00 UTC), 7));
+        assert!(!escalated(na, datetime!(2026-12-20 0:00 UTC), 7));
+    }
 
     #[test]
     fn classifies_against_the_injected_clock() {

@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod policy;
 pub mod report;
 pub mod target;
+pub mod tickets;
 pub mod watchlist;
 
 pub use cert::{CertificateFacts, Fingerprint, KeyInfo, KeyType, Serial};
