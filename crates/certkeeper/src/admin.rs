@@ -664,3 +664,210 @@ pub async fn run_export(args: ExportArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `certkeeper request …`: keys and CSRs made and kept by the server.
+#[derive(Debug, Subcommand)]
+pub enum RequestCommand {
+    /// The server makes a key (kept sealed) and a CSR; prints the CSR for your CA.
+    New {
+        #[arg(long)]
+        cn: String,
+        /// Subject alternative names, comma-separated.
+        #[arg(long)]
+        san: Option<String>,
+        #[arg(long)]
+        country: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        org_unit: Option<String>,
+        /// rsa2048, rsa3072, rsa4096, p256, p384 or ed25519.
+        #[arg(long, default_value = "rsa2048")]
+        key_type: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List requests and their status.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `certkeeper ca …`: internal CAs.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a new internal root CA.
+    Create {
+        name: String,
+        #[arg(long)]
+        cn: String,
+        #[arg(long, default_value = "p256")]
+        key_type: String,
+        /// Validity of the root, in days.
+        #[arg(long, default_value_t = 3650)]
+        validity_days: u32,
+        /// Validity of issued certificates, in days.
+        #[arg(long, default_value_t = 90)]
+        issue_days: u32,
+        /// Names it may issue for, comma-separated (`*.corp.example` covers subdomains).
+        #[arg(long)]
+        allowed_names: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Issue a certificate for a pending request or a CSR file.
+    Issue {
+        name: String,
+        #[arg(long, conflicts_with = "csr", required_unless_present = "csr")]
+        request: Option<String>,
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        #[arg(long)]
+        validity_days: Option<u32>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn list_of(s: &Option<String>) -> Vec<String> {
+    s.as_deref()
+        .map(|l| {
+            l.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
+    match cmd {
+        RequestCommand::New {
+            cn,
+            san,
+            country,
+            org,
+            org_unit,
+            key_type,
+            output,
+            remote,
+        } => {
+            let api = remote.connect()?;
+            let v = api
+                .post(
+                    "/api/v1/requests",
+                    &json!({"common_name": cn, "sans": list_of(&san), "country": country, "organization": org,
+                            "org_unit": org_unit, "key_type": key_type}),
+                )
+                .await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                eprintln!(
+                    "request {} pending; give this CSR to your CA, then `certkeeper import --cert` the result",
+                    v["id"].as_str().unwrap_or("")
+                );
+                print!("{}", v["csr"].as_str().unwrap_or(""));
+            }
+        }
+        RequestCommand::List { output, remote } => {
+            let api = remote.connect()?;
+            let v = api.get("/api/v1/requests", &[]).await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                for r in v["items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<36}  {:<8}  {:<8}  {}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["status"].as_str().unwrap_or(""),
+                        r["key_type"].as_str().unwrap_or(""),
+                        r["common_name"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_ca(cmd: CaCommand) -> Result<ExitCode> {
+    match cmd {
+        CaCommand::Create {
+            name,
+            cn,
+            key_type,
+            validity_days,
+            issue_days,
+            allowed_names,
+            output,
+            remote,
+        } => {
+            let api = remote.connect()?;
+            let v = api
+                .post(
+                    "/api/v1/cas",
+                    &json!({"name": name, "common_name": cn, "key_type": key_type, "validity_days": validity_days,
+                            "profile": {"validity_days": issue_days, "allowed_names": list_of(&allowed_names)}}),
+                )
+                .await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                eprintln!(
+                    "CA {} created ({}); its certificate:",
+                    name,
+                    v["subject"].as_str().unwrap_or("")
+                );
+                print!("{}", v["certificate"].as_str().unwrap_or(""));
+            }
+        }
+        CaCommand::Issue {
+            name,
+            request,
+            csr,
+            validity_days,
+            output,
+            remote,
+        } => {
+            let api = remote.connect()?;
+            let csr = csr.as_ref().map(read_secret_file).transpose()?;
+            let v = api
+                .post(
+                    &format!("/api/v1/cas/{name}/issue"),
+                    &json!({"request_id": request, "csr": csr, "validity_days": validity_days}),
+                )
+                .await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                eprintln!(
+                    "issued {} (valid until {}){}",
+                    v["sha256"].as_str().unwrap_or(""),
+                    v["not_after"].as_str().unwrap_or(""),
+                    if v["key_stored"] == true {
+                        "; the key is kept by the server"
+                    } else {
+                        ""
+                    }
+                );
+                print!(
+                    "{}{}",
+                    v["certificate"].as_str().unwrap_or(""),
+                    v["chain"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

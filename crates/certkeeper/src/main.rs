@@ -40,6 +40,12 @@ enum Command {
     Import(Box<admin::ImportArgs>),
     /// Export a certificate, its chain, or a PKCS#12 file.
     Export(admin::ExportArgs),
+    /// Certificate requests whose keys the server makes and keeps.
+    #[command(subcommand)]
+    Request(admin::RequestCommand),
+    /// Internal certificate authorities.
+    #[command(subcommand)]
+    Ca(admin::CaCommand),
     /// Keys and certificate signing requests, locally.
     #[command(subcommand)]
     Csr(csr::CsrCommand),
@@ -93,6 +99,8 @@ fn main() -> ExitCode {
             Command::Certs(cmd) => admin::run_certs(cmd).await,
             Command::Csr(cmd) => csr::run(cmd),
             Command::Import(args) => admin::run_import(*args).await,
+            Command::Request(cmd) => admin::run_request(cmd).await,
+            Command::Ca(cmd) => admin::run_ca(cmd).await,
             Command::Export(args) => admin::run_export(args).await,
         }
     });

@@ -417,3 +417,84 @@ fn every_bad_input_gets_its_own_error() {
         .collect();
     assert_eq!(names, ["certkeeper server"]);
 }
+
+#[test]
+fn request_and_internal_ca_from_the_command_line() {
+    let env = Env::new();
+    let with = |args: &[&str]| {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(admin_args(&env.server));
+        serde_json::from_str::<Value>(&ok(ck(&full))).unwrap()
+    };
+    let ca = with(&[
+        "ca",
+        "create",
+        "corp",
+        "--cn",
+        "Corp Root",
+        "--allowed-names",
+        "*.corp.example",
+        "--output",
+        "json",
+    ]);
+    let req = with(&[
+        "request",
+        "new",
+        "--cn",
+        "db.corp.example",
+        "--key-type",
+        "p256",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(req["status"], "pending");
+    let id = req["id"].as_str().unwrap();
+    let issued = with(&["ca", "issue", "corp", "--request", id, "--output", "json"]);
+    assert_eq!(issued["key_stored"], true);
+    let listed = with(&["request", "list", "--output", "json"]);
+    assert_eq!(listed["items"][0]["status"], "issued");
+    let ca_file = env.file("ca.pem", ca["certificate"].as_str().unwrap());
+    let cert_file = env.file("db.pem", issued["certificate"].as_str().unwrap());
+    openssl(&["verify", "-CAfile", s(&ca_file), s(&cert_file)]);
+    // A CSR made locally, signed by the CA; the key never leaves this machine.
+    let out_dir = env.work.path().join("local");
+    ok(ck(&[
+        "csr",
+        "new",
+        "--cn",
+        "web.corp.example",
+        "--key-type",
+        "p256",
+        "--out-dir",
+        s(&out_dir),
+    ]));
+    let issued = with(&[
+        "ca",
+        "issue",
+        "corp",
+        "--csr",
+        s(&out_dir.join("server.csr")),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(issued["key_stored"], false);
+    // Outside the CA's names: refused with its own code.
+    let out_dir = env.work.path().join("outside");
+    ok(ck(&[
+        "csr",
+        "new",
+        "--cn",
+        "www.example.com",
+        "--key-type",
+        "p256",
+        "--out-dir",
+        s(&out_dir),
+    ]));
+    let mut args = vec!["ca", "issue", "corp", "--csr"];
+    let csr = out_dir.join("server.csr");
+    args.push(s(&csr));
+    args.extend(admin_args(&env.server));
+    let out = ck(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name_not_allowed"));
+}
