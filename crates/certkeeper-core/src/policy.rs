@@ -108,6 +108,21 @@ impl CertificatePolicy {
                 "key_size",
                 format!("EC key of {b} bits, at least {} required", self.min_ec_bits),
             )),
+            // A key whose size cannot be read (an unknown curve, explicit parameters)
+            // cannot be shown to meet the minimum.
+            (KeyType::Rsa | KeyType::Ec | KeyType::Dsa, None) => v.push(violation(
+                "key_size",
+                format!(
+                    "the {} key's size cannot be determined{}",
+                    kt.as_str(),
+                    facts
+                        .key
+                        .curve
+                        .as_deref()
+                        .map(|c| format!(" (curve {c})"))
+                        .unwrap_or_default()
+                ),
+            )),
             _ => {}
         }
         if self
@@ -225,6 +240,22 @@ mod tests {
         );
         let rules: Vec<String> = p.check(&ok_size).into_iter().map(|v| v.rule).collect();
         assert_eq!(rules, ["key_type"]);
+    }
+
+    #[test]
+    fn keys_of_unknown_size_are_refused() {
+        let mut f = facts(
+            30,
+            KeyType::Ec,
+            256,
+            "ecdsa-with-SHA256",
+            &["a.example.com"],
+        );
+        f.key.bits = None;
+        f.key.curve = Some("secp224r1".into());
+        let v = CertificatePolicy::default().check(&f);
+        assert_eq!(v[0].rule, "key_size");
+        assert!(v[0].message.contains("secp224r1"));
     }
 
     #[test]

@@ -67,6 +67,19 @@ fn serial() -> Result<SerialNumber, CaError> {
     Ok(SerialNumber::from(b.to_vec()))
 }
 
+/// The text of a distinguished-name value, whatever its ASN.1 string type.
+fn dn_text(v: &rcgen::DnValue) -> String {
+    match v {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
+        rcgen::DnValue::TeletexString(s) => s.as_str().to_string(),
+        rcgen::DnValue::BmpString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        rcgen::DnValue::UniversalString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        _ => "(unreadable name)".to_string(),
+    }
+}
+
 fn name_allowed(name: &str, patterns: &[String]) -> bool {
     let name = name.to_ascii_lowercase();
     patterns.iter().any(|p| {
@@ -115,11 +128,31 @@ pub fn issue(
     let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
         .map_err(|e| CaError::BadCsr(e.to_string()))?;
     if !profile.allowed_names.is_empty() {
+        // Every name the certificate will carry: the subject CN (clients fall back to
+        // it when there is no DNS SAN) and every SAN, of every type.
+        for (ty, value) in csr.params.distinguished_name.iter() {
+            if *ty == DnType::CommonName {
+                let cn = dn_text(value);
+                if !name_allowed(&cn, &profile.allowed_names) {
+                    return Err(CaError::NameNotAllowed(cn));
+                }
+            }
+        }
         for san in &csr.params.subject_alt_names {
-            if let SanType::DnsName(d) = san
-                && !name_allowed(d.as_str(), &profile.allowed_names)
-            {
-                return Err(CaError::NameNotAllowed(d.as_str().to_string()));
+            match san {
+                SanType::DnsName(d) if name_allowed(d.as_str(), &profile.allowed_names) => {}
+                SanType::DnsName(d) => return Err(CaError::NameNotAllowed(d.as_str().to_string())),
+                // A profile limited to names issues DNS names only.
+                SanType::IpAddress(ip) => {
+                    return Err(CaError::NameNotAllowed(format!("IP address {ip}")));
+                }
+                SanType::Rfc822Name(e) => {
+                    return Err(CaError::NameNotAllowed(format!("e-mail {}", e.as_str())));
+                }
+                SanType::URI(u) => {
+                    return Err(CaError::NameNotAllowed(format!("URI {}", u.as_str())));
+                }
+                _ => return Err(CaError::NameNotAllowed("a SAN of another type".into())),
             }
         }
     }
@@ -200,6 +233,18 @@ mod tests {
         assert_eq!(
             issue(&ca, &ca_key, &req.csr_der, &elsewhere, now),
             Err(CaError::NameNotAllowed("app.example.com".into()))
+        );
+        // The CN counts too, and a name-limited profile issues no IP addresses.
+        let ip_only = crate::csr::generate(&crate::csr::CsrRequest {
+            common_name: "app.example.com".into(),
+            sans: vec![crate::csr::San::Ip("192.0.2.1".parse().unwrap())],
+            key: KeyAlgorithm::P256,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            issue(&ca, &ca_key, &ip_only.csr_der, &profile, now),
+            Err(CaError::NameNotAllowed("IP address 192.0.2.1".into()))
         );
         let too_long = Profile {
             validity_days: 4000,

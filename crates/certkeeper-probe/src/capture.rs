@@ -100,6 +100,9 @@ async fn connect(
     deadline: Instant,
 ) -> Result<TcpStream, Outcome> {
     let addr = std::net::SocketAddr::new(target.ip, target.port);
+    if let Some(l) = &cfg.limiter {
+        l.acquire().await;
+    }
     let connect_deadline = (Instant::now() + cfg.connect_timeout).min(deadline);
     let mut stream = match timeout_at(connect_deadline, TcpStream::connect(addr)).await {
         Err(_) => return Err(failed(FailureKind::ConnectTimeout, "no answer to connect")),

@@ -44,6 +44,9 @@ pub struct ProbeConfig {
     pub rate_per_second: Option<u32>,
     /// Retry through OpenSSL when rustls cannot complete the handshake.
     pub legacy_fallback: bool,
+    /// Set by [`scan`] from `rate_per_second`: every connection, retries included,
+    /// takes a slot.
+    pub limiter: Option<std::sync::Arc<RateLimiter>>,
 }
 
 impl Default for ProbeConfig {
@@ -54,6 +57,7 @@ impl Default for ProbeConfig {
             concurrency: 256,
             rate_per_second: None,
             legacy_fallback: true,
+            limiter: None,
         }
     }
 }

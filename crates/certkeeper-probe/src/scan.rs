@@ -21,28 +21,57 @@ pub struct Expansion {
     pub dns_failures: Vec<(String, String)>,
 }
 
-/// Resolve every server name of `watchlist` (all of its addresses).
+/// How long one name may take to resolve.
+const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Resolve every server name of `watchlist` (all of its addresses), 32 at a time,
+/// each within [`DNS_TIMEOUT`].
 pub async fn expand(watchlist: &Watchlist) -> Expansion {
     let mut out = Expansion::default();
-    for s in &watchlist.servers {
-        if let Ok(ip) = s.name.parse::<IpAddr>() {
-            out.servers
-                .push((s.name.clone(), vec![ip], s.ports.clone()));
-            continue;
-        }
-        match tokio::net::lookup_host((s.name.as_str(), 0)).await {
-            Ok(addrs) => {
-                let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-                ips.sort();
-                ips.dedup();
-                if ips.is_empty() {
-                    out.dns_failures
-                        .push((s.name.clone(), "no addresses".into()));
-                } else {
-                    out.servers.push((s.name.clone(), ips, s.ports.clone()));
-                }
+    let sem = Arc::new(Semaphore::new(32));
+    let mut set = JoinSet::new();
+    for (i, s) in watchlist.servers.iter().enumerate() {
+        let name = s.name.clone();
+        let sem = sem.clone();
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            if let Ok(ip) = name.parse::<IpAddr>() {
+                return (i, Ok(vec![ip]));
             }
-            Err(e) => out.dns_failures.push((s.name.clone(), e.to_string())),
+            let r = match tokio::time::timeout(
+                DNS_TIMEOUT,
+                tokio::net::lookup_host((name.as_str(), 0)),
+            )
+            .await
+            {
+                Err(_) => Err(format!("no answer within {DNS_TIMEOUT:?}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(addrs)) => {
+                    let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+                    ips.sort();
+                    ips.dedup();
+                    if ips.is_empty() {
+                        Err("no addresses".into())
+                    } else {
+                        Ok(ips)
+                    }
+                }
+            };
+            (i, r)
+        });
+    }
+    let mut resolved = Vec::new();
+    while let Some(done) = set.join_next().await {
+        if let Ok(r) = done {
+            resolved.push(r);
+        }
+    }
+    resolved.sort_by_key(|(i, _)| *i);
+    for (i, r) in resolved {
+        let s = &watchlist.servers[i];
+        match r {
+            Ok(ips) => out.servers.push((s.name.clone(), ips, s.ports.clone())),
+            Err(e) => out.dns_failures.push((s.name.clone(), e)),
         }
     }
     out.ranges = watchlist
@@ -144,9 +173,10 @@ where
     I: IntoIterator<Item = Target>,
     F: FnMut(Target, Observation),
 {
-    let cfg = Arc::new(cfg.clone());
+    let mut cfg = cfg.clone();
+    cfg.limiter = cfg.rate_per_second.map(|r| Arc::new(RateLimiter::new(r)));
+    let cfg = Arc::new(cfg);
     let sem = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-    let limiter = cfg.rate_per_second.map(|r| Arc::new(RateLimiter::new(r)));
     let mut set = JoinSet::new();
     for target in targets {
         // Collect finished probes as we go so memory stays bounded by concurrency.
@@ -159,9 +189,6 @@ where
             Ok(p) => p,
             Err(_) => break,
         };
-        if let Some(l) = &limiter {
-            l.acquire().await;
-        }
         let cfg = cfg.clone();
         set.spawn(async move {
             let obs = probe(&target, &cfg).await;

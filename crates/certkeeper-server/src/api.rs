@@ -160,7 +160,15 @@ async fn list_certificates(
         }
     };
     let filter = CertificateFilter {
-        not_after_before: q.expiring_within_days.map(|d| expiring_cutoff(now, d)),
+        not_after_before: match q.expiring_within_days {
+            Some(d) if d > 36_500 => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "expiring_within_days must be at most 36500",
+                ));
+            }
+            d => d.map(|d| expiring_cutoff(now, d)),
+        },
         expired: q.expired,
         now: Some(now),
         query: q.q.filter(|s| !s.is_empty()),
@@ -389,7 +397,7 @@ async fn enroll(
 
 /// Decode the presented chains ourselves; the agent's claims about certificates are
 /// never used.
-fn decode(report: &ScanReport) -> Vec<Sighting> {
+fn decode(report: &ScanReport, now: OffsetDateTime) -> Vec<Sighting> {
     report
         .observations
         .iter()
@@ -452,7 +460,9 @@ fn decode(report: &ScanReport) -> Vec<Sighting> {
                 ip: o.ip,
                 port: o.port,
                 sni: o.sni.clone(),
-                seen_at: o.seen_at,
+                // An agent's clock is a claim: a time in the future would freeze the
+                // endpoint against later, true sightings.
+                seen_at: o.seen_at.min(now),
                 result,
             }
         })
@@ -491,7 +501,7 @@ async fn report(
     report
         .check()
         .map_err(|e| ApiError::bad_request("malformed_report", e.to_string()))?;
-    let sightings = decode(&report);
+    let sightings = decode(&report, OffsetDateTime::now_utc());
     let summary = state
         .store
         .ingest(

@@ -253,49 +253,116 @@ pub(crate) fn load_vault(
     Vault::new(keks).map_err(bad("vault".into()))
 }
 
-/// Re-wrap every stored key that is not under the current KEK.
+/// Make sure this server's KEKs are the ones the database's keys are sealed with: a
+/// replica started with another KEK would seal keys the others cannot open.
+pub(crate) async fn check_kek(
+    store: &certkeeper_store::Store,
+    vault: &certkeeper_pki::vault::Vault,
+) -> Result<(), ServerError> {
+    use certkeeper_pki::vault::SealedKey;
+    const PLAIN: &[u8] = b"certkeeper key-encryption key check";
+    let mine = vault
+        .seal(PLAIN, b"kek-check")
+        .map_err(|e| ServerError::Kek(e.to_string()))?;
+    let encode = |s: &SealedKey| {
+        format!(
+            "{}:{}:{}",
+            s.kek_id,
+            hex::encode(&s.wrapped_dek),
+            hex::encode(&s.ciphertext)
+        )
+    };
+    let in_force = store.init_setting("kek_check", &encode(&mine)).await?;
+    let mut parts = in_force.split(':');
+    let (Some(id), Some(dek), Some(ct)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(ServerError::Kek(
+            "the stored KEK check value is malformed".into(),
+        ));
+    };
+    let sealed = SealedKey {
+        kek_id: id.to_string(),
+        wrapped_dek: hex::decode(dek).map_err(|e| ServerError::Kek(e.to_string()))?,
+        ciphertext: hex::decode(ct).map_err(|e| ServerError::Kek(e.to_string()))?,
+    };
+    match vault.open(&sealed, b"kek-check") {
+        Ok(p) if p == PLAIN => {
+            if sealed.kek_id != vault.current_id() {
+                // Rotation in progress: record the new KEK as the one in force.
+                store.set_setting("kek_check", &encode(&mine)).await?;
+            }
+            Ok(())
+        }
+        _ => Err(ServerError::Kek(format!(
+            "the database's keys are sealed with key-encryption key {id}, which this server does not have \
+             (its KEK is {}); give every server of a database the same KEK (CERTKEEPER_KEK or kek_file), \
+             and list an old KEK in previous_kek_files while rotating",
+            vault.current_id()
+        ))),
+    }
+}
+
+/// Re-wrap every stored key (certificates' and pending requests') that is not under
+/// the current KEK. A key that will not open is reported and skipped, not retried.
 pub(crate) async fn rewrap_all(
     store: certkeeper_store::Store,
     vault: Arc<certkeeper_pki::vault::Vault>,
 ) {
     use certkeeper_pki::vault::SealedKey;
     let current = vault.current_id().to_string();
-    loop {
-        let batch = match store.keys_not_under(&current, 100).await {
-            Ok(b) if !b.is_empty() => b,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "key re-wrapping paused");
-                return;
-            }
-        };
-        let mut progressed = false;
-        for (cert, k) in batch {
-            let sealed = SealedKey {
-                kek_id: k.kek_id.clone(),
-                wrapped_dek: k.wrapped_dek,
-                ciphertext: k.ciphertext,
+    let mut skipped = std::collections::HashSet::new();
+    for requests in [false, true] {
+        loop {
+            let limit = 100 + skipped.len() as i64;
+            let batch = if requests {
+                store.request_keys_not_under(&current, limit).await
+            } else {
+                store.keys_not_under(&current, limit).await
             };
-            match vault.rewrap(&sealed, cert.as_bytes()) {
-                Ok(new) => {
-                    let stored = certkeeper_store::StoredKey {
-                        kek_id: new.kek_id,
-                        wrapped_dek: new.wrapped_dek,
-                        ciphertext: new.ciphertext,
-                    };
-                    if store
-                        .rewrap_key(&cert, &k.kek_id, &stored)
-                        .await
-                        .unwrap_or(false)
-                    {
-                        progressed = true;
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "key re-wrapping paused");
+                    return;
+                }
+            };
+            let mut progressed = false;
+            for (id, k) in batch {
+                if skipped.contains(&id) {
+                    continue;
+                }
+                let aad = if requests {
+                    format!("request:{id}")
+                } else {
+                    id.clone()
+                };
+                let sealed = SealedKey {
+                    kek_id: k.kek_id.clone(),
+                    wrapped_dek: k.wrapped_dek,
+                    ciphertext: k.ciphertext,
+                };
+                match vault.rewrap(&sealed, aad.as_bytes()) {
+                    Ok(new) => {
+                        let stored = certkeeper_store::StoredKey {
+                            kek_id: new.kek_id,
+                            wrapped_dek: new.wrapped_dek,
+                            ciphertext: new.ciphertext,
+                        };
+                        let done = if requests {
+                            store.rewrap_request_key(&id, &k.kek_id, &stored).await
+                        } else {
+                            store.rewrap_key(&id, &k.kek_id, &stored).await
+                        };
+                        progressed |= done.unwrap_or(false);
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %id, error = %e, "cannot re-wrap a key; it stays under its old KEK");
+                        skipped.insert(id);
                     }
                 }
-                Err(e) => tracing::warn!(certificate = %cert, error = %e, "cannot re-wrap a key"),
             }
-        }
-        if !progressed {
-            return;
+            if !progressed {
+                break;
+            }
         }
     }
 }

@@ -149,6 +149,13 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         move |source| ServerError::Io { context, source }
     };
     std::fs::create_dir_all(&config.data_dir).map_err(io("creating the data directory"))?;
+    #[cfg(unix)]
+    {
+        // The database holds token hashes and sealed keys: the owner's only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("restricting the data directory"))?;
+    }
     let url = config
         .database_url
         .clone()
@@ -160,16 +167,33 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     if let Some(preset) = &config.admin_token {
         store.add_admin_token(&token_hash(preset), now).await?;
     } else {
-        let token = new_token("ck_admin_");
-        if store.init_admin_token(&token_hash(&token), now).await? {
-            identity::write_secret(&config.data_dir.join("admin.token"), token.as_bytes())
-                .map_err(io("writing admin.token"))?;
-            created_admin_token = Some(token);
+        // Written before it is claimed: a full disk must not leave a token nobody has.
+        let path = config.data_dir.join("admin.token");
+        match std::fs::read_to_string(&path) {
+            // A token file from an earlier start claims a database that has none yet
+            // (say, a new PostgreSQL database behind an old data directory).
+            Ok(existing) if !existing.trim().is_empty() => {
+                store
+                    .init_admin_token(&token_hash(existing.trim()), now)
+                    .await?;
+            }
+            _ => {
+                let token = new_token("ck_admin_");
+                identity::write_secret(&path, token.as_bytes())
+                    .map_err(io("writing admin.token"))?;
+                if store.init_admin_token(&token_hash(&token), now).await? {
+                    created_admin_token = Some(token);
+                } else {
+                    // Another server of this database made the token first; ours is void.
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
         }
     }
 
     let limiter = Arc::new(auth::AuthLimiter::new(config.auth_failures_per_minute));
     let vault = Arc::new(identity::load_vault(&config)?);
+    identity::check_kek(&store, &vault).await?;
     let (tls, resolver, certificate_fingerprint) = if config.http {
         (None, None, None)
     } else {

@@ -215,6 +215,31 @@ pub async fn export_certificate(
 ) -> Result<Response, ApiError> {
     let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     let fp = fingerprint_param(&sha)?;
+    // Everything about the request is checked before a key is opened or an export is
+    // audited: the audit log records only exports that happen.
+    match (req.format.as_str(), req.with_key) {
+        ("pem" | "fullchain" | "pfx" | "p12" | "pkcs12", _) | ("chain" | "der", false) => {}
+        ("chain" | "der", true) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "chain and der carry no key; export the key as pem, fullchain or pfx",
+            ));
+        }
+        (other, _) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("format must be pem, chain, fullchain, der or pfx, not {other:?}"),
+            ));
+        }
+    }
+    if matches!(req.format.as_str(), "pfx" | "p12" | "pkcs12")
+        && req.password.as_deref().is_none_or(|p| p.len() < 8)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "a PKCS#12 export needs a password of at least 8 characters",
+        ));
+    }
     let cert = stored_certificate(&state, &fp).await?;
     let chain = state.store.chain_of(&fp).await?;
     let served = import::served_chain(&chain).to_vec();

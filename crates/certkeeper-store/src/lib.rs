@@ -222,24 +222,33 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Add an administrator token (e.g. preset through the environment). Idempotent.
+    /// Make `token_hash` the administrator token (preset through the environment);
+    /// other administrator tokens are removed. Idempotent.
     pub async fn add_admin_token(
         &self,
         token_hash: &str,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let _w = self.writer().await;
+        let mut tx = self.pool.begin().await?;
+        // The preset is the administrator token: any other (the one generated at first
+        // start, an earlier preset) stops working. This is how a token is rotated.
+        sqlx::query("DELETE FROM api_tokens WHERE kind = 'admin' AND token_hash <> $1")
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO api_tokens (token_hash, kind, agent_id, created_at) VALUES ($1, 'admin', NULL, $2) ON CONFLICT (token_hash) DO NOTHING",
         )
         .bind(token_hash)
         .bind(now.unix_timestamp())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         sqlx::query("INSERT INTO singletons (name, value) VALUES ('admin_token', $1) ON CONFLICT (name) DO NOTHING")
             .bind(token_hash)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -335,6 +344,22 @@ impl Store {
             .transpose()
     }
 
+    /// Set a setting unless it is set; returns the value in force afterwards.
+    pub async fn init_setting(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        {
+            let _w = self.writer().await;
+            sqlx::query("INSERT INTO singletons (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(format!("setting:{name}"))
+                .bind(value)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(self
+            .setting(name)
+            .await?
+            .unwrap_or_else(|| value.to_string()))
+    }
+
     /// Set a server-wide setting.
     pub async fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
         let _w = self.writer().await;
@@ -395,17 +420,35 @@ where
     row.try_get(col).map_err(StoreError::from)
 }
 
-/// A database URL with any password replaced, for messages.
+/// A database URL with any password replaced, for messages: the user-info password
+/// and a `password=` query parameter.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
+            let userinfo = &base[scheme_end + 3..at];
             match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => format!("{}{user}:***{}", &base[..scheme_end + 3], &base[at..]),
+                None => base.to_string(),
             }
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    match query {
+        None => base,
+        Some(q) => {
+            let q: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", q.join("&"))
+        }
     }
 }
 
@@ -435,5 +478,9 @@ mod tests {
             "postgres://ck:***@db:5432/ck"
         );
         assert_eq!(super::redact_url("sqlite:///x.db"), "sqlite:///x.db");
+        assert_eq!(
+            super::redact_url("postgres://db/ck?user=ck&password=s3cret&sslmode=require"),
+            "postgres://db/ck?user=ck&password=***&sslmode=require"
+        );
     }
 }

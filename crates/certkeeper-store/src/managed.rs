@@ -92,7 +92,10 @@ impl Store {
             .to_string();
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<Vec<Val>> = certs.iter().map(|c| certificate_row(c, now)).collect();
+        // Same lock order as ingest (by SHA-256), so the two cannot deadlock.
+        let mut sorted: Vec<&ParsedCert> = certs.iter().collect();
+        sorted.sort_by_key(|c| c.facts.sha256);
+        let rows: Vec<Vec<Val>> = sorted.iter().map(|c| certificate_row(c, now)).collect();
         let before = sqlx::query("SELECT 1 FROM certificates WHERE sha256 = $1")
             .bind(&leaf)
             .fetch_optional(&mut *tx)
@@ -299,7 +302,12 @@ impl Store {
         &self,
         subject: &str,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let rows = sqlx::query("SELECT der FROM certificates WHERE subject = $1 LIMIT 20")
+        // Managed (imported, verified) certificates first, so reported ones that merely
+        // share the name cannot crowd them out.
+        let rows = sqlx::query(
+            "SELECT der FROM certificates WHERE subject = $1 \
+             ORDER BY CASE WHEN sha256 IN (SELECT sha256 FROM managed_certificates) THEN 0 ELSE 1 END, first_seen LIMIT 50",
+        )
             .bind(subject)
             .fetch_all(&self.pool)
             .await?;
@@ -319,7 +327,14 @@ impl Store {
         .bind(&sha)
         .fetch_all(&self.pool)
         .await?;
-        if rows.is_empty() {
+        // Only certificates nobody manages fall back to what an endpoint presented: a
+        // managed certificate's chain is the verified one, never an agent's claim.
+        let managed = sqlx::query("SELECT 1 FROM managed_certificates WHERE sha256 = $1")
+            .bind(&sha)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if rows.is_empty() && !managed {
             rows = sqlx::query(
                 "SELECT c.der FROM endpoint_chain k JOIN certificates c ON c.sha256 = k.sha256 \
                  WHERE k.endpoint_id = (SELECT id FROM endpoints WHERE sha256 = $1 ORDER BY last_seen DESC LIMIT 1) AND k.position > 0 ORDER BY k.position",
@@ -361,6 +376,45 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, stored_key(r, 1)?)))
             .collect()
+    }
+
+    /// Pending-request keys not wrapped by `kek_id`, with their request id.
+    pub async fn request_keys_not_under(
+        &self,
+        kek_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, StoredKey)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kek_id, wrapped_dek, ciphertext FROM cert_requests WHERE kek_id <> $1 AND status = 'pending' LIMIT $2",
+        )
+        .bind(kek_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, stored_key(r, 1)?)))
+            .collect()
+    }
+
+    /// Replace a request key's wrapping (rotation).
+    pub async fn rewrap_request_key(
+        &self,
+        id: &str,
+        old_kek: &str,
+        new: &StoredKey,
+    ) -> Result<bool, StoreError> {
+        let _w = self.writer().await;
+        let n = sqlx::query(
+            "UPDATE cert_requests SET kek_id = $3, wrapped_dek = $4 WHERE id = $1 AND kek_id = $2",
+        )
+        .bind(id)
+        .bind(old_kek)
+        .bind(&new.kek_id)
+        .bind(new.wrapped_dek.clone())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Replace a key's wrapping (rotation); only if it is still wrapped by `old_kek`.

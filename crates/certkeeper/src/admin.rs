@@ -12,7 +12,7 @@ use crate::Output;
 use crate::client::{self, call};
 
 /// How to reach the server.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct Remote {
     /// Server URL, e.g. https://certkeeper.example.com:8443
     #[arg(long, env = "CERTKEEPER_SERVER")]
@@ -31,6 +31,18 @@ pub struct Remote {
     ca_file: Option<PathBuf>,
 }
 
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_file", &self.token_file)
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
 struct Api {
     base: String,
     token: String,
@@ -40,7 +52,9 @@ struct Api {
 impl Remote {
     fn connect(&self) -> Result<Api> {
         let Some(base) = &self.server else {
-            bail!("no server given: use --server URL or CERTKEEPER_SERVER");
+            return Err(crate::usage(
+                "no server given: use --server URL or CERTKEEPER_SERVER",
+            ));
         };
         let token = match (&self.token, &self.token_file) {
             (Some(t), _) => t.clone(),
@@ -48,9 +62,14 @@ impl Remote {
                 .with_context(|| format!("reading {}", f.display()))?
                 .trim()
                 .to_string(),
-            (None, None) => bail!("no token given: use --token, --token-file or CERTKEEPER_TOKEN"),
+            (None, None) => {
+                return Err(crate::usage(
+                    "no token given: use --token, --token-file or CERTKEEPER_TOKEN",
+                ));
+            }
         };
         let trust = client::trust_from(self.ca_fingerprint.as_deref(), self.ca_file.as_deref())?;
+        client::check_url(base, &trust)?;
         Ok(Api {
             base: base.trim_end_matches('/').to_string(),
             token,
@@ -87,8 +106,8 @@ impl Api {
             let v: Value = resp.json().await.unwrap_or(Value::Null);
             bail!(
                 "the server refused: {} ({}, HTTP {status})",
-                v["error"]["message"].as_str().unwrap_or(""),
-                v["error"]["code"].as_str().unwrap_or("http_error")
+                t(&v["error"]["message"], ""),
+                t(&v["error"]["code"], "http_error")
             );
         }
         let next = resp
@@ -122,8 +141,8 @@ impl Api {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             bail!(
                 "the server refused: {} ({}, HTTP {status})",
-                v["error"]["message"].as_str().unwrap_or(""),
-                v["error"]["code"].as_str().unwrap_or("http_error")
+                t(&v["error"]["message"], ""),
+                t(&v["error"]["code"], "http_error")
             );
         }
         Ok(bytes)
@@ -259,7 +278,7 @@ pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
             } else {
                 eprintln!(
                     "Enrollment token (valid until {}, {} use(s)):",
-                    v["expires_at"].as_str().unwrap_or("?"),
+                    t(&v["expires_at"], "?"),
                     v["uses"]
                 );
                 println!("{}", v["token"].as_str().unwrap_or_default());
@@ -278,10 +297,10 @@ pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
                 for a in v["items"].as_array().into_iter().flatten() {
                     println!(
                         "{:<36}  {:<20}  {:<8}  {:<20}  {:>8}  {:>8}  {}",
-                        a["id"].as_str().unwrap_or(""),
-                        a["hostname"].as_str().unwrap_or(""),
-                        a["version"].as_str().unwrap_or(""),
-                        a["last_contact"].as_str().unwrap_or("never"),
+                        t(&a["id"], ""),
+                        t(&a["hostname"], ""),
+                        t(&a["version"], ""),
+                        t(&a["last_contact"], "never"),
                         a["watched_endpoints"],
                         a["endpoints_seen"],
                         if a["revoked"] == true {
@@ -302,10 +321,10 @@ pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
                 for e in v["items"].as_array().into_iter().flatten() {
                     println!(
                         "{}  {:<8}  {:<16}  {}",
-                        e["at"].as_str().unwrap_or(""),
-                        e["actor"].as_str().unwrap_or(""),
-                        e["action"].as_str().unwrap_or(""),
-                        e["subject"].as_str().unwrap_or("")
+                        t(&e["at"], ""),
+                        t(&e["actor"], ""),
+                        t(&e["action"], ""),
+                        t(&e["subject"], "")
                     );
                 }
             }
@@ -400,7 +419,7 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(|e| format!("{}:{}", e["host"].as_str().unwrap_or(""), e["port"]))
+                        .map(|e| format!("{}:{}", t(&e["host"], ""), e["port"]))
                         .collect();
                     println!(
                         "{:<10}  {:>5}  {:<40}  {:<30}  {}",
@@ -410,8 +429,8 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
                             .get(..10)
                             .unwrap_or(""),
                         c["days_left"],
-                        c["common_name"].as_str().unwrap_or("-"),
-                        short_issuer(c["issuer"].as_str().unwrap_or("")),
+                        t(&c["common_name"], "-"),
+                        short_issuer(&t(&c["issuer"], "")),
                         wher.join(" ")
                     );
                 }
@@ -451,22 +470,51 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
                     println!(
                         "{:>20}: {}:{} ({}) last seen {}",
                         "served at",
-                        e["host"].as_str().unwrap_or(""),
+                        t(&e["host"], ""),
                         e["port"],
-                        e["ip"].as_str().unwrap_or(""),
-                        e["last_seen"].as_str().unwrap_or("?")
+                        t(&e["ip"], ""),
+                        t(&e["last_seen"], "?")
                     );
                 }
-                print!("{}", c["pem"].as_str().unwrap_or(""));
+                print!("{}", pem(&c["pem"]));
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Text from a server answer, safe for a terminal: control characters (which a
+/// hostile certificate can carry into a CN or SAN) are shown escaped, never sent raw.
+fn clean(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// PEM text from an answer, printed only if it is PEM (no other control characters).
+fn pem(v: &Value) -> &str {
+    let s = v.as_str().unwrap_or("");
+    if s.chars().all(|c| c == '\n' || c == '\r' || !c.is_control()) {
+        s
+    } else {
+        ""
+    }
+}
+
+/// A string field of a JSON answer, cleaned, or `default`.
+fn t(v: &Value, default: &str) -> String {
+    clean(v.as_str().unwrap_or(default))
+}
+
 fn display(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => clean(s),
         Value::Array(a) => a.iter().map(display).collect::<Vec<_>>().join(", "),
         Value::Null => "-".into(),
         other => other.to_string(),
@@ -604,12 +652,12 @@ pub async fn run_import(args: ImportArgs) -> Result<ExitCode> {
     if args.output == Output::Json {
         println!("{v}");
     } else {
-        println!("{}", v["sha256"].as_str().unwrap_or(""));
+        println!("{}", t(&v["sha256"], ""));
         eprintln!(
             "imported {} (valid until {}); policy {}; chain {}; key {}",
-            v["common_name"].as_str().unwrap_or("-"),
-            v["not_after"].as_str().unwrap_or("?"),
-            v["policy"].as_str().unwrap_or("?"),
+            t(&v["common_name"], "-"),
+            t(&v["not_after"], "?"),
+            t(&v["policy"], "?"),
             if v["chain_complete"] == true {
                 "complete"
             } else {
@@ -643,18 +691,21 @@ pub async fn run_export(args: ExportArgs) -> Result<ExitCode> {
         .await?;
     match &args.out {
         Some(p) => {
+            // A new file, the owner's only, renamed into place: an existing file's
+            // looser mode is never inherited by a private key.
+            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
             let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
+            opts.write(true).create_new(true);
             #[cfg(unix)]
             {
                 use std::os::unix::fs::OpenOptionsExt;
-                // A file that may hold a private key is the owner's only.
                 opts.mode(0o600);
             }
             use std::io::Write;
-            opts.open(p)
-                .and_then(|mut f| f.write_all(&bytes))
-                .with_context(|| format!("writing {}", p.display()))?;
+            opts.open(&tmp)
+                .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, p).with_context(|| format!("writing {}", p.display()))?;
             eprintln!("wrote {}", p.display());
         }
         None => {
@@ -775,9 +826,9 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
             } else {
                 eprintln!(
                     "request {} pending; give this CSR to your CA, then `certkeeper import --cert` the result",
-                    v["id"].as_str().unwrap_or("")
+                    t(&v["id"], "")
                 );
-                print!("{}", v["csr"].as_str().unwrap_or(""));
+                print!("{}", pem(&v["csr"]));
             }
         }
         RequestCommand::List { output, remote } => {
@@ -789,10 +840,10 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
                 for r in v["items"].as_array().into_iter().flatten() {
                     println!(
                         "{:<36}  {:<8}  {:<8}  {}",
-                        r["id"].as_str().unwrap_or(""),
-                        r["status"].as_str().unwrap_or(""),
-                        r["key_type"].as_str().unwrap_or(""),
-                        r["common_name"].as_str().unwrap_or("")
+                        t(&r["id"], ""),
+                        t(&r["status"], ""),
+                        t(&r["key_type"], ""),
+                        t(&r["common_name"], "")
                     );
                 }
             }
@@ -827,9 +878,9 @@ pub async fn run_ca(cmd: CaCommand) -> Result<ExitCode> {
                 eprintln!(
                     "CA {} created ({}); its certificate:",
                     name,
-                    v["subject"].as_str().unwrap_or("")
+                    t(&v["subject"], "")
                 );
-                print!("{}", v["certificate"].as_str().unwrap_or(""));
+                print!("{}", pem(&v["certificate"]));
             }
         }
         CaCommand::Issue {
@@ -853,19 +904,15 @@ pub async fn run_ca(cmd: CaCommand) -> Result<ExitCode> {
             } else {
                 eprintln!(
                     "issued {} (valid until {}){}",
-                    v["sha256"].as_str().unwrap_or(""),
-                    v["not_after"].as_str().unwrap_or(""),
+                    t(&v["sha256"], ""),
+                    t(&v["not_after"], ""),
                     if v["key_stored"] == true {
                         "; the key is kept by the server"
                     } else {
                         ""
                     }
                 );
-                print!(
-                    "{}{}",
-                    v["certificate"].as_str().unwrap_or(""),
-                    v["chain"].as_str().unwrap_or("")
-                );
+                print!("{}{}", pem(&v["certificate"]), pem(&v["chain"]));
             }
         }
     }

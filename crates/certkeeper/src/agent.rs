@@ -62,7 +62,7 @@ fn is_root() -> bool {
     false
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum AgentCommand {
     /// Enroll this host with a server.
     Enroll {
@@ -275,6 +275,7 @@ async fn enroll(
 ) -> Result<ExitCode> {
     let server = server.trim_end_matches('/').to_string();
     let trust = client::trust_from(ca_fingerprint.as_deref(), ca_file.as_deref())?;
+    client::check_url(&server, &trust)?;
     let http = client::http_client(&trust, Duration::from_secs(30))?;
     let url = format!("{server}/api/v1/agents/enroll");
     let host = hostname();
@@ -323,14 +324,18 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode> {
             })
             .transpose()
             .map(Option::unwrap_or_default)
-            .map_err(Into::into)
+            .map_err(|e| crate::usage(e.to_string()))
     };
     let parse_ranges = |s: &Option<String>| -> Result<Vec<AddressRange>> {
         s.as_deref()
-            .map(|s| split_list(s).map(str::parse).collect::<Result<Vec<_>, _>>())
+            .map(|s| {
+                split_list(s)
+                    .map(str::parse::<AddressRange>)
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .transpose()
             .map(Option::unwrap_or_default)
-            .map_err(Into::into)
+            .map_err(|e| crate::usage(e.to_string()))
     };
     let change = DiscoverChange {
         add_servers: parse_servers(&args.servers)?,
@@ -341,7 +346,8 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode> {
             .ports
             .as_deref()
             .map(str::parse::<PortSet>)
-            .transpose()?,
+            .transpose()
+            .map_err(|e| crate::usage(e.to_string()))?,
     };
     let changes_something = !change.add_servers.is_empty()
         || !change.add_ranges.is_empty()
@@ -354,7 +360,9 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode> {
         );
     }
     if changes_something {
-        watch.apply(&change, u128::from(cfg.scan.max_range_addresses))?;
+        watch
+            .apply(&change, u128::from(cfg.scan.max_range_addresses))
+            .map_err(|e| crate::usage(e.to_string()))?;
         ensure_dir(&dir)?;
         write_atomic(&watch_path, toml::to_string(&watch)?.as_bytes(), 0o600)?;
     }
@@ -405,6 +413,7 @@ fn link(dir: &Path, cfg: &AgentConfig) -> Result<Link> {
         (None, Some(f)) => Trust::CaFile(f.clone()),
         (None, None) => Trust::System,
     };
+    client::check_url(server, &trust)?;
     Ok(Link {
         server: server.clone(),
         credential,
@@ -476,6 +485,52 @@ async fn flush_spool(
     Ok((sent, 0, summaries, None))
 }
 
+/// Largest report body the agent builds; the server's default limit is 32 MiB.
+const REPORT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Split observations into reports of at most `REPORT_CHUNK` observations and about
+/// `REPORT_BYTES` bytes, so one peer with huge chains cannot get a whole batch refused.
+fn report_chunks(observations: &[Observation]) -> Vec<&[Observation]> {
+    if observations.is_empty() {
+        return vec![&[][..]];
+    }
+    let size = |o: &Observation| match &o.outcome {
+        // base64 grows DER by 4/3; the rest of an observation is small.
+        Outcome::Tls { chain, .. } => {
+            512 + chain.iter().map(|c| c.0.len() * 4 / 3 + 8).sum::<usize>()
+        }
+        Outcome::Failed { message, .. } => 512 + message.len(),
+    };
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, o) in observations.iter().enumerate() {
+        let n = size(o);
+        if i > start
+            && (i - start >= REPORT_CHUNK.min(MAX_OBSERVATIONS_PER_REPORT)
+                || bytes + n > REPORT_BYTES)
+        {
+            out.push(&observations[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += n;
+    }
+    out.push(&observations[start..]);
+    out
+}
+
+/// Keep a presented chain within what the server accepts (the leaf and the first
+/// certificates after it); the rest is dropped and said so in the summary.
+fn cap_chain(o: &mut Observation) -> bool {
+    if let Outcome::Tls { chain, .. } = &mut o.outcome
+        && chain.len() > certkeeper_core::report::MAX_CHAIN_LEN
+    {
+        chain.truncate(certkeeper_core::report::MAX_CHAIN_LEN);
+        return true;
+    }
+    false
+}
+
 /// Whether an observation is worth sending: every outcome of a named server, and
 /// the peers that answered in an address range (closed ports are only counted).
 fn worth_reporting(t: &Target, o: &Observation) -> bool {
@@ -522,6 +577,7 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
 
     let s = &cfg.scan;
     let probe_cfg = ProbeConfig {
+        limiter: None,
         connect_timeout: Duration::from_millis(
             args.connect_timeout_ms
                 .unwrap_or(s.connect_timeout_ms)
@@ -578,6 +634,16 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
         bar.set_message(format!("{tls} with TLS"));
         bar.inc(1);
         if worth_reporting(&t, &o) {
+            let mut o = o;
+            if cap_chain(&mut o) {
+                named_failures.push(format!(
+                    "{}:{} ({}): chain longer than {} certificates, truncated",
+                    t.host,
+                    t.port,
+                    t.ip,
+                    certkeeper_core::report::MAX_CHAIN_LEN
+                ));
+            }
             observations.push(o);
         }
     })
@@ -590,12 +656,7 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
     if let Some(l) = &link {
         ensure_dir(&spool)?;
         let run = uuid::Uuid::new_v4();
-        let chunk = REPORT_CHUNK.min(MAX_OBSERVATIONS_PER_REPORT);
-        let chunks: Vec<&[Observation]> = if observations.is_empty() {
-            vec![&[][..]]
-        } else {
-            observations.chunks(chunk).collect()
-        };
+        let chunks = report_chunks(&observations);
         for (i, part) in chunks.into_iter().enumerate() {
             let report = ScanReport {
                 report_id: format!("{run}-{i}"),
@@ -671,6 +732,48 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn obs(chain_bytes: usize, certs: usize) -> Observation {
+        Observation {
+            host: "h".into(),
+            ip: "192.0.2.1".parse().unwrap(),
+            port: 443,
+            sni: None,
+            seen_at: OffsetDateTime::now_utc(),
+            outcome: Outcome::Tls {
+                protocol: "TLSv1.3".into(),
+                cipher: "TLS_AES_128_GCM_SHA256".into(),
+                starttls: None,
+                chain: (0..certs)
+                    .map(|_| certkeeper_core::report::DerBase64(vec![0; chain_bytes]))
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn reports_are_split_by_count_and_by_size() {
+        let small: Vec<Observation> = (0..2500).map(|_| obs(1000, 2)).collect();
+        let parts = report_chunks(&small);
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [1000, 1000, 500]
+        );
+        let big: Vec<Observation> = (0..10).map(|_| obs(60_000, 16)).collect();
+        for p in report_chunks(&big) {
+            let json = serde_json::to_vec(p).unwrap();
+            assert!(
+                json.len() <= REPORT_BYTES + 2 * 1024 * 1024,
+                "{}",
+                json.len()
+            );
+        }
+        let mut long = obs(10, 40);
+        assert!(cap_chain(&mut long));
+        assert!(
+            matches!(long.outcome, Outcome::Tls { ref chain, .. } if chain.len() == certkeeper_core::report::MAX_CHAIN_LEN)
+        );
+    }
 
     #[test]
     fn example_agent_config_parses() {

@@ -144,6 +144,36 @@ pub fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client> 
     builder.build().context("building the HTTP client")
 }
 
+/// Refuse URLs that would send a token in the clear: `http://` only to a loopback
+/// address, and never with a pin or CA file (which plain HTTP would silently ignore).
+pub fn check_url(url: &str, trust: &Trust) -> Result<()> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        if url.starts_with("https://") {
+            return Ok(());
+        }
+        bail!("{url:?} is not an https:// URL");
+    };
+    if !matches!(trust, Trust::System) {
+        bail!("{url} is plain HTTP: a pinned fingerprint or CA file needs https://");
+    }
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(host)
+        .trim_matches(['[', ']']);
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!(
+            "{url} is plain HTTP to another host: tokens would cross the network in the clear; use https://"
+        );
+    }
+    Ok(())
+}
+
 /// Trust from the usual pair of options.
 pub fn trust_from(ca_fingerprint: Option<&str>, ca_file: Option<&Path>) -> Result<Trust> {
     match (ca_fingerprint, ca_file) {

@@ -138,7 +138,9 @@ fn new(args: NewArgs) -> Result<ExitCode> {
         req.common_name = cn.clone();
     }
     if req.common_name.is_empty() {
-        bail!("give the common name with --cn (or CN in --openssl-config)");
+        return Err(crate::usage(
+            "give the common name with --cn (or CN in --openssl-config)",
+        ));
     }
     if let Some(list) = &args.san {
         req.sans = split_list(list)

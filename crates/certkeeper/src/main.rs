@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "certkeeper",
     version,
@@ -23,7 +23,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
     /// Run the server: inventory, REST API.
     Server(server_cmd::ServerArgs),
@@ -49,6 +49,23 @@ enum Command {
     /// Keys and certificate signing requests, locally.
     #[command(subcommand)]
     Csr(csr::CsrCommand),
+}
+
+/// A command line that cannot be acted on (a missing or malformed flag value): exit 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Shorthand: a usage error as an `anyhow::Error`.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
 }
 
 /// Output format of commands that list or report.
@@ -106,6 +123,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("error: {e:#}");
+            eprintln!("(see --help)");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use certkeeper_server::ServerConfig;
 use serde::Deserialize;
 
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 pub struct ServerArgs {
     /// TOML configuration file (flags and environment override it).
     #[arg(long, env = "CERTKEEPER_CONFIG")]
@@ -32,7 +32,7 @@ pub struct ServerArgs {
 }
 
 /// The server's TOML file. Unknown keys are an error; `*_file` keys read secrets.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,

@@ -471,7 +471,11 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         let mut full = vec!["agent", "discover", "--config-dir", d];
         full.extend(*args);
         let out = ck(&full);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: a malformed flag value is a usage error"
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(msg), "{args:?}: {err}");
     }
@@ -603,15 +607,41 @@ async fn two_servers_on_one_postgres_keep_one_row_per_certificate_and_endpoint()
         .map(|s| s.port.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let s1 = start_server(
+    // Replicas of one database share one key-encryption key.
+    let kek = certkeeper_pki::vault::Kek::generate().unwrap();
+    let env = [("CERTKEEPER_KEK", kek.as_str())];
+    let s1 = start_server_env(
         &work.path().join("s1"),
         free_port().unwrap(),
         Some(&tdb.url),
+        &env,
     );
-    let s2 = start_server(
+    let s2 = start_server_env(
         &work.path().join("s2"),
         free_port().unwrap(),
         Some(&tdb.url),
+        &env,
+    );
+    // A replica with another KEK refuses to start rather than seal keys the others
+    // cannot open.
+    let other = certkeeper_pki::vault::Kek::generate().unwrap();
+    let refused = Command::new(BIN)
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port().unwrap()),
+        ])
+        .arg("--data-dir")
+        .arg(work.path().join("s3"))
+        .args(["--database-url", &tdb.url])
+        .env("CERTKEEPER_KEK", &other)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the same KEK"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
     // Only the first server of a shared database creates (and prints) the admin token.
     assert!(s1.printed_token.is_some());

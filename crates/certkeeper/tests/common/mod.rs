@@ -24,6 +24,16 @@ impl Drop for Server {
 }
 
 pub fn start_server(data: &Path, port: u16, database_url: Option<&str>) -> Server {
+    start_server_env(data, port, database_url, &[])
+}
+
+/// Like [`start_server`], with extra environment (e.g. a shared `CERTKEEPER_KEK`).
+pub fn start_server_env(
+    data: &Path,
+    port: u16,
+    database_url: Option<&str>,
+    env: &[(&str, &str)],
+) -> Server {
     let mut cmd = Command::new(BIN);
     // Debug logging, appended to <data>.log, so tests can check what never appears in it.
     let log = std::fs::OpenOptions::new()
@@ -36,6 +46,7 @@ pub fn start_server(data: &Path, port: u16, database_url: Option<&str>) -> Serve
         .arg(data)
         .env_remove("CERTKEEPER_ADMIN_TOKEN")
         .env("CERTKEEPER_LOG", "debug")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(log);
     if let Some(u) = database_url {
