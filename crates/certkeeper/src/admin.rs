@@ -163,7 +163,7 @@ pub enum AdminCommand {
     Agents(AgentsCommand),
     /// The audit log: imports and key exports.
     Audit {
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
         remote: Remote,
@@ -175,12 +175,12 @@ pub enum EnrollmentTokenCommand {
     /// Create a token an agent enrolls with.
     Create {
         /// How long the token is valid: 30m, 24h, 7d…
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = parse_duration, env = "CERTKEEPER_EXPIRES_IN")]
         expires_in: Duration,
         /// How many agents may enroll with it.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, env = "CERTKEEPER_USES")]
         uses: u32,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
         remote: Remote,
@@ -191,7 +191,7 @@ pub enum EnrollmentTokenCommand {
 pub enum AgentsCommand {
     /// List agents with host, version, last contact and how much they watch.
     List {
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
         remote: Remote,
@@ -209,21 +209,21 @@ pub enum CertsCommand {
     /// List certificates, soonest expiry first.
     List {
         /// Only certificates expiring within this many days (expired ones included).
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_EXPIRING_WITHIN")]
         expiring_within: Option<u32>,
         /// Only expired certificates.
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_EXPIRED")]
         expired: bool,
         /// Substring of the common name or a SAN.
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_Q")]
         q: Option<String>,
         /// Substring of the issuer.
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_ISSUER")]
         issuer: Option<String>,
         /// At most this many (default: all).
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_LIMIT")]
         limit: Option<usize>,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
         remote: Remote,
@@ -231,7 +231,7 @@ pub enum CertsCommand {
     /// Show one certificate by SHA-256.
     Show {
         sha256: String,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
         remote: Remote,
@@ -549,24 +549,29 @@ mod tests {
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     /// Certificate, PEM or DER (more PEM blocks after the first are taken as chain).
-    #[arg(long, conflicts_with = "pfx", required_unless_present = "pfx")]
+    #[arg(
+        long,
+        conflicts_with = "pfx",
+        required_unless_present = "pfx",
+        env = "CERTKEEPER_CERT"
+    )]
     cert: Option<PathBuf>,
     /// Private key: PEM (PKCS#1, PKCS#8, SEC1, encrypted PKCS#8 or legacy encrypted) or DER.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_KEY")]
     key: Option<PathBuf>,
     /// File with the key's passphrase.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_KEY_PASSWORD_FILE")]
     key_password_file: Option<PathBuf>,
     /// Intermediate certificates, leaf side first; repeat for several files.
     #[arg(long)]
     chain: Vec<PathBuf>,
     /// A PKCS#12 (.pfx/.p12) file.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_PFX")]
     pfx: Option<PathBuf>,
     /// File with the PKCS#12 password.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
     output: Output,
     #[command(flatten)]
     remote: Remote,
@@ -578,16 +583,16 @@ pub struct ExportArgs {
     /// SHA-256 of the certificate.
     sha256: String,
     /// pem, chain, fullchain, der or pfx.
-    #[arg(long, default_value = "pem")]
+    #[arg(long, default_value = "pem", env = "CERTKEEPER_FORMAT")]
     format: String,
     /// Include the private key (audited).
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_WITH_KEY")]
     with_key: bool,
     /// File with the PKCS#12 password.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
     /// Write here instead of standard output.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_OUT")]
     out: Option<PathBuf>,
     #[command(flatten)]
     remote: Remote,
@@ -721,28 +726,28 @@ pub async fn run_export(args: ExportArgs) -> Result<ExitCode> {
 pub enum RequestCommand {
     /// The server makes a key (kept sealed) and a CSR; prints the CSR for your CA.
     New {
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_CN")]
         cn: String,
         /// Subject alternative names, comma-separated.
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_SAN")]
         san: Option<String>,
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_COUNTRY")]
         country: Option<String>,
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_ORG")]
         org: Option<String>,
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_ORG_UNIT")]
         org_unit: Option<String>,
         /// rsa2048, rsa3072, rsa4096, p256, p384 or ed25519.
-        #[arg(long, default_value = "rsa2048")]
+        #[arg(long, default_value = "rsa2048", env = "CERTKEEPER_KEY_TYPE")]
         key_type: String,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
         remote: Remote,
     },
     /// List requests and their status.
     List {
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
         remote: Remote,
@@ -755,20 +760,20 @@ pub enum CaCommand {
     /// Create a new internal root CA.
     Create {
         name: String,
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_CN")]
         cn: String,
-        #[arg(long, default_value = "p256")]
+        #[arg(long, default_value = "p256", env = "CERTKEEPER_KEY_TYPE")]
         key_type: String,
         /// Validity of the root, in days.
-        #[arg(long, default_value_t = 3650)]
+        #[arg(long, default_value_t = 3650, env = "CERTKEEPER_VALIDITY_DAYS")]
         validity_days: u32,
         /// Validity of issued certificates, in days.
-        #[arg(long, default_value_t = 90)]
+        #[arg(long, default_value_t = 90, env = "CERTKEEPER_ISSUE_DAYS")]
         issue_days: u32,
         /// Names it may issue for, comma-separated (`*.corp.example` covers subdomains).
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_ALLOWED_NAMES")]
         allowed_names: Option<String>,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
         remote: Remote,
@@ -776,13 +781,18 @@ pub enum CaCommand {
     /// Issue a certificate for a pending request or a CSR file.
     Issue {
         name: String,
-        #[arg(long, conflicts_with = "csr", required_unless_present = "csr")]
+        #[arg(
+            long,
+            conflicts_with = "csr",
+            required_unless_present = "csr",
+            env = "CERTKEEPER_REQUEST"
+        )]
         request: Option<String>,
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_CSR")]
         csr: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_VALIDITY_DAYS")]
         validity_days: Option<u32>,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
         remote: Remote,

@@ -79,7 +79,7 @@ pub enum AgentCommand {
         #[arg(long, env = "CERTKEEPER_CA_FILE")]
         ca_file: Option<PathBuf>,
         /// Name shown in the console [default: the host name].
-        #[arg(long)]
+        #[arg(long, env = "CERTKEEPER_NAME")]
         name: Option<String>,
         #[command(flatten)]
         dir: ConfigDir,
@@ -91,7 +91,7 @@ pub enum AgentCommand {
     /// Stay running and scan on a schedule.
     Run {
         /// Time between scans: 30m, 6h, 1d…
-        #[arg(long, default_value = "6h", value_parser = crate::admin::parse_duration)]
+        #[arg(long, default_value = "6h", value_parser = crate::admin::parse_duration, env = "CERTKEEPER_INTERVAL")]
         interval: Duration,
         #[command(flatten)]
         scan: ScanArgs,
@@ -101,25 +101,25 @@ pub enum AgentCommand {
 #[derive(Debug, Args)]
 pub struct DiscoverArgs {
     /// Server names to add (comma-separated).
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_SERVERS")]
     servers: Option<String>,
     /// Addresses and CIDR blocks to add (comma-separated).
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_IPS")]
     ips: Option<String>,
     /// Ports and ranges, e.g. "8000-9000,9443": for the targets named in this call, or
     /// for every target when none is named.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_PORTS")]
     ports: Option<String>,
     /// Server names to stop scanning.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_REMOVE_SERVERS")]
     remove_servers: Option<String>,
     /// Addresses and CIDR blocks to stop scanning.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_REMOVE_IPS")]
     remove_ips: Option<String>,
     /// Show what is configured.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_LIST")]
     list: bool,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
     output: Output,
     #[command(flatten)]
     dir: ConfigDir,
@@ -140,9 +140,9 @@ pub struct ScanArgs {
     #[arg(long, env = "CERTKEEPER_HANDSHAKE_TIMEOUT_MS")]
     handshake_timeout_ms: Option<u64>,
     /// Scan and print, but do not push to the server (nothing is spooled).
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_NO_PUSH")]
     no_push: bool,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
     output: Output,
     #[command(flatten)]
     dir: ConfigDir,

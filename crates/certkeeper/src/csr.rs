@@ -19,7 +19,7 @@ pub enum CsrCommand {
     /// Print what a CSR holds and whether its signature is valid.
     Show {
         file: PathBuf,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
     },
 }
@@ -27,39 +27,39 @@ pub enum CsrCommand {
 #[derive(Debug, Args)]
 pub struct NewArgs {
     /// Common name: a host name such as www.example.com (wildcards allowed).
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_CN")]
     cn: Option<String>,
     /// Subject alternative names, comma-separated: DNS names, IP addresses, e-mail addresses.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_SAN")]
     san: Option<String>,
     /// Two-letter ISO 3166 country code.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_COUNTRY")]
     country: Option<String>,
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_STATE")]
     state: Option<String>,
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_LOCALITY")]
     locality: Option<String>,
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_ORG")]
     org: Option<String>,
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_ORG_UNIT")]
     org_unit: Option<String>,
     /// rsa2048, rsa3072, rsa4096, p256, p384 or ed25519 [default: rsa2048].
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_KEY_TYPE")]
     key_type: Option<String>,
     /// An OpenSSL request config ([req], [req_distinguished_name], [req_ext], [alt_names]);
     /// flags override what it says.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_OPENSSL_CONFIG")]
     openssl_config: Option<PathBuf>,
     /// Where to write server.csr and private.key.
-    #[arg(long, default_value = ".")]
+    #[arg(long, default_value = ".", env = "CERTKEEPER_OUT_DIR")]
     out_dir: PathBuf,
     /// Protect the key with a passphrase (PKCS#8, AES-256), read from --key-password-file
     /// or CERTKEEPER_KEY_PASSWORD.
-    #[arg(long)]
+    #[arg(long, env = "CERTKEEPER_ENCRYPT_KEY")]
     encrypt_key: bool,
     #[arg(long, env = "CERTKEEPER_KEY_PASSWORD_FILE")]
     key_password_file: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
     output: Output,
 }
 
