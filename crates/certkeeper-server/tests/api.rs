@@ -190,6 +190,39 @@ fn report_schema_matches_the_report_type() {
     let mut outcome_keys = keys(&round["observations"][0]["outcome"]);
     outcome_keys.insert("starttls".into()); // optional, omitted when absent
     assert_eq!(outcome_keys, keys(tls));
+    // The failure variant, and every failure kind the type knows, are in the schema.
+    let failed = certkeeper_core::report::Outcome::Failed {
+        kind: certkeeper_core::FailureKind::Reset,
+        message: "m".into(),
+    };
+    let failed = serde_json::to_value(&failed).unwrap();
+    let failed_schema = &schema["Observation"]["properties"]["outcome"]["oneOf"][1];
+    assert_eq!(keys(&failed), keys(&failed_schema["properties"]));
+    let kinds: Vec<&str> = failed_schema["properties"]["kind"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    use certkeeper_core::FailureKind::*;
+    for k in [
+        Dns,
+        Refused,
+        ConnectTimeout,
+        HandshakeTimeout,
+        NotTls,
+        Handshake,
+        Reset,
+        Network,
+    ] {
+        assert!(
+            kinds.contains(&k.as_str()),
+            "{} missing from the schema",
+            k.as_str()
+        );
+        let v = serde_json::to_value(k).unwrap();
+        assert_eq!(v.as_str(), Some(k.as_str()), "serde name and as_str agree");
+    }
 }
 
 #[tokio::test]

@@ -372,7 +372,7 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode> {
             json!({
                 "servers": watch.servers.iter().map(|s| json!({"name": s.name, "ports": s.ports.to_string()})).collect::<Vec<_>>(),
                 "ranges": watch.ranges.iter().map(|r| json!({"range": r.range.to_string(), "ports": r.ports.to_string()})).collect::<Vec<_>>(),
-                "endpoints": watch.endpoint_count().to_string(),
+                "endpoints": u64::try_from(watch.endpoint_count()).unwrap_or(u64::MAX),
             })
         );
     } else if args.list || changes_something {

@@ -421,11 +421,13 @@ async fn discovery_end_to_end() {
     let enrollment = std::fs::read_to_string(agent_dir.with_extension("enrollment")).unwrap();
     let key = std::fs::read_to_string(data.join("server.key")).unwrap();
     let key_body = key.lines().nth(1).unwrap();
+    let kek = std::fs::read_to_string(data.join("kek.key")).unwrap();
     for (what, secret) in [
         ("admin token", admin.as_str()),
         ("agent credential", credential.trim()),
         ("enrollment token", enrollment.trim()),
         ("server key", key_body),
+        ("key-encryption key", kek.trim()),
     ] {
         assert!(
             !log.contains(secret),
