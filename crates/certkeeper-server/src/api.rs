@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/cas"),
     ("get", "/api/v1/cas"),
     ("post", "/api/v1/cas/{name}/issue"),
+    ("post", "/api/v1/requests/{id}/acme"),
     ("get", "/api/v1/server/certificate"),
     ("put", "/api/v1/server/certificate"),
 ];
@@ -83,6 +84,10 @@ pub fn router(state: AppState) -> Router {
             post(crate::manage::create_request).get(crate::manage::list_requests),
         )
         .route("/api/v1/requests/{id}", get(crate::manage::show_request))
+        .route(
+            "/api/v1/requests/{id}/acme",
+            post(crate::manage::order_acme),
+        )
         .route(
             "/api/v1/cas",
             post(crate::manage::create_ca).get(crate::manage::list_cas),

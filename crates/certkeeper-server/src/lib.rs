@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub previous_kek_files: Vec<PathBuf>,
     /// Rules imported certificates must follow.
     pub policy: certkeeper_core::policy::CertificatePolicy,
+    /// An ACME CA to order certificates from (dns-01 through a hook).
+    pub acme: Option<certkeeper_connect::acme::AcmeConfig>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -76,6 +78,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("kek_file", &self.kek_file)
             .field("previous_kek_files", &self.previous_kek_files)
             .field("policy", &self.policy)
+            .field("acme", &self.acme)
             .finish()
     }
 }
@@ -97,6 +100,7 @@ impl ServerConfig {
             kek_file: None,
             previous_kek_files: Vec::new(),
             policy: Default::default(),
+            acme: None,
         }
     }
 }

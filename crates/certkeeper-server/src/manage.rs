@@ -934,3 +934,123 @@ pub async fn use_server_certificate(
         json!({"sha256": fp.to_string(), "common_name": cert.facts.common_name, "not_after": views::rfc3339(cert.facts.not_after)}),
     ))
 }
+
+/// `POST /api/v1/requests/{id}/acme`: order the request's certificate from the
+/// configured ACME CA (dns-01 through the hook); the key stays with the certificate.
+pub async fn order_acme(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let acme = state.config.acme.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "acme_not_configured",
+            "no [acme] CA is configured on this server",
+        )
+    })?;
+    let r = state.store.request(&id).await.map_err(|e| match e {
+        certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
+        other => other.into(),
+    })?;
+    if r.status != "pending" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "request_not_pending",
+            format!("request {id} is {}", r.status),
+        ));
+    }
+    let names: Vec<String> = r
+        .sans
+        .iter()
+        .filter_map(|s| s.strip_prefix("DNS:").map(str::to_string))
+        .collect();
+    if names.is_empty() || names.len() != r.sans.len() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "ACME orders here cover DNS names only; this request has other names",
+        ));
+    }
+    let csr_der = x509_parser::pem::Pem::iter_from_buffer(r.csr_pem.as_bytes())
+        .filter_map(Result::ok)
+        .next()
+        .map(|p| p.contents)
+        .ok_or_else(|| internal("stored CSR unreadable"))?;
+    // The account key is sealed like any private key, in the shared settings.
+    let stored = match state.store.setting("acme_account").await? {
+        Some(hexed) => {
+            let mut parts = hexed.split(':');
+            let (Some(kek), Some(dek), Some(ct)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(internal("stored ACME account unreadable"));
+            };
+            let sealed = SealedKey {
+                kek_id: kek.to_string(),
+                wrapped_dek: hex::decode(dek).map_err(internal)?,
+                ciphertext: hex::decode(ct).map_err(internal)?,
+            };
+            let plain = state
+                .vault
+                .open(&sealed, b"acme-account")
+                .map_err(internal)?;
+            Some(String::from_utf8(plain).map_err(internal)?)
+        }
+        None => None,
+    };
+    let (chain_pem, created) =
+        certkeeper_connect::acme::issue(&acme, stored.as_deref(), &names, &csr_der)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "acme_failed", e.to_string()))?;
+    if let Some(json) = created {
+        let s = state
+            .vault
+            .seal(json.as_bytes(), b"acme-account")
+            .map_err(internal)?;
+        let value = format!(
+            "{}:{}:{}",
+            s.kek_id,
+            hex::encode(&s.wrapped_dek),
+            hex::encode(&s.ciphertext)
+        );
+        state.store.set_setting("acme_account", &value).await?;
+    }
+    let ders = certkeeper_pki::pem_to_ders(chain_pem.as_bytes())
+        .map_err(|e| internal(format!("the CA's answer: {e}")))?;
+    let mut certs = Vec::new();
+    for d in &ders {
+        certs.push(parsed(d)?);
+    }
+    let leaf_facts = certs
+        .first()
+        .ok_or_else(|| internal("the CA returned no certificate"))?
+        .facts
+        .clone();
+    check_policy(&state, &leaf_facts)?;
+    let sha = leaf_facts.sha256;
+    let key = open_request_key(&state, &r)?;
+    let sealed = seal_for(&state, &key, sha.to_string().as_bytes())?;
+    let complete = certs.last().is_some_and(|c| c.facts.self_signed);
+    state
+        .store
+        .save_import(
+            &certs,
+            complete,
+            Some(&sealed),
+            Some(&r.id),
+            "acme",
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+    tracing::info!(request = %r.id, certificate = %sha, "certificate ordered over ACME");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "sha256": sha.to_string(),
+            "certificate": certkeeper_pki::to_pem(&ders[0]),
+            "chain": pem_of(&ders[1..]),
+            "not_after": views::rfc3339(leaf_facts.not_after),
+            "request": r.id,
+            "key_stored": true,
+        })),
+    ))
+}

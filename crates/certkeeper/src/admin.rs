@@ -745,6 +745,14 @@ pub enum RequestCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Order a pending request's certificate from the server's ACME CA.
+    Acme {
+        id: String,
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List requests and their status.
     List {
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
@@ -839,6 +847,22 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
                     t(&v["id"], "")
                 );
                 print!("{}", pem(&v["csr"]));
+            }
+        }
+        RequestCommand::Acme { id, output, remote } => {
+            let api = remote.connect()?;
+            let v = api
+                .post(&format!("/api/v1/requests/{id}/acme"), &json!({}))
+                .await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                eprintln!(
+                    "issued {} (valid until {})",
+                    t(&v["sha256"], ""),
+                    t(&v["not_after"], "")
+                );
+                print!("{}{}", pem(&v["certificate"]), pem(&v["chain"]));
             }
         }
         RequestCommand::List { output, remote } => {

@@ -52,6 +52,32 @@ struct FileConfig {
     previous_kek_files: Vec<PathBuf>,
     /// Rules for imported certificates.
     policy: Option<certkeeper_core::policy::CertificatePolicy>,
+    /// An ACME CA to order from.
+    acme: Option<AcmeFile>,
+}
+
+/// `[acme]` in the server TOML.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcmeFile {
+    directory_url: String,
+    root_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    contact: Vec<String>,
+    /// `HOOK set|clear NAME VALUE` publishes dns-01 TXT records.
+    dns_hook: PathBuf,
+    #[serde(default = "default_hook_timeout")]
+    hook_timeout_secs: u64,
+    #[serde(default = "default_attempts")]
+    attempts: u32,
+}
+
+fn default_hook_timeout() -> u64 {
+    60
+}
+
+fn default_attempts() -> u32 {
+    3
 }
 
 fn read_secret(path: &Path) -> Result<String> {
@@ -134,6 +160,14 @@ fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
     if let Some(p) = file.policy {
         cfg.policy = p;
     }
+    cfg.acme = file.acme.map(|a| certkeeper_connect::acme::AcmeConfig {
+        directory_url: a.directory_url,
+        root_ca_file: a.root_ca_file,
+        contact: a.contact,
+        dns_hook: a.dns_hook,
+        hook_timeout: std::time::Duration::from_secs(a.hook_timeout_secs),
+        attempts: a.attempts,
+    });
     if !listen.ip().is_unspecified() {
         cfg.tls_names.push(listen.ip().to_string());
     }
