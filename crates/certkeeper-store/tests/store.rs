@@ -402,7 +402,9 @@ async fn enrollment_tokens_and_revocation() {
 #[tokio::test]
 async fn an_interrupted_ingest_leaves_all_or_nothing() {
     let pki = TestPki::new().unwrap();
-    let leaves: Vec<Vec<u8>> = (0..40)
+    // Large enough that an early abort always lands before the commit, whatever the
+    // machine: the earliest aborts must leave nothing, later ones all or nothing.
+    let leaves: Vec<Vec<u8>> = (0..400)
         .map(|i| {
             pki.leaf(&LeafSpec::new(&format!("n{i}.test"), KeyKind::EcdsaP256))
                 .unwrap()
@@ -420,18 +422,18 @@ async fn an_interrupted_ingest_leaves_all_or_nothing() {
             .collect();
         // Abort the ingest at increasing points; every outcome must be all or nothing.
         let mut saw_nothing = false;
-        for delay_us in [0u64, 200, 1000, 3000, 10000, 30000] {
+        for delay_us in [0u64, 100, 500, 2000, 8000, 30000] {
             let s2 = store.clone();
             let sg = sightings.clone();
             let id = format!("r{delay_us}");
             let task =
-                tokio::spawn(async move { s2.ingest(&meta("ag1", &id, 40), &sg, now).await });
+                tokio::spawn(async move { s2.ingest(&meta("ag1", &id, 400), &sg, now).await });
             tokio::time::sleep(std::time::Duration::from_micros(delay_us)).await;
             task.abort();
             let _ = task.await;
             let (certs, endpoints, _) = store.counts().await.unwrap();
             assert!(
-                (certs, endpoints) == (0, 0) || (certs, endpoints) == (40, 40),
+                (certs, endpoints) == (0, 0) || (certs, endpoints) == (400, 400),
                 "{}: partial ingest {certs}/{endpoints} after {delay_us}us",
                 tdb.label
             );
