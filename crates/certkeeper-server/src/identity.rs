@@ -33,6 +33,25 @@ pub(crate) fn write_secret(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// Write a secret file that must not exist yet (mode 0600); `Ok(false)` if it does.
+pub(crate) fn write_secret_new(path: &Path, data: &[u8]) -> std::io::Result<bool> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(true)
+}
+
 /// Load `server.crt`/`server.key`, creating them first if absent.
 pub(crate) fn load_or_create(
     dir: &Path,

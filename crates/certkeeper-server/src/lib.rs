@@ -171,27 +171,25 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     if let Some(preset) = &config.admin_token {
         store.add_admin_token(&token_hash(preset), now).await?;
     } else {
-        // Written before it is claimed: a full disk must not leave a token nobody has.
+        // Written before it is claimed (a full disk must not leave a token nobody has),
+        // and never over a file another start wrote.
         let path = config.data_dir.join("admin.token");
-        match std::fs::read_to_string(&path) {
+        let token = new_token("ck_admin_");
+        if identity::write_secret_new(&path, token.as_bytes()).map_err(io("writing admin.token"))? {
+            if store.init_admin_token(&token_hash(&token), now).await? {
+                created_admin_token = Some(token);
+            } else {
+                // Another server of this database made the token first; ours is void.
+                let _ = std::fs::remove_file(&path);
+            }
+        } else if let Ok(existing) = std::fs::read_to_string(&path)
+            && !existing.trim().is_empty()
+        {
             // A token file from an earlier start claims a database that has none yet
             // (say, a new PostgreSQL database behind an old data directory).
-            Ok(existing) if !existing.trim().is_empty() => {
-                store
-                    .init_admin_token(&token_hash(existing.trim()), now)
-                    .await?;
-            }
-            _ => {
-                let token = new_token("ck_admin_");
-                identity::write_secret(&path, token.as_bytes())
-                    .map_err(io("writing admin.token"))?;
-                if store.init_admin_token(&token_hash(&token), now).await? {
-                    created_admin_token = Some(token);
-                } else {
-                    // Another server of this database made the token first; ours is void.
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
+            store
+                .init_admin_token(&token_hash(existing.trim()), now)
+                .await?;
         }
     }
 
