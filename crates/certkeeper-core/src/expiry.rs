@@ -44,6 +44,12 @@ pub fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
     (not_after - now).whole_days()
 }
 
+/// When to renew: two thirds through the validity period (cert-manager's default),
+/// unless the CA said otherwise.
+pub fn renewal_time(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    not_before + (not_after - not_before) * 2 / 3
+}
+
 /// Where a certificate is on a notification policy's ladder of thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
@@ -96,6 +102,15 @@ pub fn escalated(not_after: OffsetDateTime, now: OffsetDateTime, escalation_days
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn renews_two_thirds_through() {
+        let nb = datetime!(2026-01-01 0:00 UTC);
+        assert_eq!(
+            renewal_time(nb, nb + Duration::days(90)),
+            nb + Duration::days(60)
+        );
+    }
 
     #[test]
     fn thresholds_and_notification_keys() {

@@ -46,6 +46,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/cas"),
     ("post", "/api/v1/cas/{name}/issue"),
     ("post", "/api/v1/requests/{id}/acme"),
+    ("post", "/api/v1/certificates/{sha256}/renew"),
+    ("post", "/api/v1/renewals"),
     ("get", "/api/v1/server/certificate"),
     ("put", "/api/v1/server/certificate"),
 ];
@@ -88,6 +90,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/requests/{id}/acme",
             post(crate::manage::order_acme),
         )
+        .route(
+            "/api/v1/certificates/{sha256}/renew",
+            post(crate::manage::renew_certificate),
+        )
+        .route("/api/v1/renewals", post(crate::manage::run_renewals))
         .route(
             "/api/v1/cas",
             post(crate::manage::create_ca).get(crate::manage::list_cas),

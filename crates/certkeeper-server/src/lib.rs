@@ -251,14 +251,25 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     // Keys sealed under an earlier KEK are re-wrapped in the background; they stay
     // usable throughout, so rotation needs no downtime.
     tokio::spawn(identity::rewrap_all(store.clone(), vault.clone()));
+    let state = AppState {
+        store,
+        config: Arc::new(config),
+        limiter,
+        vault,
+        tls: resolver,
+    };
+    // Renewal runs on every replica; claims in the database keep it once per certificate.
+    let renewer = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            if let Err(e) = manage::renewal_pass(&renewer, OffsetDateTime::now_utc()).await {
+                tracing::warn!(error = %e.message, "renewal pass failed");
+            }
+        }
+    });
     Ok(Prepared {
-        state: AppState {
-            store,
-            config: Arc::new(config),
-            limiter,
-            vault,
-            tls: resolver,
-        },
+        state,
         tls,
         created_admin_token,
         certificate_fingerprint,

@@ -376,8 +376,17 @@ pub async fn create_request(
     _admin: Admin,
     req: Result<Json<NewRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    use certkeeper_pki::csr::{self, CsrRequest, San};
     let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let record = make_request(&state, req).await?;
+    Ok((StatusCode::CREATED, Json(request_view(&record))))
+}
+
+/// Generate a key (sealed) and a CSR, and record the pending request.
+async fn make_request(
+    state: &AppState,
+    req: NewRequest,
+) -> Result<certkeeper_store::CertRequest, ApiError> {
+    use certkeeper_pki::csr::{self, CsrRequest, San};
     let bad = |e: csr::CsrError| ApiError::bad_request("invalid_request", e.to_string());
     let spec = CsrRequest {
         common_name: req.common_name,
@@ -442,10 +451,11 @@ pub async fn create_request(
         status: "pending".into(),
         certificate_sha256: None,
         created_at: OffsetDateTime::now_utc(),
+        issued_by: None,
     };
     state.store.create_request(&record).await?;
     tracing::info!(request = %record.id, "certificate request created");
-    Ok((StatusCode::CREATED, Json(request_view(&record))))
+    Ok(record)
 }
 
 /// `GET /api/v1/requests`
@@ -657,9 +667,17 @@ pub async fn issue(
     req: Result<Json<IssueRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(issue_from_ca(&state, &name, req).await?),
+    ))
+}
+
+/// Sign a CSR or a pending request with the internal CA `name`.
+async fn issue_from_ca(state: &AppState, name: &str, req: IssueRequest) -> Result<Value, ApiError> {
     let (_, ca_sha, profile) = state
         .store
-        .cas(Some(&name))
+        .cas(Some(name))
         .await?
         .into_iter()
         .next()
@@ -730,7 +748,7 @@ pub async fn issue(
     };
     let ca_fp: Fingerprint = ca_sha.parse().map_err(internal)?;
     let ca_cert = state.store.certificate(&ca_fp).await?;
-    let ca_key = open_cert_key(&state, &ca_fp).await?;
+    let ca_key = open_cert_key(state, &ca_fp).await?;
     let now = OffsetDateTime::now_utc();
     let ca_der = ca_cert.der.clone();
     let issued = tokio::task::spawn_blocking(move || {
@@ -748,7 +766,7 @@ pub async fn issue(
         other => ApiError::bad_request("invalid_request", other.to_string()),
     })?;
     let leaf = parsed(&issued)?;
-    check_policy(&state, &leaf.facts)?;
+    check_policy(state, &leaf.facts)?;
     let sha = leaf.facts.sha256;
     // The CA's own chain follows it.
     let mut chain_ders = vec![ca_cert.der.clone()];
@@ -759,8 +777,8 @@ pub async fn issue(
     }
     let key = match &request {
         Some(r) => {
-            let k = open_request_key(&state, r)?;
-            Some(seal_for(&state, &k, sha.to_string().as_bytes())?)
+            let k = open_request_key(state, r)?;
+            Some(seal_for(state, &k, sha.to_string().as_bytes())?)
         }
         None => None,
     };
@@ -776,18 +794,21 @@ pub async fn issue(
             now,
         )
         .await?;
+    if let Some(r) = &request {
+        state
+            .store
+            .set_issued_by(&r.id, &format!("ca:{name}"))
+            .await?;
+    }
     tracing::info!(ca = %name, certificate = %sha, "certificate issued");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
+    Ok(json!({
             "sha256": sha.to_string(),
             "certificate": certkeeper_pki::to_pem(&issued),
             "chain": pem_of(import::served_chain(&chain_ders)),
             "not_after": views::rfc3339(certs[0].facts.not_after),
             "request": request.map(|r| r.id),
             "key_stored": key.is_some(),
-        })),
-    ))
+    }))
 }
 
 /// A SHA-256 path parameter.
@@ -942,6 +963,14 @@ pub async fn order_acme(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(order_acme_for(&state, &id).await?),
+    ))
+}
+
+/// Order a pending request's certificate from the configured ACME CA.
+async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
     let acme = state.config.acme.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -949,7 +978,7 @@ pub async fn order_acme(
             "no [acme] CA is configured on this server",
         )
     })?;
-    let r = state.store.request(&id).await.map_err(|e| match e {
+    let r = state.store.request(id).await.map_err(|e| match e {
         certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
         other => other.into(),
     })?;
@@ -1025,10 +1054,10 @@ pub async fn order_acme(
         .ok_or_else(|| internal("the CA returned no certificate"))?
         .facts
         .clone();
-    check_policy(&state, &leaf_facts)?;
+    check_policy(state, &leaf_facts)?;
     let sha = leaf_facts.sha256;
-    let key = open_request_key(&state, &r)?;
-    let sealed = seal_for(&state, &key, sha.to_string().as_bytes())?;
+    let key = open_request_key(state, &r)?;
+    let sealed = seal_for(state, &key, sha.to_string().as_bytes())?;
     let complete = certs.last().is_some_and(|c| c.facts.self_signed);
     state
         .store
@@ -1041,16 +1070,117 @@ pub async fn order_acme(
             OffsetDateTime::now_utc(),
         )
         .await?;
+    state.store.set_issued_by(&r.id, "acme").await?;
     tracing::info!(request = %r.id, certificate = %sha, "certificate ordered over ACME");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
+    Ok(json!({
             "sha256": sha.to_string(),
             "certificate": certkeeper_pki::to_pem(&ders[0]),
             "chain": pem_of(&ders[1..]),
             "not_after": views::rfc3339(leaf_facts.not_after),
             "request": r.id,
             "key_stored": true,
-        })),
+    }))
+}
+
+/// Renew the certificate of an issued request: the same names and key type, a new
+/// key, the same issuer (the internal CA or the ACME CA that issued it).
+async fn renew(state: &AppState, old: &certkeeper_store::CertRequest) -> Result<Value, ApiError> {
+    let issuer = old.issued_by.clone().ok_or_else(|| {
+        ApiError::bad_request(
+            "not_renewable",
+            "only certificates this server issued (internal CA or ACME) renew here",
+        )
+    })?;
+    let spec = NewRequest {
+        common_name: old.common_name.clone(),
+        sans: old.sans.clone(),
+        country: None,
+        state: None,
+        locality: None,
+        organization: None,
+        org_unit: None,
+        key_type: Some(old.key_type.clone()),
+    };
+    let new = make_request(state, spec).await?;
+    let issued = match issuer.strip_prefix("ca:") {
+        Some(ca) => {
+            issue_from_ca(
+                state,
+                ca,
+                IssueRequest {
+                    csr: None,
+                    request_id: Some(new.id.clone()),
+                    validity_days: None,
+                },
+            )
+            .await?
+        }
+        None if issuer == "acme" => order_acme_for(state, &new.id).await?,
+        None => return Err(internal(format!("unknown issuer {issuer}"))),
+    };
+    state.store.set_renewed_by(&old.id, &new.id).await?;
+    tracing::info!(old = ?old.certificate_sha256, new = %issued["sha256"], "certificate renewed");
+    Ok(json!({"renewed": old.certificate_sha256, "request": new.id, "certificate": issued}))
+}
+
+/// `POST /api/v1/certificates/{sha256}/renew`: renew now, whatever the renewal time.
+pub async fn renew_certificate(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(sha): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let fp = fingerprint_param(&sha)?;
+    let old = state
+        .store
+        .request_for_certificate(&fp.to_string())
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "not_renewable",
+                "no request of this server produced that certificate",
+            )
+        })?;
+    Ok((StatusCode::CREATED, Json(renew(&state, &old).await?)))
+}
+
+/// Renew everything due at `now` (two thirds through its validity), once across replicas.
+pub(crate) async fn renewal_pass(state: &AppState, now: OffsetDateTime) -> Result<Value, ApiError> {
+    let due = state.store.claim_due_renewals(now, 900, 100).await?;
+    let mut renewed = Vec::new();
+    let mut failed = Vec::new();
+    for old in &due {
+        match renew(state, old).await {
+            Ok(v) => renewed.push(v),
+            Err(e) => {
+                tracing::warn!(request = %old.id, error = %e.message, "renewal failed; retried after the claim expires");
+                failed.push(json!({"request": old.id, "certificate": old.certificate_sha256, "error": {"code": e.code, "message": e.message}}));
+            }
+        }
+    }
+    Ok(json!({"renewed": renewed, "failed": failed}))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalRun {
+    /// Run as of this time (RFC 3339) instead of now: "what would renew on that day".
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    at: Option<OffsetDateTime>,
+}
+
+/// `POST /api/v1/renewals`: run the renewal pass now (the server also runs it every 10 minutes).
+pub async fn run_renewals(
+    State(state): State<AppState>,
+    _admin: Admin,
+    req: Result<Json<RenewalRun>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req = match req {
+        Err(JsonRejection::MissingJsonContentType(_)) => RenewalRun::default(),
+        other => other
+            .map(|Json(r)| r)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?,
+    };
+    Ok(Json(
+        renewal_pass(&state, req.at.unwrap_or_else(OffsetDateTime::now_utc)).await?,
     ))
 }

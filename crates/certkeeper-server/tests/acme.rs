@@ -110,6 +110,33 @@ async fn orders_a_certificate_from_an_acme_ca() {
             .unwrap();
         assert_eq!(done["status"], "issued");
     }
+    // Renewal goes back to the same ACME CA, with a new key.
+    let first: Value = client
+        .get(format!("{base}/api/v1/requests"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sha = first["items"][0]["certificate_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = post(format!("/api/v1/certificates/{sha}/renew"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    let renewed: Value = r.json().await.unwrap();
+    assert_eq!(renewed["renewed"], sha.as_str());
+    assert_ne!(renewed["certificate"]["sha256"], sha.as_str());
+
     // Names ACME cannot validate here are refused before anything is ordered.
     let req: Value = post(
         "/api/v1/requests".into(),

@@ -1157,3 +1157,130 @@ async fn every_route_checks_who_calls() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn issued_certificates_renew_two_thirds_through_with_a_new_key() {
+    let s = start(|_| {}).await.unwrap();
+    let post = |path: String, body: Value| {
+        s.client
+            .post(format!("{}{path}", s.base))
+            .bearer_auth(&s.admin)
+            .json(&body)
+            .send()
+    };
+    post(
+        "/api/v1/cas".into(),
+        json!({"name": "corp", "common_name": "Corp Root", "profile": {"validity_days": 30}}),
+    )
+    .await
+    .unwrap();
+    let req: Value = post(
+        "/api/v1/requests".into(),
+        json!({"common_name": "db.corp.example", "key_type": "p256"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let first: Value = post(
+        "/api/v1/cas/corp/issue".into(),
+        json!({"request_id": req["id"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let at = |days: i64| {
+        (time::OffsetDateTime::now_utc() + time::Duration::days(days))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    // Not due yet at day 19 of 30; due at day 21.
+    let early: Value = post("/api/v1/renewals".into(), json!({"at": at(19)}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(early["renewed"].as_array().unwrap().len(), 0, "{early}");
+    let due: Value = post("/api/v1/renewals".into(), json!({"at": at(21)}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let renewed = due["renewed"].as_array().unwrap();
+    assert_eq!(renewed.len(), 1, "{due}");
+    assert_eq!(renewed[0]["renewed"], first["sha256"]);
+    let second = &renewed[0]["certificate"];
+    assert_ne!(second["sha256"], first["sha256"]);
+    assert_eq!(second["key_stored"], true);
+    let spki = |pem: &str| {
+        let der = certkeeper_pki::pem_to_ders(pem.as_bytes())
+            .unwrap()
+            .remove(0);
+        certkeeper_pki::cert_spki_sha256(&der).unwrap()
+    };
+    assert_ne!(
+        spki(first["certificate"].as_str().unwrap()),
+        spki(second["certificate"].as_str().unwrap()),
+        "a new key at each renewal"
+    );
+    // Renewed once: a later pass does not renew the first certificate again (only its
+    // successor, itself issued with 30 days and so due by then).
+    let again: Value = post("/api/v1/renewals".into(), json!({"at": at(21)}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let olds: Vec<&Value> = again["renewed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["renewed"])
+        .collect();
+    assert!(!olds.contains(&&first["sha256"]), "{again}");
+    assert_eq!(olds, [&second["sha256"]]);
+    let latest = again["renewed"][0]["certificate"].clone();
+    // Renewing by hand works at any time; imported certificates are not the server's to renew.
+    let r = post(
+        format!(
+            "/api/v1/certificates/{}/renew",
+            latest["sha256"].as_str().unwrap()
+        ),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let pki = TestPki::new().unwrap();
+    let other = pki
+        .leaf(&LeafSpec::new("x.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let imported: Value = post(
+        "/api/v1/certificates/import".into(),
+        json!({"certificate": other.cert_pem}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let r = post(
+        format!(
+            "/api/v1/certificates/{}/renew",
+            imported["sha256"].as_str().unwrap()
+        ),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "not_renewable".into())
+    );
+    s.stop().await;
+}

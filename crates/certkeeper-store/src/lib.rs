@@ -105,6 +105,11 @@ macro_rules! migrations {
                 "0004_cas",
                 include_str!(concat!("../migrations/", $dir, "/0004_cas.sql")),
             ),
+            (
+                5,
+                "0005_renewal",
+                include_str!(concat!("../migrations/", $dir, "/0005_renewal.sql")),
+            ),
         ]
     };
 }

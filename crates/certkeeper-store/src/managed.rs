@@ -36,6 +36,8 @@ pub struct CertRequest {
     pub status: String,
     pub certificate_sha256: Option<String>,
     pub created_at: OffsetDateTime,
+    /// `acme` or `ca:NAME` once issued through the server.
+    pub issued_by: Option<String>,
 }
 
 fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
@@ -55,10 +57,11 @@ fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
         status: r.try_get("status")?,
         certificate_sha256: r.try_get("certificate_sha256")?,
         created_at: crate::ts(r.try_get("created_at")?)?,
+        issued_by: r.try_get("issued_by")?,
     })
 }
 
-const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at";
+const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, issued_by";
 
 /// What an import changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,6 +261,85 @@ impl Store {
         audit(&mut tx, "admin", "request", &r.id, r.created_at).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Record which issuer (`acme` or `ca:NAME`) completed a request.
+    pub async fn set_issued_by(&self, id: &str, issuer: &str) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("UPDATE cert_requests SET issued_by = $2 WHERE id = $1")
+            .bind(id)
+            .bind(issuer)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Issued requests whose certificate is due for renewal at `now` (its not_after
+    /// minus a third of its validity) and not renewed yet, each claimed for `lease`
+    /// seconds so that replicas do not renew the same certificate twice.
+    pub async fn claim_due_renewals(
+        &self,
+        now: OffsetDateTime,
+        lease: i64,
+        limit: i64,
+    ) -> Result<Vec<CertRequest>, StoreError> {
+        let t = now.unix_timestamp();
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM cert_requests r WHERE r.status = 'issued' AND r.issued_by IS NOT NULL AND r.renewed_by IS NULL \
+             AND (r.renewal_claimed_until IS NULL OR r.renewal_claimed_until < $1) \
+             AND EXISTS (SELECT 1 FROM certificates c WHERE c.sha256 = r.certificate_sha256 AND c.not_before + (c.not_after - c.not_before) * 2 / 3 <= $1) \
+             ORDER BY r.created_at LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(t)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = Vec::new();
+        for r in rows {
+            let req = request_from_row(&r)?;
+            let _w = self.writer().await;
+            let won = sqlx::query(
+                "UPDATE cert_requests SET renewal_claimed_until = $2 WHERE id = $1 AND renewed_by IS NULL AND (renewal_claimed_until IS NULL OR renewal_claimed_until < $3)",
+            )
+            .bind(&req.id)
+            .bind(t + lease)
+            .bind(t)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+                == 1;
+            if won {
+                claimed.push(req);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Mark `old` renewed by the request `new`.
+    pub async fn set_renewed_by(&self, old: &str, new: &str) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("UPDATE cert_requests SET renewed_by = $2 WHERE id = $1")
+            .bind(old)
+            .bind(new)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The request that produced a certificate, if the server made its key.
+    pub async fn request_for_certificate(
+        &self,
+        sha256: &str,
+    ) -> Result<Option<CertRequest>, StoreError> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM cert_requests WHERE certificate_sha256 = $1 LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(request_from_row).transpose()
     }
 
     /// One request by id.
