@@ -721,22 +721,8 @@ async fn issue_from_ca(state: &AppState, name: &str, req: IssueRequest) -> Resul
             (der, None)
         }
         (None, Some(id)) => {
-            let r = state.store.request(id).await.map_err(|e| match e {
-                certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
-                other => other.into(),
-            })?;
-            if r.status != "pending" {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "request_not_pending",
-                    format!("request {id} is {}", r.status),
-                ));
-            }
-            let der = x509_parser::pem::Pem::iter_from_buffer(r.csr_pem.as_bytes())
-                .filter_map(Result::ok)
-                .next()
-                .map(|p| p.contents)
-                .ok_or_else(|| internal("stored CSR unreadable"))?;
+            let r = pending_request(state, id).await?;
+            let der = csr_der_of(&r)?;
             (der, Some(r))
         }
         _ => {
@@ -978,17 +964,7 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
             "no [acme] CA is configured on this server",
         )
     })?;
-    let r = state.store.request(id).await.map_err(|e| match e {
-        certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
-        other => other.into(),
-    })?;
-    if r.status != "pending" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "request_not_pending",
-            format!("request {id} is {}", r.status),
-        ));
-    }
+    let r = pending_request(state, id).await?;
     let names: Vec<String> = r
         .sans
         .iter()
@@ -1000,11 +976,7 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
             "ACME orders here cover DNS names only; this request has other names",
         ));
     }
-    let csr_der = x509_parser::pem::Pem::iter_from_buffer(r.csr_pem.as_bytes())
-        .filter_map(Result::ok)
-        .next()
-        .map(|p| p.contents)
-        .ok_or_else(|| internal("stored CSR unreadable"))?;
+    let csr_der = csr_der_of(&r)?;
     // The account key is sealed like any private key, in the shared settings.
     let stored = match state.store.setting("acme_account").await? {
         Some(hexed) => {
@@ -1183,4 +1155,32 @@ pub async fn run_renewals(
     Ok(Json(
         renewal_pass(&state, req.at.unwrap_or_else(OffsetDateTime::now_utc)).await?,
     ))
+}
+
+/// A request that is still pending, or 404 / 409.
+async fn pending_request(
+    state: &AppState,
+    id: &str,
+) -> Result<certkeeper_store::CertRequest, ApiError> {
+    let r = state.store.request(id).await.map_err(|e| match e {
+        certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
+        other => other.into(),
+    })?;
+    if r.status != "pending" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "request_not_pending",
+            format!("request {id} is {}", r.status),
+        ));
+    }
+    Ok(r)
+}
+
+/// The DER of a stored request's CSR.
+fn csr_der_of(r: &certkeeper_store::CertRequest) -> Result<Vec<u8>, ApiError> {
+    x509_parser::pem::Pem::iter_from_buffer(r.csr_pem.as_bytes())
+        .filter_map(Result::ok)
+        .next()
+        .map(|p| p.contents)
+        .ok_or_else(|| internal("stored CSR unreadable"))
 }
