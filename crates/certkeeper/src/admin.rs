@@ -224,7 +224,7 @@ pub enum CertsCommand {
         #[arg(long, env = "CERTKEEPER_LIMIT")]
         limit: Option<usize>,
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
-        output: Output,
+        output: crate::ListOutput,
         #[command(flatten)]
         remote: Remote,
     },
@@ -363,7 +363,7 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
             if let Some(i) = issuer {
                 query.push(("issuer", i));
             }
-            if output == Output::Csv {
+            if output == crate::ListOutput::Csv {
                 query.push(("format", "csv".into()));
                 let mut cursor: Option<String> = None;
                 let mut first = true;
@@ -407,7 +407,7 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
                     None => break,
                 }
             }
-            if output == Output::Json {
+            if output == crate::ListOutput::Json {
                 println!("{}", json!({"items": items}));
             } else {
                 println!(

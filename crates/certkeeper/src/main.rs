@@ -74,6 +74,14 @@ pub enum Output {
     #[default]
     Text,
     Json,
+}
+
+/// Output format of `certs list`, the one listing with a CSV export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum ListOutput {
+    #[default]
+    Text,
+    Json,
     Csv,
 }
 
