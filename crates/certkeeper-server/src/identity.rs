@@ -327,16 +327,13 @@ pub(crate) async fn rewrap_all(
     vault: Arc<certkeeper_pki::vault::Vault>,
 ) {
     use certkeeper_pki::vault::SealedKey;
+    use certkeeper_store::KeyHolder;
     let current = vault.current_id().to_string();
     let mut skipped = std::collections::HashSet::new();
-    for requests in [false, true] {
+    for holder in [KeyHolder::Certificate, KeyHolder::Request] {
         loop {
             let limit = 100 + skipped.len() as i64;
-            let batch = if requests {
-                store.request_keys_not_under(&current, limit).await
-            } else {
-                store.keys_not_under(&current, limit).await
-            };
+            let batch = store.keys_not_under(holder, &current, limit).await;
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
@@ -349,7 +346,7 @@ pub(crate) async fn rewrap_all(
                 if skipped.contains(&id) {
                     continue;
                 }
-                let aad = if requests {
+                let aad = if holder == KeyHolder::Request {
                     format!("request:{id}")
                 } else {
                     id.clone()
@@ -366,11 +363,7 @@ pub(crate) async fn rewrap_all(
                             wrapped_dek: new.wrapped_dek,
                             ciphertext: new.ciphertext,
                         };
-                        let done = if requests {
-                            store.rewrap_request_key(&id, &k.kek_id, &stored).await
-                        } else {
-                            store.rewrap_key(&id, &k.kek_id, &stored).await
-                        };
+                        let done = store.rewrap_key(holder, &id, &k.kek_id, &stored).await;
                         progressed |= done.unwrap_or(false);
                     }
                     Err(e) => {

@@ -23,6 +23,27 @@ struct Running {
 }
 
 impl Running {
+    /// `GET base+path` as the administrator.
+    async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST base+path` with a JSON body as the administrator.
+    async fn admin_post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -99,13 +120,8 @@ async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
 
 async fn enroll(s: &Running) -> (String, String) {
     let tok: Value = s
-        .client
-        .post(format!("{}/api/v1/agents/enrollment-tokens", s.base))
-        .bearer_auth(&s.admin)
-        .json(&json!({"uses": 1}))
-        .send()
+        .admin_post("/api/v1/agents/enrollment-tokens", &json!({"uses": 1}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -416,12 +432,8 @@ async fn report_then_query_the_inventory_on_every_backend() {
 
         let sha = c["sha256"].as_str().unwrap();
         let detail: Value = s
-            .client
-            .get(format!("{}/api/v1/certificates/{sha}", s.base))
-            .bearer_auth(&s.admin)
-            .send()
+            .admin_get(&format!("/api/v1/certificates/{sha}"))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -433,29 +445,14 @@ async fn report_then_query_the_inventory_on_every_backend() {
         );
         assert_eq!(detail["served_history"][0]["host"], "soon.example.com");
 
-        let csv = s
-            .client
-            .get(format!("{}/api/v1/certificates?format=csv", s.base))
-            .bearer_auth(&s.admin)
-            .send()
-            .await
-            .unwrap();
+        let csv = s.admin_get("/api/v1/certificates?format=csv").await;
         assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
         let text = csv.text().await.unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "header + 3 certificates");
         assert!(lines[1].contains("soon.example.com:443"));
 
-        let eps: Value = s
-            .client
-            .get(format!("{}/api/v1/endpoints", s.base))
-            .bearer_auth(&s.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let eps: Value = s.admin_get("/api/v1/endpoints").await.json().await.unwrap();
         let eps = eps["items"].as_array().unwrap();
         assert_eq!(eps.len(), 3);
         let down = eps
@@ -465,16 +462,7 @@ async fn report_then_query_the_inventory_on_every_backend() {
         assert_eq!(down["last_error"]["kind"], "handshake");
         assert!(down["sha256"].is_null());
 
-        let agents: Value = s
-            .client
-            .get(format!("{}/api/v1/agents", s.base))
-            .bearer_auth(&s.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let agents: Value = s.admin_get("/api/v1/agents").await.json().await.unwrap();
         assert_eq!(agents["items"][0]["watched_endpoints"], 9);
         assert_eq!(agents["items"][0]["hostname"], "scanner1");
 
@@ -544,35 +532,19 @@ async fn bad_reports_get_clear_errors_and_change_nothing() {
         error_code(post(port0.to_string()).await.unwrap()).await.1,
         "malformed_report"
     );
-    let r = s
-        .client
-        .get(format!("{}/api/v1/certificates?bogus=1", s.base))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin_get("/api/v1/certificates?bogus=1").await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::BAD_REQUEST, "invalid_request".into())
     );
-    let r = s
-        .client
-        .get(format!("{}/api/v1/certificates?cursor=zzz", s.base))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin_get("/api/v1/certificates?cursor=zzz").await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::BAD_REQUEST, "invalid_cursor".into())
     );
     let list: Value = s
-        .client
-        .get(format!("{}/api/v1/certificates", s.base))
-        .bearer_auth(&s.admin)
-        .send()
+        .admin_get("/api/v1/certificates")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -596,12 +568,8 @@ async fn bad_reports_get_clear_errors_and_change_nothing() {
         (Some(1), Some(1))
     );
     let eps: Value = s
-        .client
-        .get(format!("{}/api/v1/endpoints?host=bad.test", s.base))
-        .bearer_auth(&s.admin)
-        .send()
+        .admin_get("/api/v1/endpoints?host=bad.test")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -651,13 +619,7 @@ async fn https_by_default_with_a_generated_certificate_and_one_admin_token() {
 
     let s = start(|c| c.http = false).await.unwrap();
     assert!(s.base.starts_with("https://"));
-    let r = s
-        .client
-        .get(format!("{}/api/v1/agents", s.base))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin_get("/api/v1/agents").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(s.fingerprint.is_some());
     s.stop().await;
@@ -673,13 +635,11 @@ async fn policy_violations_are_listed_by_rule() {
         .await
         .unwrap();
     let r = s
-        .client
-        .post(format!("{}/api/v1/certificates/import", s.base))
-        .bearer_auth(&s.admin)
-        .json(&json!({"certificate": long.cert_pem}))
-        .send()
-        .await
-        .unwrap();
+        .admin_post(
+            "/api/v1/certificates/import",
+            &json!({"certificate": long.cert_pem}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "policy_violation");
@@ -703,14 +663,7 @@ async fn policy_violations_are_listed_by_rule() {
 async fn a_server_made_request_is_completed_by_importing_the_signed_certificate() {
     let pki = TestPki::new().unwrap();
     let s = start(|_| {}).await.unwrap();
-    let r = s
-        .client
-        .post(format!("{}/api/v1/requests", s.base))
-        .bearer_auth(&s.admin)
-        .json(&json!({"common_name": "app.example.com", "sans": ["api.example.com"], "country": "DE", "key_type": "p256"}))
-        .send()
-        .await
-        .unwrap();
+    let r = s.admin_post("/api/v1/requests", &json!({"common_name": "app.example.com", "sans": ["api.example.com"], "country": "DE", "key_type": "p256"})).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let req: Value = r.json().await.unwrap();
     assert_eq!(req["status"], "pending");
@@ -770,12 +723,8 @@ async fn a_server_made_request_is_completed_by_importing_the_signed_certificate(
     assert_eq!(imported["key_stored"], true, "{imported}");
     assert_eq!(imported["request"], id);
     let done: Value = s
-        .client
-        .get(format!("{}/api/v1/requests/{id}", s.base))
-        .bearer_auth(&s.admin)
-        .send()
+        .admin_get(&format!("/api/v1/requests/{id}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -785,13 +734,11 @@ async fn a_server_made_request_is_completed_by_importing_the_signed_certificate(
     // The exported key is the one in the certificate.
     let sha = imported["sha256"].as_str().unwrap();
     let pem = s
-        .client
-        .post(format!("{}/api/v1/certificates/{sha}/export", s.base))
-        .bearer_auth(&s.admin)
-        .json(&json!({"format": "pem", "with_key": true}))
-        .send()
+        .admin_post(
+            &format!("/api/v1/certificates/{sha}/export"),
+            &json!({"format": "pem", "with_key": true}),
+        )
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -1283,4 +1230,145 @@ async fn issued_certificates_renew_two_thirds_through_with_a_new_key() {
         (StatusCode::BAD_REQUEST, "not_renewable".into())
     );
     s.stop().await;
+}
+
+#[tokio::test]
+async fn rotating_the_kek_rewraps_every_key_while_the_server_runs() {
+    use certkeeper_pki::vault::Kek;
+    use certkeeper_store::KeyHolder;
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.kek");
+    let new = dir.path().join("new.kek");
+    std::fs::write(&old, Kek::generate().unwrap()).unwrap();
+    std::fs::write(&new, Kek::generate().unwrap()).unwrap();
+    let new_id = Kek::from_material(&std::fs::read(&new).unwrap())
+        .unwrap()
+        .id()
+        .to_string();
+    let config = |current: &std::path::Path, previous: Vec<std::path::PathBuf>| {
+        let mut c = ServerConfig::new(dir.path().join("data"));
+        c.http = true;
+        c.kek_file = Some(current.to_path_buf());
+        c.previous_kek_files = previous;
+        c
+    };
+    let serve = |prepared: Prepared| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            prepared
+                .launch(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap()
+        });
+        (base, tx, task)
+    };
+
+    // Under the old KEK: a certificate with its key, and a pending request's key.
+    let first = prepare(config(&old, vec![])).await.unwrap();
+    let admin = first.created_admin_token.clone().unwrap();
+    let (base, stop, task) = serve(first).await;
+    let client = reqwest::Client::new();
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("rotate.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let imported: Value = client
+        .post(format!("{base}/api/v1/certificates/import"))
+        .bearer_auth(&admin)
+        .json(&json!({"certificate": leaf.cert_pem, "private_key": leaf.key_pem}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sha = imported["sha256"].as_str().unwrap().to_string();
+    let req: Value = client
+        .post(format!("{base}/api/v1/requests"))
+        .bearer_auth(&admin)
+        .json(&json!({"common_name": "pending.test", "key_type": "p256"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = stop.send(());
+    task.await.unwrap();
+
+    // The new KEK in force, the old one kept for re-wrapping: everything moves over.
+    let second = prepare(config(&new, vec![old.clone()])).await.unwrap();
+    let store = second.state.store.clone();
+    let (base, stop, task) = serve(second).await;
+    let mut left = usize::MAX;
+    for _ in 0..200 {
+        left = store
+            .keys_not_under(KeyHolder::Certificate, &new_id, 10)
+            .await
+            .unwrap()
+            .len()
+            + store
+                .keys_not_under(KeyHolder::Request, &new_id, 10)
+                .await
+                .unwrap()
+                .len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 0, "every key re-wrapped under the new KEK");
+    // Keys stay usable while it runs.
+    let r = client
+        .post(format!("{base}/api/v1/certificates/{sha}/export"))
+        .bearer_auth(&admin)
+        .json(&json!({"format": "pem", "with_key": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = stop.send(());
+    task.await.unwrap();
+
+    // The old KEK can go: both keys open with the new one alone.
+    let third = prepare(config(&new, vec![])).await.unwrap();
+    let (base, stop, task) = serve(third).await;
+    let pem = client
+        .post(format!("{base}/api/v1/certificates/{sha}/export"))
+        .bearer_auth(&admin)
+        .json(&json!({"format": "pem", "with_key": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(pem.contains("BEGIN PRIVATE KEY"), "{pem}");
+    let r = client
+        .post(format!("{base}/api/v1/cas"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "rot", "common_name": "Rot Root"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = client
+        .post(format!("{base}/api/v1/cas/rot/issue"))
+        .bearer_auth(&admin)
+        .json(&json!({"request_id": req["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "the pending request's key opens too"
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
 }

@@ -15,7 +15,7 @@ use sqlx::{AnyPool, Executor, Row, SqlStr};
 use time::OffsetDateTime;
 
 pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
-pub use managed::{CertRequest, ImportOutcome, StoredKey};
+pub use managed::{CertRequest, ImportOutcome, KeyHolder, StoredKey};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

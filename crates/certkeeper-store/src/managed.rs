@@ -63,6 +63,15 @@ fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
 
 const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, issued_by";
 
+/// Where a sealed key is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHolder {
+    /// A certificate's key (`private_keys`).
+    Certificate,
+    /// A pending request's key (`cert_requests`).
+    Request,
+}
+
 /// What an import changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportOutcome {
@@ -442,73 +451,51 @@ impl Store {
         row.as_ref().map(|r| stored_key(r, 0)).transpose()
     }
 
-    /// Sealed keys not wrapped by `kek_id`, up to `limit`, with their certificate.
+    /// Sealed keys of `holder` not wrapped by `kek_id`, up to `limit`, each with the
+    /// id of its row (a certificate's SHA-256, or a pending request's id).
     pub async fn keys_not_under(
         &self,
+        holder: KeyHolder,
         kek_id: &str,
         limit: i64,
     ) -> Result<Vec<(String, StoredKey)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT cert_sha256, kek_id, wrapped_dek, ciphertext FROM private_keys WHERE kek_id <> $1 LIMIT $2",
-        )
-        .bind(kek_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = match holder {
+            KeyHolder::Certificate => {
+                "SELECT cert_sha256, kek_id, wrapped_dek, ciphertext FROM private_keys WHERE kek_id <> $1 LIMIT $2"
+            }
+            KeyHolder::Request => {
+                "SELECT id, kek_id, wrapped_dek, ciphertext FROM cert_requests WHERE kek_id <> $1 AND status = 'pending' LIMIT $2"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(kek_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, stored_key(r, 1)?)))
             .collect()
     }
 
-    /// Pending-request keys not wrapped by `kek_id`, with their request id.
-    pub async fn request_keys_not_under(
+    /// Replace a key's wrapping (rotation), only if it is still wrapped by `old_kek`.
+    pub async fn rewrap_key(
         &self,
-        kek_id: &str,
-        limit: i64,
-    ) -> Result<Vec<(String, StoredKey)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, kek_id, wrapped_dek, ciphertext FROM cert_requests WHERE kek_id <> $1 AND status = 'pending' LIMIT $2",
-        )
-        .bind(kek_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, stored_key(r, 1)?)))
-            .collect()
-    }
-
-    /// Replace a request key's wrapping (rotation).
-    pub async fn rewrap_request_key(
-        &self,
+        holder: KeyHolder,
         id: &str,
         old_kek: &str,
         new: &StoredKey,
     ) -> Result<bool, StoreError> {
+        let sql = match holder {
+            KeyHolder::Certificate => {
+                "UPDATE private_keys SET kek_id = $3, wrapped_dek = $4 WHERE cert_sha256 = $1 AND kek_id = $2"
+            }
+            KeyHolder::Request => {
+                "UPDATE cert_requests SET kek_id = $3, wrapped_dek = $4 WHERE id = $1 AND kek_id = $2"
+            }
+        };
         let _w = self.writer().await;
-        let n = sqlx::query(
-            "UPDATE cert_requests SET kek_id = $3, wrapped_dek = $4 WHERE id = $1 AND kek_id = $2",
-        )
-        .bind(id)
-        .bind(old_kek)
-        .bind(&new.kek_id)
-        .bind(new.wrapped_dek.clone())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    /// Replace a key's wrapping (rotation); only if it is still wrapped by `old_kek`.
-    pub async fn rewrap_key(
-        &self,
-        cert: &str,
-        old_kek: &str,
-        new: &StoredKey,
-    ) -> Result<bool, StoreError> {
-        let _w = self.writer().await;
-        let n = sqlx::query("UPDATE private_keys SET kek_id = $3, wrapped_dek = $4 WHERE cert_sha256 = $1 AND kek_id = $2")
-            .bind(cert)
+        let n = sqlx::query(sql)
+            .bind(id)
             .bind(old_kek)
             .bind(&new.kek_id)
             .bind(new.wrapped_dek.clone())

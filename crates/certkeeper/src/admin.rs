@@ -287,47 +287,39 @@ pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
         AdminCommand::Agents(AgentsCommand::List { output, remote }) => {
             let api = remote.connect()?;
             let v = api.get("/api/v1/agents", &[]).await?;
-            if output == Output::Json {
-                println!("{v}");
-            } else {
-                println!(
-                    "{:<36}  {:<20}  {:<8}  {:<20}  {:>8}  {:>8}  STATUS",
-                    "ID", "HOST", "VERSION", "LAST CONTACT", "WATCHES", "SEEN"
-                );
-                for a in v["items"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:<36}  {:<20}  {:<8}  {:<20}  {:>8}  {:>8}  {}",
-                        t(&a["id"], ""),
-                        t(&a["hostname"], ""),
-                        t(&a["version"], ""),
-                        t(&a["last_contact"], "never"),
-                        a["watched_endpoints"],
-                        a["endpoints_seen"],
-                        if a["revoked"] == true {
-                            "revoked"
-                        } else {
-                            "active"
-                        }
-                    );
-                }
-            }
+            let header = format!(
+                "{:<36}  {:<20}  {:<8}  {:<20}  {:>8}  {:>8}  STATUS",
+                "ID", "HOST", "VERSION", "LAST CONTACT", "WATCHES", "SEEN"
+            );
+            print_items(&v, output, Some(&header), |a| {
+                format!(
+                    "{:<36}  {:<20}  {:<8}  {:<20}  {:>8}  {:>8}  {}",
+                    t(&a["id"], ""),
+                    t(&a["hostname"], ""),
+                    t(&a["version"], ""),
+                    t(&a["last_contact"], "never"),
+                    a["watched_endpoints"],
+                    a["endpoints_seen"],
+                    if a["revoked"] == true {
+                        "revoked"
+                    } else {
+                        "active"
+                    }
+                )
+            });
         }
         AdminCommand::Audit { output, remote } => {
             let api = remote.connect()?;
             let v = api.get("/api/v1/audit", &[]).await?;
-            if output == Output::Json {
-                println!("{v}");
-            } else {
-                for e in v["items"].as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {:<8}  {:<16}  {}",
-                        t(&e["at"], ""),
-                        t(&e["actor"], ""),
-                        t(&e["action"], ""),
-                        t(&e["subject"], "")
-                    );
-                }
-            }
+            print_items(&v, output, None, |e| {
+                format!(
+                    "{}  {:<8}  {:<16}  {}",
+                    t(&e["at"], ""),
+                    t(&e["actor"], ""),
+                    t(&e["action"], ""),
+                    t(&e["subject"], "")
+                )
+            });
         }
         AdminCommand::Agents(AgentsCommand::Revoke { id, remote }) => {
             let api = remote.connect()?;
@@ -495,6 +487,20 @@ fn clean(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A listing answer (`{"items": [...]}`): the JSON document, or a header and one line per item.
+fn print_items(v: &Value, output: Output, header: Option<&str>, row: impl Fn(&Value) -> String) {
+    if output == Output::Json {
+        println!("{v}");
+        return;
+    }
+    if let Some(h) = header {
+        println!("{h}");
+    }
+    for item in v["items"].as_array().into_iter().flatten() {
+        println!("{}", row(item));
+    }
 }
 
 /// PEM text from an answer, printed only if it is PEM (no other control characters).
@@ -868,19 +874,15 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
         RequestCommand::List { output, remote } => {
             let api = remote.connect()?;
             let v = api.get("/api/v1/requests", &[]).await?;
-            if output == Output::Json {
-                println!("{v}");
-            } else {
-                for r in v["items"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:<36}  {:<8}  {:<8}  {}",
-                        t(&r["id"], ""),
-                        t(&r["status"], ""),
-                        t(&r["key_type"], ""),
-                        t(&r["common_name"], "")
-                    );
-                }
-            }
+            print_items(&v, output, None, |r| {
+                format!(
+                    "{:<36}  {:<8}  {:<8}  {}",
+                    t(&r["id"], ""),
+                    t(&r["status"], ""),
+                    t(&r["key_type"], ""),
+                    t(&r["common_name"], "")
+                )
+            });
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -102,49 +102,55 @@ async fn discovery_end_to_end() {
             .valid_days(-70, 90)
             .names(&["localhost", n])
     };
-    let leaves: Vec<(&str, Issued, Vec<&str>)> = vec![
-        (
-            "rsa",
-            pki.leaf(&soon("rsa.test", KeyKind::Rsa2048)).unwrap(),
-            vec![],
-        ),
-        (
-            "ecdsa",
-            pki.leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).valid_days(-1, 200))
-                .unwrap(),
-            vec![],
-        ),
-        (
-            "ed25519",
-            pki.leaf(&LeafSpec::new("localhost", KeyKind::Ed25519).valid_days(-1, 200))
-                .unwrap(),
-            vec![],
-        ),
+    // label, common name, key, validity (days from now, length), extra s_server flags
+    type Spec = (
+        &'static str,
+        &'static str,
+        KeyKind,
+        i64,
+        i64,
+        &'static [&'static str],
+    );
+    let specs: [Spec; 6] = [
+        ("ecdsa", "localhost", KeyKind::EcdsaP256, -1, 200, &[]),
+        ("ed25519", "localhost", KeyKind::Ed25519, -1, 200, &[]),
         (
             "tls13",
-            pki.leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).valid_days(-1, 200))
-                .unwrap(),
-            vec!["-tls1_3"],
+            "localhost",
+            KeyKind::EcdsaP256,
+            -1,
+            200,
+            &["-tls1_3"],
         ),
         (
             "tls10",
-            pki.leaf(&LeafSpec::new("localhost", KeyKind::Rsa2048).valid_days(-1, 200))
-                .unwrap(),
-            vec!["-tls1", "-cipher", "ALL:@SECLEVEL=0"],
+            "localhost",
+            KeyKind::Rsa2048,
+            -1,
+            200,
+            &["-tls1", "-cipher", "ALL:@SECLEVEL=0"],
         ),
-        (
-            "expired",
-            pki.leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).valid_days(-100, 30))
-                .unwrap(),
-            vec![],
-        ),
+        ("expired", "localhost", KeyKind::EcdsaP256, -100, 30, &[]),
         (
             "wrongname",
-            pki.leaf(&LeafSpec::new("elsewhere.test", KeyKind::EcdsaP256).valid_days(-1, 200))
-                .unwrap(),
-            vec![],
+            "elsewhere.test",
+            KeyKind::EcdsaP256,
+            -1,
+            200,
+            &[],
         ),
     ];
+    let mut leaves: Vec<(&str, Issued, Vec<&str>)> = vec![(
+        "rsa",
+        pki.leaf(&soon("rsa.test", KeyKind::Rsa2048)).unwrap(),
+        vec![],
+    )];
+    for (label, cn, key, from, days, extra) in specs {
+        let leaf = pki
+            .leaf(&LeafSpec::new(cn, key).valid_days(from, days))
+            .unwrap();
+        leaves.push((label, leaf, extra.to_vec()));
+    }
     let mut servers = Vec::new();
     let mut port_of = BTreeMap::new();
     for (label, leaf, extra) in &leaves {
