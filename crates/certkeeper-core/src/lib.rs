@@ -4,6 +4,7 @@
 
 pub mod cert;
 pub mod expiry;
+pub mod findings;
 pub mod inventory;
 pub mod policy;
 pub mod report;

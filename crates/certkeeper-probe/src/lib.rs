@@ -7,9 +7,11 @@
 //! suites) are retried through OpenSSL at security level 0.
 
 mod capture;
+pub mod hello;
 mod legacy;
 mod scan;
 mod starttls;
+mod tlsscan;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use std::time::Duration;
 pub use capture::probe;
 pub use scan::{Expansion, RateLimiter, expand, scan};
 pub use starttls::StartTls;
+pub use tlsscan::{VulnConfig, VulnError, VulnScan, vulnscan};
 
 /// One (host, IP, port) to probe.
 #[derive(Debug, Clone, PartialEq, Eq)]

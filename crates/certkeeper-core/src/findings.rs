@@ -1,0 +1,722 @@
+//! Vulnerability findings. A TLS scan gathers [`TlsFacts`] (what the server did on
+//! the wire); [`tls_findings`] turns them into findings by fixed rules, each finding
+//! with a severity, its evidence and a one-line fix. Pure: no I/O, no clock.
+
+use serde::{Deserialize, Serialize};
+
+/// How bad a finding is, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A protocol version a scan can offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "SSLv2")]
+    Ssl2,
+    #[serde(rename = "SSLv3")]
+    Ssl3,
+    #[serde(rename = "TLSv1.0")]
+    Tls10,
+    #[serde(rename = "TLSv1.1")]
+    Tls11,
+    #[serde(rename = "TLSv1.2")]
+    Tls12,
+    #[serde(rename = "TLSv1.3")]
+    Tls13,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 6] = [
+        Protocol::Ssl2,
+        Protocol::Ssl3,
+        Protocol::Tls10,
+        Protocol::Tls11,
+        Protocol::Tls12,
+        Protocol::Tls13,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Ssl2 => "SSLv2",
+            Protocol::Ssl3 => "SSLv3",
+            Protocol::Tls10 => "TLSv1.0",
+            Protocol::Tls11 => "TLSv1.1",
+            Protocol::Tls12 => "TLSv1.2",
+            Protocol::Tls13 => "TLSv1.3",
+        }
+    }
+
+    /// The version number on the wire (`0x0303` for TLS 1.2); SSLv2 has `0x0002`.
+    pub fn wire(self) -> u16 {
+        match self {
+            Protocol::Ssl2 => 0x0002,
+            Protocol::Ssl3 => 0x0300,
+            Protocol::Tls10 => 0x0301,
+            Protocol::Tls11 => 0x0302,
+            Protocol::Tls12 => 0x0303,
+            Protocol::Tls13 => 0x0304,
+        }
+    }
+
+    pub fn from_wire(v: u16) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.wire() == v)
+    }
+}
+
+/// One cipher suite the server accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedSuite {
+    pub id: u16,
+    /// IANA name, e.g. `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`.
+    pub iana: String,
+    /// OpenSSL's name, e.g. `ECDHE-RSA-AES128-GCM-SHA256`, where OpenSSL knows it.
+    pub openssl: Option<String>,
+}
+
+/// What one protocol version looked like on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolFacts {
+    pub protocol: Protocol,
+    pub supported: bool,
+    /// Accepted suites, in the server's order of preference when it has one.
+    pub suites: Vec<AcceptedSuite>,
+    /// `Some(true)`: the server picks by its own preference; `Some(false)`: it
+    /// follows the client's order; `None`: fewer than two suites, nothing to tell.
+    pub server_order: Option<bool>,
+}
+
+/// Everything a vulnerability scan of one endpoint saw, before any judgement.
+/// `None` means "not tested" (e.g. the protocol that test needs is not offered).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFacts {
+    pub protocols: Vec<ProtocolFacts>,
+    /// Size of the smallest finite-field DH prime the server used with a DHE suite.
+    pub dh_bits: Option<u32>,
+    /// Whether the server refused a downgraded hello carrying TLS_FALLBACK_SCSV.
+    pub fallback_scsv: Option<bool>,
+    /// Whether the server indicated RFC 5746 secure renegotiation (TLS ≤ 1.2).
+    pub secure_renegotiation: Option<bool>,
+    /// Whether the server agreed to TLS-level (DEFLATE) compression.
+    pub compression: Option<bool>,
+    /// Whether the server answered an over-long heartbeat with more than it was sent.
+    pub heartbleed: Option<bool>,
+    /// Whether the server accepted a ChangeCipherSpec before the key exchange.
+    pub ccs_injection: Option<bool>,
+    /// Whether a client-initiated renegotiation of a finished handshake succeeded.
+    pub client_renegotiation: Option<bool>,
+    /// Whether the server's answers to bad RSA padding differ (a Bleichenbacher oracle).
+    pub robot: Option<bool>,
+    /// Connections the scan opened.
+    pub connections: u32,
+}
+
+impl TlsFacts {
+    pub fn protocol(&self, p: Protocol) -> Option<&ProtocolFacts> {
+        self.protocols.iter().find(|f| f.protocol == p)
+    }
+
+    pub fn supports(&self, p: Protocol) -> bool {
+        self.protocol(p).is_some_and(|f| f.supported)
+    }
+}
+
+/// Kinds of finding: stable names the API, tickets and benchmarks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    ProtocolSsl2,
+    ProtocolSsl3,
+    ProtocolTls10,
+    ProtocolTls11,
+    NoTls12,
+    NoTls13,
+    CipherNull,
+    CipherAnonymous,
+    CipherExport,
+    CipherDes,
+    Cipher3des,
+    CipherRc4,
+    CipherMd5Mac,
+    CipherCbcLegacy,
+    CipherStaticRsa,
+    WeakDhParams,
+    Poodle,
+    NoFallbackScsv,
+    NoSecureRenegotiation,
+    ClientRenegotiation,
+    TlsCompression,
+    Heartbleed,
+    CcsInjection,
+    Robot,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        use FindingKind::*;
+        match self {
+            ProtocolSsl2 => "protocol_ssl2",
+            ProtocolSsl3 => "protocol_ssl3",
+            ProtocolTls10 => "protocol_tls10",
+            ProtocolTls11 => "protocol_tls11",
+            NoTls12 => "no_tls12",
+            NoTls13 => "no_tls13",
+            CipherNull => "cipher_null",
+            CipherAnonymous => "cipher_anonymous",
+            CipherExport => "cipher_export",
+            CipherDes => "cipher_des",
+            Cipher3des => "cipher_3des",
+            CipherRc4 => "cipher_rc4",
+            CipherMd5Mac => "cipher_md5_mac",
+            CipherCbcLegacy => "cipher_cbc_legacy",
+            CipherStaticRsa => "cipher_static_rsa",
+            WeakDhParams => "weak_dh_params",
+            Poodle => "poodle",
+            NoFallbackScsv => "no_fallback_scsv",
+            NoSecureRenegotiation => "no_secure_renegotiation",
+            ClientRenegotiation => "client_renegotiation",
+            TlsCompression => "tls_compression",
+            Heartbleed => "heartbleed",
+            CcsInjection => "ccs_injection",
+            Robot => "robot",
+        }
+    }
+
+    /// Whether this finding is about a weak cipher suite (listed in tickets by name).
+    pub fn is_weak_cipher(self) -> bool {
+        use FindingKind::*;
+        matches!(
+            self,
+            CipherNull
+                | CipherAnonymous
+                | CipherExport
+                | CipherDes
+                | Cipher3des
+                | CipherRc4
+                | CipherMd5Mac
+                | CipherCbcLegacy
+                | CipherStaticRsa
+        )
+    }
+}
+
+/// One finding about one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub severity: Severity,
+    pub title: String,
+    /// What was seen: suite names, protocol versions, sizes.
+    pub evidence: String,
+    /// One line saying what to change.
+    pub fix: String,
+    /// The weak suites this finding is about (IANA names), for cipher findings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suites: Vec<String>,
+}
+
+/// The weakness classes of one suite offered under one protocol, from its IANA
+/// name (the names are systematic: `TLS_<kx>_<auth>_WITH_<cipher>_<mac>`).
+pub fn suite_weaknesses(iana: &str, protocol: Protocol) -> Vec<FindingKind> {
+    let n = iana.to_ascii_uppercase();
+    let mut out = Vec::new();
+    let (kx, cipher) = match n.split_once("_WITH_") {
+        Some((kx, c)) => (kx.to_string(), c.to_string()),
+        // TLS 1.3 suites (TLS_AES_128_GCM_SHA256) and SCSVs have no `_WITH_`.
+        None => (String::new(), n.trim_start_matches("TLS_").to_string()),
+    };
+    if cipher.starts_with("NULL") || n == "TLS_NULL_WITH_NULL_NULL" {
+        out.push(FindingKind::CipherNull);
+    }
+    if kx.contains("_ANON") {
+        out.push(FindingKind::CipherAnonymous);
+    }
+    if n.contains("EXPORT") {
+        out.push(FindingKind::CipherExport);
+    }
+    if cipher.starts_with("DES_") || cipher.starts_with("DES40_") {
+        out.push(FindingKind::CipherDes);
+    }
+    if cipher.contains("3DES") {
+        out.push(FindingKind::Cipher3des);
+    }
+    if cipher.starts_with("RC4") {
+        out.push(FindingKind::CipherRc4);
+    }
+    if cipher.ends_with("_MD5") {
+        out.push(FindingKind::CipherMd5Mac);
+    }
+    if cipher.contains("_CBC") && matches!(protocol, Protocol::Ssl3 | Protocol::Tls10) {
+        out.push(FindingKind::CipherCbcLegacy);
+    }
+    if kx == "TLS_RSA" || kx == "TLS_RSA_EXPORT" || kx == "SSL_RSA" || kx == "TLS_RSA_PSK" {
+        out.push(FindingKind::CipherStaticRsa);
+    }
+    out
+}
+
+/// A yes/no fact, the answer that is a problem, and the finding it gives.
+type BoolRule = (
+    Option<bool>,
+    bool,
+    FindingKind,
+    Severity,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+fn finding(
+    kind: FindingKind,
+    severity: Severity,
+    title: &str,
+    evidence: String,
+    fix: &str,
+) -> Finding {
+    Finding {
+        kind,
+        severity,
+        title: title.to_string(),
+        evidence,
+        fix: fix.to_string(),
+        suites: Vec::new(),
+    }
+}
+
+/// The findings a scan's facts call for, ordered by severity (worst first), then kind.
+pub fn tls_findings(facts: &TlsFacts) -> Vec<Finding> {
+    use FindingKind::*;
+    let mut out = Vec::new();
+    let offered = |p: Protocol| facts.supports(p);
+    let proto_rules = [
+        (
+            Protocol::Ssl2,
+            ProtocolSsl2,
+            Severity::Critical,
+            "SSLv2 is enabled",
+            "Disable SSLv2.",
+        ),
+        (
+            Protocol::Ssl3,
+            ProtocolSsl3,
+            Severity::High,
+            "SSLv3 is enabled",
+            "Disable SSLv3.",
+        ),
+        (
+            Protocol::Tls10,
+            ProtocolTls10,
+            Severity::Medium,
+            "TLS 1.0 is enabled",
+            "Disable TLS 1.0; offer TLS 1.2 and 1.3.",
+        ),
+        (
+            Protocol::Tls11,
+            ProtocolTls11,
+            Severity::Medium,
+            "TLS 1.1 is enabled",
+            "Disable TLS 1.1; offer TLS 1.2 and 1.3.",
+        ),
+    ];
+    for (p, kind, sev, title, fix) in proto_rules {
+        if offered(p) {
+            out.push(finding(
+                kind,
+                sev,
+                title,
+                format!("the server accepted a {} handshake", p.name()),
+                fix,
+            ));
+        }
+    }
+    let any_offered = facts.protocols.iter().any(|p| p.supported);
+    if any_offered && !offered(Protocol::Tls12) {
+        let sev = if offered(Protocol::Tls13) {
+            Severity::Info
+        } else {
+            Severity::High
+        };
+        out.push(finding(
+            NoTls12,
+            sev,
+            "TLS 1.2 is not offered",
+            "no TLS 1.2 ServerHello".into(),
+            "Enable TLS 1.2 for clients without TLS 1.3.",
+        ));
+    }
+    if any_offered && !offered(Protocol::Tls13) {
+        out.push(finding(
+            NoTls13,
+            Severity::Low,
+            "TLS 1.3 is not offered",
+            "no TLS 1.3 ServerHello".into(),
+            "Enable TLS 1.3.",
+        ));
+    }
+
+    // Weak suites, one finding per class, listing each suite once per class.
+    let classes: [(FindingKind, Severity, &str, &str); 9] = [
+        (
+            CipherNull,
+            Severity::Critical,
+            "NULL cipher suites (no encryption)",
+            "Remove NULL suites (eNULL) from the cipher list.",
+        ),
+        (
+            CipherAnonymous,
+            Severity::Critical,
+            "Anonymous cipher suites (no authentication)",
+            "Remove anonymous suites (aNULL: ADH, AECDH).",
+        ),
+        (
+            CipherExport,
+            Severity::Critical,
+            "EXPORT-grade cipher suites",
+            "Remove EXPORT suites.",
+        ),
+        (
+            CipherDes,
+            Severity::High,
+            "DES cipher suites",
+            "Remove single-DES suites.",
+        ),
+        (
+            CipherRc4,
+            Severity::High,
+            "RC4 cipher suites",
+            "Remove RC4 suites.",
+        ),
+        (
+            Cipher3des,
+            Severity::Medium,
+            "3DES cipher suites (SWEET32)",
+            "Remove 3DES suites.",
+        ),
+        (
+            CipherMd5Mac,
+            Severity::Medium,
+            "Cipher suites with an MD5 MAC",
+            "Remove suites whose MAC is MD5.",
+        ),
+        (
+            CipherCbcLegacy,
+            Severity::Low,
+            "CBC cipher suites under SSLv3/TLS 1.0 (BEAST)",
+            "Disable SSLv3 and TLS 1.0, or their CBC suites.",
+        ),
+        (
+            CipherStaticRsa,
+            Severity::Low,
+            "Static RSA key exchange (no forward secrecy)",
+            "Prefer ECDHE/DHE suites and remove TLS_RSA_* suites.",
+        ),
+    ];
+    for (kind, sev, title, fix) in classes {
+        let mut suites: Vec<String> = Vec::new();
+        let mut where_: Vec<&str> = Vec::new();
+        for p in facts.protocols.iter().filter(|p| p.supported) {
+            for s in &p.suites {
+                if suite_weaknesses(&s.iana, p.protocol).contains(&kind) {
+                    if !suites.contains(&s.iana) {
+                        suites.push(s.iana.clone());
+                    }
+                    if !where_.contains(&p.protocol.name()) {
+                        where_.push(p.protocol.name());
+                    }
+                }
+            }
+        }
+        if !suites.is_empty() {
+            let mut f = finding(
+                kind,
+                sev,
+                title,
+                format!("{} under {}", suites.join(", "), where_.join(", ")),
+                fix,
+            );
+            f.suites = suites;
+            out.push(f);
+        }
+    }
+    if let Some(bits) = facts.dh_bits.filter(|b| *b < 2048) {
+        let sev = if bits < 1024 {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        out.push(finding(
+            WeakDhParams,
+            sev,
+            "Weak Diffie-Hellman parameters",
+            format!("DHE with a {bits}-bit prime"),
+            "Use DH parameters of at least 2048 bits, or ECDHE only.",
+        ));
+    }
+    if let Some(p) = facts.protocol(Protocol::Ssl3).filter(|p| p.supported) {
+        let cbc: Vec<String> = p
+            .suites
+            .iter()
+            .filter(|s| s.iana.to_ascii_uppercase().contains("_CBC"))
+            .map(|s| s.iana.clone())
+            .collect();
+        if !cbc.is_empty() {
+            let mut f = finding(
+                Poodle,
+                Severity::High,
+                "POODLE (SSLv3 with CBC suites)",
+                format!("SSLv3 with {}", cbc.join(", ")),
+                "Disable SSLv3.",
+            );
+            f.suites = cbc;
+            out.push(f);
+        }
+    }
+    let bool_rules: [BoolRule; 7] = [
+        (
+            facts.fallback_scsv,
+            false,
+            NoFallbackScsv,
+            Severity::Medium,
+            "TLS_FALLBACK_SCSV not supported (downgrade possible)",
+            "a downgraded hello with TLS_FALLBACK_SCSV was answered with a ServerHello",
+            "Upgrade the TLS library so it honours TLS_FALLBACK_SCSV, or offer one protocol version only.",
+        ),
+        (
+            facts.secure_renegotiation,
+            false,
+            NoSecureRenegotiation,
+            Severity::High,
+            "Secure renegotiation (RFC 5746) not supported",
+            "the ServerHello carried no renegotiation_info extension",
+            "Upgrade the TLS library or enable RFC 5746 secure renegotiation.",
+        ),
+        (
+            facts.client_renegotiation,
+            true,
+            ClientRenegotiation,
+            Severity::Medium,
+            "Client-initiated renegotiation allowed (DoS)",
+            "a renegotiation started by the client completed",
+            "Disable client-initiated renegotiation.",
+        ),
+        (
+            facts.compression,
+            true,
+            TlsCompression,
+            Severity::High,
+            "TLS compression enabled (CRIME)",
+            "the server chose the DEFLATE compression method",
+            "Disable TLS compression.",
+        ),
+        (
+            facts.heartbleed,
+            true,
+            Heartbleed,
+            Severity::Critical,
+            "Heartbleed (CVE-2014-0160)",
+            "the server answered an over-long heartbeat request with memory contents",
+            "Upgrade OpenSSL and replace the private key and certificate.",
+        ),
+        (
+            facts.ccs_injection,
+            true,
+            CcsInjection,
+            Severity::High,
+            "OpenSSL CCS injection (CVE-2014-0224)",
+            "the server accepted a ChangeCipherSpec before the key exchange",
+            "Upgrade OpenSSL.",
+        ),
+        (
+            facts.robot,
+            true,
+            Robot,
+            Severity::High,
+            "ROBOT (Bleichenbacher oracle on RSA key exchange)",
+            "the server answered malformed RSA padding differently from well-formed",
+            "Disable static RSA key exchange suites or patch the TLS stack.",
+        ),
+    ];
+    for (seen, bad, kind, sev, title, evidence, fix) in bool_rules {
+        if seen == Some(bad) {
+            out.push(finding(kind, sev, title, evidence.to_string(), fix));
+        }
+    }
+    out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suite(iana: &str) -> AcceptedSuite {
+        AcceptedSuite {
+            id: 0,
+            iana: iana.into(),
+            openssl: None,
+        }
+    }
+
+    fn proto(p: Protocol, suites: &[&str]) -> ProtocolFacts {
+        ProtocolFacts {
+            protocol: p,
+            supported: true,
+            suites: suites.iter().map(|s| suite(s)).collect(),
+            server_order: None,
+        }
+    }
+
+    #[test]
+    fn suites_are_classified_by_their_iana_names() {
+        use FindingKind::*;
+        let t12 = Protocol::Tls12;
+        assert_eq!(
+            suite_weaknesses("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", t12),
+            vec![]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_AES_256_GCM_SHA384", Protocol::Tls13),
+            vec![]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA", t12),
+            vec![]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA", Protocol::Tls10),
+            vec![CipherCbcLegacy]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_RSA_WITH_NULL_SHA256", t12),
+            vec![CipherNull, CipherStaticRsa]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_DH_anon_WITH_AES_128_CBC_SHA", t12),
+            vec![CipherAnonymous]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_ECDH_anon_WITH_NULL_SHA", t12),
+            vec![CipherNull, CipherAnonymous]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_RSA_EXPORT_WITH_RC4_40_MD5", Protocol::Tls10),
+            vec![CipherExport, CipherRc4, CipherMd5Mac, CipherStaticRsa]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_RSA_WITH_DES_CBC_SHA", Protocol::Tls11),
+            vec![CipherDes, CipherStaticRsa]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_RSA_WITH_3DES_EDE_CBC_SHA", t12),
+            vec![Cipher3des, CipherStaticRsa]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA", t12),
+            vec![Cipher3des]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_ECDHE_RSA_WITH_RC4_128_SHA", t12),
+            vec![CipherRc4]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_RSA_WITH_AES_256_GCM_SHA384", t12),
+            vec![CipherStaticRsa]
+        );
+        assert_eq!(
+            suite_weaknesses("TLS_DHE_RSA_WITH_AES_256_GCM_SHA384", t12),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_modern_server_has_no_findings() {
+        let facts = TlsFacts {
+            protocols: vec![
+                proto(Protocol::Tls12, &["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]),
+                proto(Protocol::Tls13, &["TLS_AES_128_GCM_SHA256"]),
+            ],
+            fallback_scsv: Some(true),
+            secure_renegotiation: Some(true),
+            compression: Some(false),
+            heartbleed: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(tls_findings(&facts), vec![]);
+    }
+
+    #[test]
+    fn a_legacy_server_gets_one_finding_per_class_worst_first() {
+        let facts = TlsFacts {
+            protocols: vec![
+                proto(Protocol::Ssl3, &["TLS_RSA_WITH_AES_128_CBC_SHA"]),
+                proto(
+                    Protocol::Tls10,
+                    &["TLS_RSA_WITH_AES_128_CBC_SHA", "TLS_RSA_WITH_RC4_128_SHA"],
+                ),
+                proto(Protocol::Tls12, &["TLS_RSA_WITH_RC4_128_SHA"]),
+            ],
+            dh_bits: Some(1024),
+            secure_renegotiation: Some(false),
+            fallback_scsv: Some(false),
+            ..Default::default()
+        };
+        let f = tls_findings(&facts);
+        let kinds: Vec<&str> = f.iter().map(|f| f.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "protocol_ssl3",
+                "cipher_rc4",
+                "poodle",
+                "no_secure_renegotiation",
+                "protocol_tls10",
+                "weak_dh_params",
+                "no_fallback_scsv",
+                "no_tls13",
+                "cipher_cbc_legacy",
+                "cipher_static_rsa"
+            ]
+        );
+        let rc4 = f.iter().find(|f| f.kind == FindingKind::CipherRc4).unwrap();
+        assert_eq!(rc4.suites, ["TLS_RSA_WITH_RC4_128_SHA"]);
+        assert_eq!(
+            rc4.evidence,
+            "TLS_RSA_WITH_RC4_128_SHA under TLSv1.0, TLSv1.2"
+        );
+        let rsa = f
+            .iter()
+            .find(|f| f.kind == FindingKind::CipherStaticRsa)
+            .unwrap();
+        assert_eq!(rsa.suites.len(), 2);
+    }
+
+    #[test]
+    fn tls13_only_is_fine_and_untested_checks_say_nothing() {
+        let facts = TlsFacts {
+            protocols: vec![proto(Protocol::Tls13, &["TLS_AES_128_GCM_SHA256"])],
+            ..Default::default()
+        };
+        let f = tls_findings(&facts);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].kind, FindingKind::NoTls12);
+        assert_eq!(f[0].severity, Severity::Info);
+    }
+}

@@ -1,0 +1,281 @@
+//! Vulnerability scan of one endpoint on the wire: protocol support and accepted
+//! suites by elimination (offer every candidate, drop the one the server picks,
+//! repeat: accepted+1 connections per protocol), the server's preference order,
+//! DH sizes, fallback SCSV, secure renegotiation and compression, all read from
+//! the first flight without completing a handshake. Protocols run in parallel under
+//! a per-host connection cap; every connection also takes a slot of the global rate
+//! limiter when there is one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use certkeeper_core::findings::{AcceptedSuite, Protocol, ProtocolFacts, TlsFacts};
+use tokio::sync::Semaphore;
+
+use crate::Target;
+use crate::hello::{
+    FALLBACK_SCSV, Hello, ServerFlight, WireError, candidate_suites, exchange, suite_name,
+};
+use crate::scan::RateLimiter;
+
+/// Limits of a vulnerability scan.
+#[derive(Debug, Clone)]
+pub struct VulnConfig {
+    /// Connect + hello + first flight, per connection.
+    pub timeout: Duration,
+    /// Connections open at once to one endpoint.
+    pub per_host_connections: usize,
+    /// Shared across endpoints: at most this many connections at once overall.
+    pub global: Option<Arc<Semaphore>>,
+    /// Shared across endpoints: new connections per second.
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+impl Default for VulnConfig {
+    fn default() -> Self {
+        VulnConfig {
+            timeout: Duration::from_secs(3),
+            per_host_connections: 4,
+            global: None,
+            limiter: None,
+        }
+    }
+}
+
+/// The result of scanning one endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct VulnScan {
+    pub facts: TlsFacts,
+    /// The chain of the first plaintext Certificate message (TLS ≤ 1.2).
+    pub chain: Vec<Vec<u8>>,
+    /// Whether the scan had to drop SNI to get answers.
+    pub sni_dropped: bool,
+}
+
+/// Why an endpoint could not be scanned at all.
+#[derive(Debug, thiserror::Error)]
+pub enum VulnError {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("the endpoint accepted none of SSLv3, TLS 1.0, 1.1, 1.2 or 1.3: {0}")]
+    NoTls(String),
+}
+
+struct Session<'a> {
+    addr: SocketAddr,
+    sni: Option<&'a str>,
+    cfg: &'a VulnConfig,
+    host_slots: Semaphore,
+    connections: AtomicU32,
+}
+
+impl Session<'_> {
+    async fn hello(&self, h: &Hello<'_>) -> Result<ServerFlight, WireError> {
+        let _host = self.host_slots.acquire().await.expect("never closed");
+        let _global = match &self.cfg.global {
+            Some(g) => Some(g.acquire().await.expect("never closed")),
+            None => None,
+        };
+        if let Some(l) = &self.cfg.limiter {
+            l.acquire().await;
+        }
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        exchange(self.addr, h, self.cfg.timeout).await
+    }
+}
+
+/// What one protocol's enumeration found.
+#[derive(Debug, Default)]
+struct ProtocolRun {
+    facts: Option<ProtocolFacts>,
+    chain: Vec<Vec<u8>>,
+    dh_bits: Option<u32>,
+    renegotiation_info: bool,
+    compression: bool,
+    sni_dropped: bool,
+    error: Option<WireError>,
+}
+
+fn negotiated(p: Protocol, f: &ServerFlight) -> bool {
+    f.accepted() && f.version == Some(p.wire())
+}
+
+async fn enumerate(s: &Session<'_>, p: Protocol) -> ProtocolRun {
+    let mut run = ProtocolRun::default();
+    let mut offered = candidate_suites(p);
+    let mut sni = s.sni;
+    let mut accepted: Vec<u16> = Vec::new();
+    let mut first = true;
+    // Bounded: a server cannot keep us here longer than its suites last.
+    while !offered.is_empty() && accepted.len() < 400 {
+        let h = Hello {
+            protocol: p,
+            suites: &offered,
+            sni,
+            offer_compression: p != Protocol::Tls13,
+            heartbeat: false,
+        };
+        let mut flight = s.hello(&h).await;
+        if first && sni.is_some() && matches!(&flight, Ok(f) if f.alert.is_some()) {
+            // Some servers refuse names they do not serve: try once without SNI.
+            let h = Hello {
+                sni: None,
+                ..h.clone()
+            };
+            let retry = s.hello(&h).await;
+            if matches!(&retry, Ok(f) if negotiated(p, f)) {
+                sni = None;
+                run.sni_dropped = true;
+                flight = retry;
+            }
+        }
+        let flight = match flight {
+            Ok(f) => f,
+            Err(e) => {
+                if first {
+                    run.error = Some(e);
+                }
+                break;
+            }
+        };
+        first = false;
+        if !negotiated(p, &flight) {
+            break;
+        }
+        let suite = flight.suite.expect("accepted");
+        if !offered.contains(&suite) {
+            // The server picked something we did not offer: stop, it is broken.
+            break;
+        }
+        if run.chain.is_empty() {
+            run.chain = flight.chain.clone();
+        }
+        if let Some(b) = flight.dh_bits {
+            run.dh_bits = Some(run.dh_bits.map_or(b, |m: u32| m.min(b)));
+        }
+        run.renegotiation_info |= flight.renegotiation_info;
+        run.compression |= flight.compression.is_some_and(|c| c != 0);
+        accepted.push(suite);
+        offered.retain(|x| *x != suite);
+    }
+    let mut server_order = None;
+    if accepted.len() >= 2 {
+        // Offer what was accepted in reverse: a server with its own order still
+        // picks its favourite, one following the client picks our first.
+        let reversed: Vec<u16> = accepted.iter().rev().copied().collect();
+        let h = Hello {
+            protocol: p,
+            suites: &reversed,
+            sni,
+            offer_compression: false,
+            heartbeat: false,
+        };
+        if let Ok(f) = s.hello(&h).await
+            && negotiated(p, &f)
+        {
+            server_order = Some(f.suite == Some(accepted[0]));
+        }
+    }
+    let suites = accepted
+        .iter()
+        .map(|id| {
+            let iana = suite_name(*id);
+            let openssl = openssl::ssl::cipher_name(&iana);
+            AcceptedSuite {
+                id: *id,
+                openssl: (openssl != "(NONE)").then(|| openssl.to_string()),
+                iana,
+            }
+        })
+        .collect();
+    run.facts = Some(ProtocolFacts {
+        protocol: p,
+        supported: !accepted.is_empty(),
+        suites,
+        server_order,
+    });
+    run
+}
+
+/// Scan one endpoint. Only an endpoint that cannot be reached, or speaks no TLS at
+/// all, is an error; everything else is in the facts.
+pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, VulnError> {
+    let s = Session {
+        addr: SocketAddr::new(target.ip, target.port),
+        sni: target
+            .sni
+            .as_deref()
+            .filter(|n| n.parse::<std::net::IpAddr>().is_err()),
+        cfg,
+        host_slots: Semaphore::new(cfg.per_host_connections.max(1)),
+        connections: AtomicU32::new(0),
+    };
+    let (ssl3, t10, t11, t12, t13) = tokio::join!(
+        enumerate(&s, Protocol::Ssl3),
+        enumerate(&s, Protocol::Tls10),
+        enumerate(&s, Protocol::Tls11),
+        enumerate(&s, Protocol::Tls12),
+        enumerate(&s, Protocol::Tls13),
+    );
+    let runs = [ssl3, t10, t11, t12, t13];
+    let mut out = VulnScan::default();
+    let supported = |r: &ProtocolRun| r.facts.as_ref().is_some_and(|f| f.supported);
+    if !runs.iter().any(supported) {
+        let err = runs.iter().find_map(|r| r.error.as_ref());
+        return Err(match err {
+            Some(WireError::Connect(e)) => VulnError::Unreachable(e.clone()),
+            Some(WireError::Timeout) => VulnError::Unreachable("timed out".into()),
+            Some(e) => VulnError::NoTls(e.to_string()),
+            None => VulnError::NoTls("every hello was refused".into()),
+        });
+    }
+    let legacy: Vec<&ProtocolRun> = runs[..4].iter().filter(|r| supported(r)).collect();
+    if !legacy.is_empty() {
+        out.facts.secure_renegotiation = Some(legacy.iter().all(|r| r.renegotiation_info));
+        out.facts.compression = Some(legacy.iter().any(|r| r.compression));
+    }
+    out.facts.dh_bits = runs.iter().filter_map(|r| r.dh_bits).min();
+    out.chain = runs
+        .iter()
+        .rev()
+        .find(|r| !r.chain.is_empty())
+        .map(|r| r.chain.clone())
+        .unwrap_or_default();
+    out.sni_dropped = runs.iter().any(|r| r.sni_dropped);
+
+    // Fallback SCSV: a hello one version below the best the server has, carrying
+    // the SCSV, must be refused with inappropriate_fallback (86).
+    let protos: Vec<(Protocol, Vec<u16>)> = runs
+        .iter()
+        .filter_map(|r| r.facts.as_ref())
+        .filter(|f| f.supported)
+        .map(|f| (f.protocol, f.suites.iter().map(|s| s.id).collect()))
+        .collect();
+    if protos.len() >= 2 {
+        let (low, suites) = &protos[protos.len() - 2];
+        {
+            let mut offer = suites.clone();
+            offer.push(FALLBACK_SCSV);
+            let sni = if out.sni_dropped { None } else { s.sni };
+            let h = Hello {
+                protocol: *low,
+                suites: &offer,
+                sni,
+                offer_compression: false,
+                heartbeat: false,
+            };
+            if let Ok(f) = s.hello(&h).await {
+                if f.alert == Some(86) {
+                    out.facts.fallback_scsv = Some(true);
+                } else if negotiated(*low, &f) {
+                    out.facts.fallback_scsv = Some(false);
+                }
+            }
+        }
+    }
+    out.facts.protocols = runs.into_iter().filter_map(|r| r.facts).collect();
+    out.facts.connections = s.connections.load(Ordering::Relaxed);
+    Ok(out)
+}

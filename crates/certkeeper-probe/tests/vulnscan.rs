@@ -1,0 +1,322 @@
+//! Vulnerability scans against real TLS servers on loopback (`openssl s_server`), each
+//! with the findings it must produce and none it must not. Accepted suites are
+//! checked against what `openssl s_client` itself can negotiate with the server.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use certkeeper_core::findings::{Protocol, TlsFacts, tls_findings};
+use certkeeper_probe::{Target, VulnConfig, VulnError, VulnScan, vulnscan};
+use certkeeper_testkit::peers::{self, Behaviour};
+use certkeeper_testkit::{KeyKind, LeafSpec, OpensslServer, TestPki};
+
+fn target(port: u16, sni: Option<&str>) -> Target {
+    Target {
+        host: sni.unwrap_or("127.0.0.1").to_string(),
+        ip: IpAddr::from([127, 0, 0, 1]),
+        port,
+        sni: sni.map(str::to_string),
+        named: true,
+    }
+}
+
+fn cfg() -> VulnConfig {
+    VulnConfig {
+        timeout: Duration::from_secs(3),
+        ..VulnConfig::default()
+    }
+}
+
+async fn scan(port: u16) -> VulnScan {
+    vulnscan(&target(port, Some("www.test")), &cfg())
+        .await
+        .expect("scan")
+}
+
+fn kinds(f: &TlsFacts) -> Vec<&'static str> {
+    let mut k: Vec<&str> = tls_findings(f).iter().map(|f| f.kind.as_str()).collect();
+    k.sort();
+    k
+}
+
+fn supported(f: &TlsFacts) -> Vec<Protocol> {
+    f.protocols
+        .iter()
+        .filter(|p| p.supported)
+        .map(|p| p.protocol)
+        .collect()
+}
+
+fn openssl_names(f: &TlsFacts, p: Protocol) -> Vec<String> {
+    f.protocol(p)
+        .unwrap()
+        .suites
+        .iter()
+        .map(|s| s.openssl.clone().unwrap_or_else(|| s.iana.clone()))
+        .collect()
+}
+
+/// The suites `openssl s_client` negotiates with the server under `flag`
+/// (`-tls1`, `-tls1_2`, …), trying each suite OpenSSL knows one at a time.
+fn openssl_truth(port: u16, flag: &str) -> BTreeSet<String> {
+    let list = Command::new("openssl")
+        .args(["ciphers", "ALL:COMPLEMENTOFALL:@SECLEVEL=0"])
+        .output()
+        .unwrap();
+    let mut ok = BTreeSet::new();
+    for name in String::from_utf8(list.stdout).unwrap().trim().split(':') {
+        if name.starts_with("TLS_") {
+            continue; // TLS 1.3 suites are not chosen with -cipher
+        }
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), flag])
+            .args(["-cipher", &format!("{name}:@SECLEVEL=0"), "-noservername"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains(&format!("Cipher is {name}")) {
+            ok.insert(name.to_string());
+        }
+    }
+    ok
+}
+
+#[tokio::test]
+async fn a_modern_server_has_no_findings_and_few_connections() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        Some(&pki.intermediate.cert_path),
+        &[],
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(supported(&s.facts), [Protocol::Tls12, Protocol::Tls13]);
+    assert_eq!(kinds(&s.facts), Vec::<&str>::new());
+    assert_eq!(s.facts.fallback_scsv, Some(true));
+    assert_eq!(s.facts.secure_renegotiation, Some(true));
+    assert_eq!(s.facts.compression, Some(false));
+    assert_eq!(s.facts.dh_bits, None);
+    assert_eq!(
+        s.chain,
+        vec![leaf.der.clone(), pki.intermediate.der.clone()]
+    );
+    assert_eq!(
+        openssl_names(&s.facts, Protocol::Tls13),
+        [
+            "TLS_AES_128_GCM_SHA256",
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_CHACHA20_POLY1305_SHA256"
+        ]
+    );
+    let got: BTreeSet<String> = openssl_names(&s.facts, Protocol::Tls12)
+        .into_iter()
+        .collect();
+    assert_eq!(got, openssl_truth(srv.port, "-tls1_2"));
+    assert!(s.facts.connections <= 100, "{}", s.facts.connections);
+}
+
+#[tokio::test]
+async fn a_legacy_server_shows_every_weak_class_it_has() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let srv = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        Some(&pki.intermediate.cert_path),
+        &[
+            "-min_protocol",
+            "TLSv1",
+            "-cipher",
+            "ALL:COMPLEMENTOFALL:@SECLEVEL=0",
+        ],
+    )
+    .unwrap();
+    let started = Instant::now();
+    let s = scan(srv.port).await;
+    let took = started.elapsed();
+    assert_eq!(
+        supported(&s.facts),
+        [
+            Protocol::Tls10,
+            Protocol::Tls11,
+            Protocol::Tls12,
+            Protocol::Tls13
+        ]
+    );
+    // Debian's OpenSSL 3 has no RC4, DES, 3DES or EXPORT suites, and s_server's
+    // automatic DH at security level 0 is 1024 bits.
+    assert_eq!(
+        kinds(&s.facts),
+        [
+            "cipher_anonymous",
+            "cipher_cbc_legacy",
+            "cipher_md5_mac",
+            "cipher_null",
+            "cipher_static_rsa",
+            "protocol_tls10",
+            "protocol_tls11",
+            "weak_dh_params"
+        ]
+    );
+    assert_eq!(s.facts.dh_bits, Some(1024));
+    assert_eq!(s.facts.fallback_scsv, Some(true));
+    for (p, flag) in [(Protocol::Tls10, "-tls1"), (Protocol::Tls12, "-tls1_2")] {
+        let got: BTreeSet<String> = openssl_names(&s.facts, p).into_iter().collect();
+        assert_eq!(got, openssl_truth(srv.port, flag), "{p:?}");
+    }
+    let findings = tls_findings(&s.facts);
+    let null = findings
+        .iter()
+        .find(|f| f.kind.as_str() == "cipher_null")
+        .unwrap();
+    assert!(
+        null.suites
+            .contains(&"TLS_RSA_WITH_NULL_SHA256".to_string())
+    );
+    assert!(
+        !null.suites.iter().any(|n| n.contains("AES")),
+        "{:?}",
+        null.suites
+    );
+    assert!(s.facts.connections <= 200, "{}", s.facts.connections);
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+#[tokio::test]
+async fn server_preference_order_is_reported_as_the_server_has_it() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let order = [
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-AES128-SHA",
+    ];
+    let srv = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        None,
+        &["-tls1_2", "-serverpref", "-cipher", &order.join(":")],
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    let p = s.facts.protocol(Protocol::Tls12).unwrap();
+    assert_eq!(p.server_order, Some(true));
+    assert_eq!(openssl_names(&s.facts, Protocol::Tls12), order);
+    // Without -serverpref the server follows the client.
+    let srv = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        None,
+        &["-tls1_2", "-cipher", &order.join(":")],
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(
+        s.facts.protocol(Protocol::Tls12).unwrap().server_order,
+        Some(false)
+    );
+    assert_eq!(supported(&s.facts), [Protocol::Tls12]);
+    // One protocol only: there is nothing to fall back to.
+    assert_eq!(s.facts.fallback_scsv, None);
+    assert_eq!(kinds(&s.facts), ["no_tls13"]);
+}
+
+#[tokio::test]
+async fn a_tls13_only_server_is_enumerated_without_a_handshake() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        None,
+        &["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"],
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(supported(&s.facts), [Protocol::Tls13]);
+    assert_eq!(
+        openssl_names(&s.facts, Protocol::Tls13),
+        ["TLS_AES_256_GCM_SHA384"]
+    );
+    assert_eq!(kinds(&s.facts), ["no_tls12"]);
+    assert_eq!(s.facts.secure_renegotiation, None);
+    assert!(s.chain.is_empty(), "TLS 1.3 certificates are encrypted");
+}
+
+#[tokio::test]
+async fn strong_dh_and_static_rsa_are_told_apart() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let srv = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        None,
+        &[
+            "-tls1_2",
+            "-cipher",
+            "DHE-RSA-AES128-GCM-SHA256:AES128-GCM-SHA256",
+        ],
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(s.facts.dh_bits, Some(2048));
+    assert_eq!(kinds(&s.facts), ["cipher_static_rsa", "no_tls13"]);
+    let f = tls_findings(&s.facts);
+    let rsa = f
+        .iter()
+        .find(|f| f.kind.as_str() == "cipher_static_rsa")
+        .unwrap();
+    assert_eq!(rsa.suites, ["TLS_RSA_WITH_AES_128_GCM_SHA256"]);
+}
+
+#[tokio::test]
+async fn peers_that_are_not_tls_give_clear_errors_within_the_timeout() {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let quick = VulnConfig {
+        timeout: Duration::from_millis(800),
+        ..VulnConfig::default()
+    };
+    for b in [Behaviour::Garbage, Behaviour::Stall, Behaviour::Reset] {
+        let peer = peers::start(any, b, None).await.unwrap();
+        let started = Instant::now();
+        let err = vulnscan(&target(peer.addr.port(), None), &quick)
+            .await
+            .unwrap_err();
+        // Five protocols in parallel, four connections at a time, one retry round.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{b:?}: {:?}",
+            started.elapsed()
+        );
+        match (b, &err) {
+            (Behaviour::Garbage, VulnError::NoTls(m)) => {
+                assert!(m.contains("does not speak TLS"), "{m}")
+            }
+            (Behaviour::Stall, VulnError::Unreachable(m)) => {
+                assert!(m.contains("timed out"), "{m}")
+            }
+            (Behaviour::Reset, VulnError::NoTls(_)) => {}
+            _ => panic!("{b:?}: {err}"),
+        }
+    }
+    let closed = certkeeper_testkit::free_port().unwrap();
+    let err = vulnscan(&target(closed, None), &quick).await.unwrap_err();
+    assert!(matches!(err, VulnError::Unreachable(_)), "{err}");
+}
