@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use certkeeper_core::findings::{Protocol, TlsFacts, tls_findings};
 use certkeeper_probe::{Target, VulnConfig, VulnError, VulnScan, vulnscan};
 use certkeeper_testkit::peers::{self, Behaviour};
-use certkeeper_testkit::{KeyKind, LeafSpec, OpensslServer, TestPki};
+use certkeeper_testkit::{IsolatedServer, KeyKind, LeafSpec, OpensslServer, TestPki};
 
 fn target(port: u16, sni: Option<&str>) -> Target {
     Target {
@@ -319,4 +319,94 @@ async fn peers_that_are_not_tls_give_clear_errors_within_the_timeout() {
     let closed = certkeeper_testkit::free_port().unwrap();
     let err = vulnscan(&target(closed, None), &quick).await.unwrap_err();
     assert!(matches!(err, VulnError::Unreachable(_)), "{err}");
+}
+
+/// Suite ids GnuTLS enables for `priority` from `min` up (its minimum-version
+/// column), without the ECDSA-authenticated ones (our fixtures carry an RSA key).
+fn gnutls_truth(priority: &str, tls13: bool, legacy_only: bool) -> BTreeSet<u16> {
+    let out = Command::new("gnutls-cli")
+        .args(["--list", "--priority", priority])
+        .output()
+        .unwrap();
+    let mut ids = BTreeSet::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let cols: Vec<&str> = line.split('\t').map(str::trim).collect();
+        if cols.len() < 3 || !cols[1].starts_with("0x") || cols[0].contains("ECDSA") {
+            continue;
+        }
+        let is13 = cols[2] == "TLS1.3";
+        if is13 != tls13 || (legacy_only && cols[2] == "TLS1.2") {
+            continue;
+        }
+        let b: Vec<u16> = cols[1]
+            .split(", ")
+            .map(|h| u16::from_str_radix(h.trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        ids.insert((b[0] << 8) | b[1]);
+    }
+    ids
+}
+
+fn ids(f: &TlsFacts, p: Protocol) -> BTreeSet<u16> {
+    f.protocol(p).unwrap().suites.iter().map(|s| s.id).collect()
+}
+
+/// gnutls-serv binds every interface, so it runs in a network namespace of its own.
+#[tokio::test]
+async fn gnutls_with_rc4_3des_and_no_secure_renegotiation() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let legacy =
+        "NORMAL:+ARCFOUR-128:+3DES-CBC:+VERS-TLS1.0:+VERS-TLS1.1:%DISABLE_SAFE_RENEGOTIATION";
+    let srv = IsolatedServer::gnutls(&leaf.cert_path, &leaf.key_path, legacy).unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(
+        supported(&s.facts),
+        [
+            Protocol::Tls10,
+            Protocol::Tls11,
+            Protocol::Tls12,
+            Protocol::Tls13
+        ]
+    );
+    assert_eq!(
+        kinds(&s.facts),
+        [
+            "cipher_3des",
+            "cipher_cbc_legacy",
+            "cipher_rc4",
+            "cipher_static_rsa",
+            "no_secure_renegotiation",
+            "protocol_tls10",
+            "protocol_tls11"
+        ]
+    );
+    assert_eq!(
+        ids(&s.facts, Protocol::Tls12),
+        gnutls_truth(legacy, false, false)
+    );
+    assert_eq!(
+        ids(&s.facts, Protocol::Tls10),
+        gnutls_truth(legacy, false, true)
+    );
+    assert_eq!(
+        ids(&s.facts, Protocol::Tls13),
+        gnutls_truth(legacy, true, false)
+    );
+    assert_eq!(s.chain, vec![leaf.der.clone()]);
+
+    // TLS 1.2 and 1.3 with GnuTLS's default suites: none of those findings.
+    let srv = IsolatedServer::gnutls(
+        &leaf.cert_path,
+        &leaf.key_path,
+        "NORMAL:-VERS-TLS1.1:-VERS-TLS1.0",
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(supported(&s.facts), [Protocol::Tls12, Protocol::Tls13]);
+    assert_eq!(kinds(&s.facts), ["cipher_static_rsa"]);
+    assert_eq!(s.facts.secure_renegotiation, Some(true));
+    assert_eq!(s.facts.fallback_scsv, Some(true));
 }

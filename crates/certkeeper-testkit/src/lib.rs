@@ -8,4 +8,4 @@ pub mod pki;
 pub mod servers;
 
 pub use pki::{Issued, KeyKind, LeafSpec, TestPki};
-pub use servers::{OpensslServer, free_port, wait_for_port};
+pub use servers::{IsolatedServer, OpensslServer, free_port, wait_for_port};

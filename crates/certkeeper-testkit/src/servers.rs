@@ -116,3 +116,135 @@ impl Drop for OpensslServer {
         let _ = self.child.wait();
     }
 }
+
+/// A TLS server that can only bind every interface (`gnutls-serv`), run in a network
+/// namespace of its own (`unshare -n`) so it is reachable from nowhere but here:
+/// inside, `socat` bridges its port to a UNIX socket; outside, a forwarder on
+/// 127.0.0.1 carries each connection to that socket. Killed (whole process group)
+/// on drop. Needs root, `unshare`, `ip` and `socat`.
+pub struct IsolatedServer {
+    child: Child,
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl IsolatedServer {
+    /// `gnutls-serv` with a certificate, key and GnuTLS priority string.
+    pub fn gnutls(cert: &Path, key: &Path, priority: &str) -> Result<Self> {
+        let cmd = format!(
+            "gnutls-serv --port 4433 --x509certfile '{}' --x509keyfile '{}' --priority '{}' \
+             --disable-client-cert --http >/dev/null 2>&1 &",
+            cert.display(),
+            key.display(),
+            priority
+        );
+        Self::start(&cmd, 4433)
+    }
+
+    /// Run `server` (a shell command that starts the server in the background,
+    /// listening on `inner_port`) in a fresh network namespace.
+    pub fn start(server: &str, inner_port: u16) -> Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir()?;
+        let sock = dir.path().join("bridge.sock");
+        let script = format!(
+            "ip link set lo up || exit 1; {server}\n\
+             for i in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/{inner_port}) 2>/dev/null && break; sleep 0.05; done\n\
+             exec socat UNIX-LISTEN:'{}',fork TCP:127.0.0.1:{inner_port}",
+            sock.display()
+        );
+        let mut child = Command::new("unshare")
+            .args(["-n", "bash", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .context("starting unshare -n (needs root)")?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !sock.exists() {
+            if let Some(status) = child.try_wait()? {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!("isolated server exited with {status}: {err}");
+            }
+            if Instant::now() > deadline {
+                bail!("isolated server did not come up within 15s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || forward(listener, sock, flag));
+        Ok(IsolatedServer {
+            child,
+            port,
+            stop,
+            _dir: dir,
+        })
+    }
+}
+
+fn forward(
+    listener: TcpListener,
+    sock: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((tcp, _)) => {
+                let Ok(unix) = std::os::unix::net::UnixStream::connect(&sock) else {
+                    continue;
+                };
+                let _ = tcp.set_nonblocking(false);
+                let (Ok(tcp2), Ok(unix2)) = (tcp.try_clone(), unix.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || pipe(tcp, unix2));
+                std::thread::spawn(move || pipe(unix, tcp2));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Copy one direction until either side closes, then shut both down.
+fn pipe(mut from: impl std::io::Read + Shut, mut to: impl std::io::Write + Shut) {
+    let _ = std::io::copy(&mut from, &mut to);
+    from.shut();
+    to.shut();
+}
+
+trait Shut {
+    fn shut(&self);
+}
+impl Shut for TcpStream {
+    fn shut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+impl Shut for std::os::unix::net::UnixStream {
+    fn shut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Drop for IsolatedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = Command::new("kill")
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}
