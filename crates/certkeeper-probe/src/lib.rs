@@ -9,6 +9,7 @@
 mod capture;
 pub mod hello;
 mod legacy;
+mod reneg;
 mod scan;
 mod starttls;
 mod tlsscan;
@@ -17,6 +18,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub use capture::probe;
+pub use reneg::client_renegotiation;
 pub use scan::{Expansion, RateLimiter, expand, scan};
 pub use starttls::StartTls;
 pub use tlsscan::{VulnConfig, VulnError, VulnScan, vulnscan};

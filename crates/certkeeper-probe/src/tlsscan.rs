@@ -275,6 +275,21 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
             }
         }
     }
+    // Client-initiated renegotiation, on the best protocol below TLS 1.3.
+    if let Some((p, _)) = protos
+        .iter()
+        .rev()
+        .find(|(p, _)| *p >= Protocol::Tls10 && *p <= Protocol::Tls12)
+    {
+        let sni = if out.sni_dropped { None } else { s.sni };
+        let _slot = s.host_slots.acquire().await.expect("never closed");
+        if let Some(l) = &cfg.limiter {
+            l.acquire().await;
+        }
+        s.connections.fetch_add(1, Ordering::Relaxed);
+        out.facts.client_renegotiation =
+            crate::reneg::client_renegotiation(s.addr, sni, *p, cfg.timeout * 2).await;
+    }
     out.facts.protocols = runs.into_iter().filter_map(|r| r.facts).collect();
     out.facts.connections = s.connections.load(Ordering::Relaxed);
     Ok(out)

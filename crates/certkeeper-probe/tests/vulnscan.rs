@@ -104,6 +104,7 @@ async fn a_modern_server_has_no_findings_and_few_connections() {
     assert_eq!(s.facts.fallback_scsv, Some(true));
     assert_eq!(s.facts.secure_renegotiation, Some(true));
     assert_eq!(s.facts.compression, Some(false));
+    assert_eq!(s.facts.client_renegotiation, Some(false));
     assert_eq!(s.facts.dh_bits, None);
     assert_eq!(
         s.chain,
@@ -235,6 +236,24 @@ async fn server_preference_order_is_reported_as_the_server_has_it() {
 }
 
 #[tokio::test]
+async fn client_initiated_renegotiation_is_found_where_the_server_allows_it() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        None,
+        &["-client_renegotiation"],
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(s.facts.client_renegotiation, Some(true));
+    assert_eq!(kinds(&s.facts), ["client_renegotiation"]);
+}
+
+#[tokio::test]
 async fn a_tls13_only_server_is_enumerated_without_a_handshake() {
     let pki = TestPki::new().unwrap();
     let leaf = pki
@@ -255,6 +274,7 @@ async fn a_tls13_only_server_is_enumerated_without_a_handshake() {
     );
     assert_eq!(kinds(&s.facts), ["no_tls12"]);
     assert_eq!(s.facts.secure_renegotiation, None);
+    assert_eq!(s.facts.client_renegotiation, None);
     assert!(s.chain.is_empty(), "TLS 1.3 certificates are encrypted");
 }
 
@@ -378,6 +398,8 @@ async fn gnutls_with_rc4_3des_and_no_secure_renegotiation() {
             "cipher_cbc_legacy",
             "cipher_rc4",
             "cipher_static_rsa",
+            // gnutls-serv answers a client's rehandshake request (seen with s_client too).
+            "client_renegotiation",
             "no_secure_renegotiation",
             "protocol_tls10",
             "protocol_tls11"
@@ -406,7 +428,7 @@ async fn gnutls_with_rc4_3des_and_no_secure_renegotiation() {
     .unwrap();
     let s = scan(srv.port).await;
     assert_eq!(supported(&s.facts), [Protocol::Tls12, Protocol::Tls13]);
-    assert_eq!(kinds(&s.facts), ["cipher_static_rsa"]);
+    assert_eq!(kinds(&s.facts), ["cipher_static_rsa", "client_renegotiation"]);
     assert_eq!(s.facts.secure_renegotiation, Some(true));
     assert_eq!(s.facts.fallback_scsv, Some(true));
 }
