@@ -167,6 +167,17 @@ pub enum FindingKind {
     Heartbleed,
     CcsInjection,
     Robot,
+    CertExpired,
+    CertNotYetValid,
+    CertExpiringSoon,
+    CertSelfSigned,
+    CertUntrusted,
+    ChainIncomplete,
+    ChainMisordered,
+    HostnameMismatch,
+    WeakSignature,
+    WeakKey,
+    ValidityTooLong,
 }
 
 impl FindingKind {
@@ -197,6 +208,17 @@ impl FindingKind {
             Heartbleed => "heartbleed",
             CcsInjection => "ccs_injection",
             Robot => "robot",
+            CertExpired => "cert_expired",
+            CertNotYetValid => "cert_not_yet_valid",
+            CertExpiringSoon => "cert_expiring_soon",
+            CertSelfSigned => "cert_self_signed",
+            CertUntrusted => "cert_untrusted",
+            ChainIncomplete => "chain_incomplete",
+            ChainMisordered => "chain_misordered",
+            HostnameMismatch => "hostname_mismatch",
+            WeakSignature => "weak_signature",
+            WeakKey => "weak_key",
+            ValidityTooLong => "validity_too_long",
         }
     }
 
@@ -563,6 +585,241 @@ pub fn tls_findings(facts: &TlsFacts) -> Vec<Finding> {
     out
 }
 
+/// What a trust evaluation of the presented chain concluded (made by `pki`, which
+/// checks signatures against the system roots and the administrator's CAs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum ChainTrust {
+    Trusted,
+    /// The leaf is its own issuer and not a trust anchor.
+    SelfSigned,
+    /// The chain ends at a certificate whose issuer was neither sent nor trusted.
+    Incomplete {
+        missing_issuer: String,
+    },
+    /// The chain ends at a root nobody here trusts, or a signature does not verify.
+    Untrusted {
+        reason: String,
+    },
+}
+
+/// The certificate side of a vulnerability scan.
+#[derive(Debug, Clone)]
+pub struct CertCheck<'a> {
+    /// As presented, leaf first.
+    pub chain: &'a [crate::CertificateFacts],
+    /// The name scanned (never an IP literal for SNI, but an IP is checked against
+    /// IP SANs); `None` when scanned by address only.
+    pub name: Option<&'a str>,
+    pub now: time::OffsetDateTime,
+    pub expiring_within_days: u32,
+    pub max_validity_days: u32,
+    pub trust: Option<ChainTrust>,
+}
+
+/// Whether `name` is covered by `pattern` (a DNS SAN, `*.` only as the whole
+/// left-most label, matching exactly one label).
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    let p = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let n = name.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(rest) = p.strip_prefix("*.") {
+        match n.split_once('.') {
+            Some((label, tail)) => !label.is_empty() && tail == rest && rest.contains('.'),
+            None => false,
+        }
+    } else {
+        p == n
+    }
+}
+
+/// Certificate and chain findings, each of its own (an expired, self-signed,
+/// wrong-name certificate gets three), worst first.
+pub fn cert_findings(c: &CertCheck<'_>) -> Vec<Finding> {
+    use FindingKind::*;
+    let mut out = Vec::new();
+    let Some(leaf) = c.chain.first() else {
+        return out;
+    };
+    let date = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    if leaf.not_after <= c.now {
+        out.push(finding(
+            CertExpired,
+            Severity::Critical,
+            "Certificate expired",
+            format!("notAfter {}", date(leaf.not_after)),
+            "Renew the certificate.",
+        ));
+    } else if leaf.not_before > c.now {
+        out.push(finding(
+            CertNotYetValid,
+            Severity::High,
+            "Certificate not yet valid",
+            format!("notBefore {}", date(leaf.not_before)),
+            "Check the issuing CA's clock or serve the current certificate.",
+        ));
+    } else if leaf.not_after <= c.now + time::Duration::days(c.expiring_within_days.into()) {
+        let days = (leaf.not_after - c.now).whole_days();
+        out.push(finding(
+            CertExpiringSoon,
+            Severity::Medium,
+            "Certificate expires soon",
+            format!(
+                "notAfter {} ({days} days left, policy window {} days)",
+                date(leaf.not_after),
+                c.expiring_within_days
+            ),
+            "Renew the certificate.",
+        ));
+    }
+    let validity_days = (leaf.not_after - leaf.not_before).whole_days();
+    if !leaf.is_ca && validity_days > i64::from(c.max_validity_days) {
+        out.push(finding(
+            ValidityTooLong,
+            Severity::Low,
+            "Validity longer than the policy allows",
+            format!(
+                "{validity_days} days, policy maximum {}",
+                c.max_validity_days
+            ),
+            "Reissue with a shorter validity.",
+        ));
+    }
+    if let Some(name) = c.name {
+        let ip: Option<std::net::IpAddr> = name.parse().ok();
+        let covered = if let Some(ip) = ip {
+            leaf.sans
+                .iter()
+                .any(|s| s.parse::<std::net::IpAddr>().ok() == Some(ip))
+        } else if leaf.sans.is_empty() {
+            leaf.common_name
+                .as_deref()
+                .is_some_and(|cn| name_matches(cn, name))
+        } else {
+            leaf.sans.iter().any(|s| name_matches(s, name))
+        };
+        if !covered {
+            let names = if leaf.sans.is_empty() {
+                format!("CN {}", leaf.common_name.as_deref().unwrap_or("-"))
+            } else {
+                leaf.sans.join(", ")
+            };
+            out.push(finding(
+                HostnameMismatch,
+                Severity::High,
+                "Certificate does not match the name scanned",
+                format!("{name} is not in {names}"),
+                "Serve a certificate whose SANs include this name.",
+            ));
+        }
+    }
+    for (i, cert) in c.chain.iter().enumerate() {
+        // The signature of a root is never checked by anyone: skip self-signed CAs.
+        if i > 0 && cert.self_signed {
+            continue;
+        }
+        let alg = cert.signature_algorithm.to_ascii_lowercase();
+        if alg.contains("md5")
+            || alg.contains("md2")
+            || alg.contains("sha1")
+            || alg == "ecdsa-with-sha1"
+        {
+            let what = if i == 0 {
+                "certificate"
+            } else {
+                "intermediate"
+            };
+            out.push(finding(
+                WeakSignature,
+                if alg.contains("md") {
+                    Severity::High
+                } else {
+                    Severity::Medium
+                },
+                "Weak signature algorithm",
+                format!(
+                    "{what} {} signed with {}",
+                    cert.common_name.as_deref().unwrap_or(&cert.subject),
+                    cert.signature_algorithm
+                ),
+                "Reissue with a SHA-256 (or stronger) signature.",
+            ));
+        }
+    }
+    let weak_key = match (leaf.key.key_type, leaf.key.bits) {
+        (crate::KeyType::Rsa | crate::KeyType::Dsa, Some(b)) if b < 2048 => Some(b),
+        (crate::KeyType::Ec, Some(b)) if b < 256 => Some(b),
+        _ => None,
+    };
+    if let Some(bits) = weak_key {
+        out.push(finding(
+            WeakKey,
+            if bits < 1024 {
+                Severity::Critical
+            } else {
+                Severity::High
+            },
+            "Weak public key",
+            format!("{} {bits} bits", leaf.key.key_type.as_str()),
+            "Reissue with RSA 2048+ or ECDSA P-256+.",
+        ));
+    }
+    // Order: each certificate followed by its issuer.
+    for w in c.chain.windows(2) {
+        if w[0].issuer != w[1].subject {
+            let later = c
+                .chain
+                .iter()
+                .any(|x| x.subject == w[0].issuer && !std::ptr::eq(x, &w[1]));
+            out.push(finding(
+                ChainMisordered,
+                Severity::Medium,
+                "Chain misordered or with unrelated certificates",
+                format!(
+                    "{} is followed by {}{}",
+                    w[0].subject,
+                    w[1].subject,
+                    if later {
+                        ", its issuer comes later"
+                    } else {
+                        ""
+                    }
+                ),
+                "Serve the leaf, then each issuer in order.",
+            ));
+            break;
+        }
+    }
+    match &c.trust {
+        Some(ChainTrust::SelfSigned) => out.push(finding(
+            CertSelfSigned,
+            Severity::High,
+            "Self-signed certificate",
+            format!("{} is its own issuer", leaf.subject),
+            "Serve a certificate from a trusted CA (or add this one as a trusted CA).",
+        )),
+        Some(ChainTrust::Incomplete { missing_issuer }) => out.push(finding(
+            ChainIncomplete,
+            Severity::Medium,
+            "Chain incomplete",
+            format!("the issuer {missing_issuer} was not sent"),
+            "Serve the intermediate certificates with the leaf.",
+        )),
+        Some(ChainTrust::Untrusted { reason }) => out.push(finding(
+            CertUntrusted,
+            Severity::High,
+            "Certificate not trusted",
+            reason.clone(),
+            "Serve a chain to a trusted root, or add the root as a trusted CA.",
+        )),
+        Some(ChainTrust::Trusted) | None => {}
+    }
+    out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,6 +839,137 @@ mod tests {
             suites: suites.iter().map(|s| suite(s)).collect(),
             server_order: None,
         }
+    }
+
+    fn cert(subject: &str, issuer: &str, sans: &[&str]) -> crate::CertificateFacts {
+        let now = time::OffsetDateTime::now_utc();
+        crate::CertificateFacts {
+            sha256: crate::Fingerprint::from_bytes([0; 32]),
+            sha1: String::new(),
+            serial: crate::Serial::from_be_bytes(&[1]),
+            subject: subject.into(),
+            common_name: Some(subject.trim_start_matches("CN=").into()),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+            issuer: issuer.into(),
+            not_before: now - time::Duration::days(10),
+            not_after: now + time::Duration::days(80),
+            key: crate::KeyInfo {
+                key_type: crate::KeyType::Ec,
+                bits: Some(256),
+                curve: Some("P-256".into()),
+            },
+            signature_algorithm: "ecdsa-with-SHA256".into(),
+            is_ca: false,
+            self_signed: subject == issuer,
+            subject_key_id: None,
+            authority_key_id: None,
+            ocsp_urls: vec![],
+            ca_issuer_urls: vec![],
+            crl_urls: vec![],
+        }
+    }
+
+    fn check(
+        chain: &[crate::CertificateFacts],
+        name: Option<&'static str>,
+        trust: ChainTrust,
+    ) -> Vec<&'static str> {
+        let c = CertCheck {
+            chain,
+            name,
+            now: time::OffsetDateTime::now_utc(),
+            expiring_within_days: 30,
+            max_validity_days: 398,
+            trust: Some(trust),
+        };
+        let mut k: Vec<&str> = cert_findings(&c).iter().map(|f| f.kind.as_str()).collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn names_match_sans_with_single_label_wildcards() {
+        assert!(name_matches("www.example.com", "WWW.example.com."));
+        assert!(name_matches("*.example.com", "a.example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(!name_matches("*.com", "example.com"));
+    }
+
+    #[test]
+    fn each_certificate_problem_is_its_own_finding() {
+        let good = cert("CN=www.test", "CN=Int", &["www.test"]);
+        let int = {
+            let mut c = cert("CN=Int", "CN=Root", &[]);
+            c.is_ca = true;
+            c
+        };
+        assert_eq!(
+            check(
+                &[good.clone(), int.clone()],
+                Some("www.test"),
+                ChainTrust::Trusted
+            ),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            check(
+                &[good.clone(), int.clone()],
+                Some("other.test"),
+                ChainTrust::Trusted
+            ),
+            ["hostname_mismatch"]
+        );
+        assert_eq!(
+            check(
+                std::slice::from_ref(&good),
+                Some("www.test"),
+                ChainTrust::Incomplete {
+                    missing_issuer: "CN=Int".into()
+                }
+            ),
+            ["chain_incomplete"]
+        );
+        assert_eq!(
+            check(
+                &[int.clone(), good.clone()],
+                None,
+                ChainTrust::Untrusted { reason: "x".into() }
+            ),
+            ["cert_untrusted", "chain_misordered"]
+        );
+        let mut old = cert("CN=old.test", "CN=old.test", &["old.test"]);
+        old.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        old.not_before = old.not_after - time::Duration::days(800);
+        old.signature_algorithm = "sha1WithRSAEncryption".into();
+        old.key = crate::KeyInfo {
+            key_type: crate::KeyType::Rsa,
+            bits: Some(1024),
+            curve: None,
+        };
+        assert_eq!(
+            check(&[old], Some("www.test"), ChainTrust::SelfSigned),
+            [
+                "cert_expired",
+                "cert_self_signed",
+                "hostname_mismatch",
+                "validity_too_long",
+                "weak_key",
+                "weak_signature"
+            ]
+        );
+        let mut soon = good.clone();
+        soon.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(5);
+        assert_eq!(
+            check(&[soon], Some("www.test"), ChainTrust::Trusted),
+            ["cert_expiring_soon"]
+        );
+        let mut later = good.clone();
+        later.not_before = time::OffsetDateTime::now_utc() + time::Duration::days(5);
+        assert_eq!(
+            check(&[later], Some("www.test"), ChainTrust::Trusted),
+            ["cert_not_yet_valid"]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod import;
 pub mod keys;
 pub mod parse;
 pub mod selfsigned;
+pub mod trust;
 pub mod vault;
 
 pub use parse::{ParseError, cert_spki_sha256, parse_der, pem_to_ders, sha256, to_pem};

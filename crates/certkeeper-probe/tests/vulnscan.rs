@@ -428,7 +428,10 @@ async fn gnutls_with_rc4_3des_and_no_secure_renegotiation() {
     .unwrap();
     let s = scan(srv.port).await;
     assert_eq!(supported(&s.facts), [Protocol::Tls12, Protocol::Tls13]);
-    assert_eq!(kinds(&s.facts), ["cipher_static_rsa", "client_renegotiation"]);
+    assert_eq!(
+        kinds(&s.facts),
+        ["cipher_static_rsa", "client_renegotiation"]
+    );
     assert_eq!(s.facts.secure_renegotiation, Some(true));
     assert_eq!(s.facts.fallback_scsv, Some(true));
 }

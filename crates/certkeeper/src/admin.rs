@@ -477,7 +477,7 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
 
 /// Text from a server answer, safe for a terminal: control characters (which a
 /// hostile certificate can carry into a CN or SAN) are shown escaped, never sent raw.
-fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             if c.is_control() {

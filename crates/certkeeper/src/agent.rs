@@ -88,6 +88,8 @@ pub enum AgentCommand {
     Discover(DiscoverArgs),
     /// Scan everything configured and push the certificates to the server.
     Scan(ScanArgs),
+    /// A vulnerability scan of endpoints, run here and printed (nothing is sent).
+    Vulnscan(crate::vulnscan::VulnscanArgs),
     /// Stay running and scan on a schedule.
     Run {
         /// Time between scans: 30m, 6h, 1d…
@@ -249,6 +251,7 @@ pub async fn run(cmd: AgentCommand) -> Result<ExitCode> {
         } => enroll(&server, &token, ca_fingerprint, ca_file, name, &dir.path()).await,
         AgentCommand::Discover(args) => discover(args),
         AgentCommand::Scan(args) => scan(&args).await,
+        AgentCommand::Vulnscan(args) => crate::vulnscan::run(args).await,
         AgentCommand::Run {
             interval,
             scan: args,

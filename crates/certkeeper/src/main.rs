@@ -6,6 +6,7 @@ mod agent;
 mod client;
 mod csr;
 mod server_cmd;
+mod vulnscan;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,245 @@
+//! `certkeeper agent vulnscan` end to end: the real binary against real servers
+//! (`openssl s_server`) with certificates of every shape, each finding present where
+//! it must be and absent everywhere else.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use certkeeper_testkit::{KeyKind, LeafSpec, OpensslServer, TestPki};
+use common::BIN;
+use serde_json::Value;
+
+/// Scan `name:port` (connecting to 127.0.0.1) trusting only `root`; the JSON report
+/// of the one endpoint, and the exit status.
+fn vulnscan(name: &str, port: u16, root: Option<&Path>, extra: &[&str]) -> (Value, i32) {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "agent",
+        "vulnscan",
+        &format!("{name}:{port}"),
+        "--ip",
+        "127.0.0.1",
+    ])
+    .args([
+        "--output",
+        "json",
+        "--no-system-roots",
+        "--timeout-ms",
+        "2000",
+    ])
+    .args(extra);
+    if let Some(r) = root {
+        cmd.arg("--ca-file").arg(r);
+    }
+    let out = cmd.output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (v["endpoints"][0].clone(), out.status.code().unwrap())
+}
+
+fn kinds(e: &Value) -> Vec<String> {
+    let mut k: Vec<String> = e["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap().to_string())
+        .collect();
+    k.sort();
+    k
+}
+
+fn serve(
+    pki: &TestPki,
+    leaf: &certkeeper_testkit::Issued,
+    with_intermediate: bool,
+    extra: &[&str],
+) -> OpensslServer {
+    let chain = with_intermediate.then_some(pki.intermediate.cert_path.as_path());
+    OpensslServer::start(&leaf.cert_path, &leaf.key_path, chain, extra).unwrap()
+}
+
+#[test]
+fn a_good_endpoint_has_no_findings_and_exits_zero() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = serve(&pki, &leaf, true, &[]);
+    let (e, code) = vulnscan(
+        "www.test",
+        srv.port,
+        Some(&pki.root.cert_path),
+        &["--fail-on", "low"],
+    );
+    assert_eq!(kinds(&e), Vec::<String>::new(), "{e:#}");
+    assert_eq!(code, 0);
+    assert_eq!(e["trust"]["verdict"], "trusted");
+    assert_eq!(e["host"], "www.test");
+    assert_eq!(e["chain"].as_array().unwrap().len(), 2);
+    let protos: Vec<&str> = e["facts"]["protocols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["supported"] == true)
+        .map(|p| p["protocol"].as_str().unwrap())
+        .collect();
+    assert_eq!(protos, ["TLSv1.2", "TLSv1.3"]);
+    let suite = &e["facts"]["protocols"][3]["suites"][0];
+    assert!(
+        suite["iana"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLS_ECDHE_ECDSA_WITH_"),
+        "{suite}"
+    );
+    assert!(
+        suite["openssl"]
+            .as_str()
+            .unwrap()
+            .starts_with("ECDHE-ECDSA-"),
+        "{suite}"
+    );
+
+    // The same endpoint scanned under another name: only the name is wrong.
+    let (e, code) = vulnscan(
+        "other.test",
+        srv.port,
+        Some(&pki.root.cert_path),
+        &["--fail-on", "high"],
+    );
+    assert_eq!(kinds(&e), ["hostname_mismatch"]);
+    assert_eq!(code, 1, "a high finding with --fail-on high");
+    // And without the root: an untrusted CA, nothing else.
+    let (e, _) = vulnscan("www.test", srv.port, None, &[]);
+    assert_eq!(kinds(&e), ["cert_untrusted"]);
+}
+
+#[test]
+fn certificate_problems_are_each_a_finding_of_their_own() {
+    let pki = TestPki::new().unwrap();
+    let root = Some(pki.root.cert_path.as_path());
+    // Expired, self-signed and for another name: three findings, not one "untrusted".
+    let bad = pki
+        .self_signed(&LeafSpec::new("old.test", KeyKind::EcdsaP256).valid_days(-400, 30))
+        .unwrap();
+    let srv = serve(&pki, &bad, false, &[]);
+    let (e, _) = vulnscan("www.test", srv.port, root, &[]);
+    assert_eq!(
+        kinds(&e),
+        ["cert_expired", "cert_self_signed", "hostname_mismatch"]
+    );
+
+    // Missing intermediate.
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = serve(&pki, &leaf, false, &[]);
+    let (e, _) = vulnscan("www.test", srv.port, root, &[]);
+    assert_eq!(kinds(&e), ["chain_incomplete"]);
+
+    // Expiring within the window, and a validity longer than the policy.
+    let soon = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256).valid_days(-500, 510))
+        .unwrap();
+    let srv = serve(&pki, &soon, true, &[]);
+    let (e, _) = vulnscan("www.test", srv.port, root, &[]);
+    assert_eq!(kinds(&e), ["cert_expiring_soon", "validity_too_long"]);
+    let (e, _) = vulnscan(
+        "www.test",
+        srv.port,
+        root,
+        &["--expiring-within-days", "5", "--max-validity-days", "825"],
+    );
+    assert_eq!(kinds(&e), Vec::<String>::new());
+
+    // Not yet valid.
+    let later = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256).valid_days(3, 60))
+        .unwrap();
+    let srv = serve(&pki, &later, true, &[]);
+    let (e, _) = vulnscan("www.test", srv.port, root, &[]);
+    assert_eq!(kinds(&e), ["cert_not_yet_valid"]);
+
+    // Misordered: the intermediate first.
+    let chain = pki.dir().join("misordered.pem");
+    std::fs::write(
+        &chain,
+        format!("{}{}", pki.intermediate.cert_pem, leaf.cert_pem),
+    )
+    .unwrap();
+    let srv = OpensslServer::start(&leaf.cert_path, &leaf.key_path, Some(&chain), &[]).unwrap();
+    let (e, _) = vulnscan("www.test", srv.port, root, &[]);
+    assert!(kinds(&e).contains(&"chain_misordered".to_string()), "{e:#}");
+}
+
+/// RSA-1024 leaves signed with SHA-1 and MD5, made by OpenSSL (rcgen will not).
+#[test]
+fn weak_keys_and_signatures_from_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    for (md, want) in [("sha1", "weak_signature"), ("md5", "weak_signature")] {
+        let key = dir.path().join(format!("{md}.key"));
+        let crt = dir.path().join(format!("{md}.crt"));
+        let st = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:1024",
+                "-nodes",
+                "-days",
+                "30",
+                &format!("-{md}"),
+            ])
+            .args([
+                "-subj",
+                "/CN=www.test",
+                "-addext",
+                "subjectAltName=DNS:www.test",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let srv = OpensslServer::start(&crt, &key, None, &["-cipher", "ALL:@SECLEVEL=0"]).unwrap();
+        // Trust it as a CA of its own so only the key and signature remain.
+        let (e, _) = vulnscan("www.test", srv.port, Some(&crt), &[]);
+        let k = kinds(&e);
+        assert!(k.contains(&want.to_string()), "{md}: {k:?}");
+        assert!(k.contains(&"weak_key".to_string()), "{md}: {k:?}");
+        assert!(!k.contains(&"cert_untrusted".to_string()), "{md}: {k:?}");
+        let f = e["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "weak_signature")
+            .unwrap();
+        assert!(
+            f["evidence"].as_str().unwrap().to_lowercase().contains(md),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_endpoints_fail_with_a_clear_error() {
+    let port = certkeeper_testkit::free_port().unwrap();
+    let (e, code) = vulnscan("www.test", port, None, &[]);
+    assert_eq!(code, 1);
+    assert!(e["error"].as_str().unwrap().contains("refused"), "{e}");
+    let out = Command::new(BIN)
+        .args(["agent", "vulnscan", "host:notaport"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
