@@ -363,7 +363,17 @@ pub async fn exchange(
     hello: &Hello<'_>,
     timeout: Duration,
 ) -> Result<ServerFlight, WireError> {
-    let deadline = Instant::now() + timeout;
+    open(addr, hello, Instant::now() + timeout)
+        .await
+        .map(|(_, f)| f)
+}
+
+/// Like [`exchange`], keeping the connection for what the caller sends next.
+pub async fn open(
+    addr: std::net::SocketAddr,
+    hello: &Hello<'_>,
+    deadline: Instant,
+) -> Result<(TcpStream, ServerFlight), WireError> {
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Err(_) => return Err(WireError::Timeout),
         Ok(Err(e)) => return Err(WireError::Connect(e.to_string())),
@@ -376,7 +386,51 @@ pub async fn exchange(
         Ok(Err(_)) => return Err(WireError::Closed),
         Ok(Ok(())) => {}
     }
-    read_flight(&mut stream, deadline).await
+    let flight = read_flight(&mut stream, deadline).await?;
+    Ok((stream, flight))
+}
+
+/// What came back after a probe record: the next record's header, an alert, or nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// A record of this content type and length.
+    Record {
+        content_type: u8,
+        len: u16,
+    },
+    /// A fatal alert with this description.
+    Alert(u8),
+    Closed,
+    Silence,
+}
+
+/// Send `record` and read the header of whatever comes back (an alert in full)
+/// before `deadline`.
+pub async fn poke(stream: &mut TcpStream, record: &[u8], deadline: Instant) -> Reply {
+    if tokio::time::timeout_at(deadline, stream.write_all(record))
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return Reply::Closed;
+    }
+    let mut hdr = [0u8; 5];
+    match read_exact_by(stream, &mut hdr, deadline).await {
+        Ok(()) => {}
+        Err(WireError::Timeout) => return Reply::Silence,
+        Err(_) => return Reply::Closed,
+    }
+    let len = u16::from_be_bytes([hdr[3], hdr[4]]);
+    if hdr[0] == 21 && len >= 2 {
+        let mut a = [0u8; 2];
+        return match read_exact_by(stream, &mut a, deadline).await {
+            Ok(()) => Reply::Alert(a[1]),
+            Err(_) => Reply::Closed,
+        };
+    }
+    Reply::Record {
+        content_type: hdr[0],
+        len,
+    }
 }
 
 #[cfg(test)]

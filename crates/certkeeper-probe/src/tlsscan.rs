@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 
 use crate::Target;
 use crate::hello::{
-    FALLBACK_SCSV, Hello, ServerFlight, WireError, candidate_suites, exchange, suite_name,
+    FALLBACK_SCSV, Hello, Reply, ServerFlight, WireError, candidate_suites, exchange, open, poke,
+    suite_name,
 };
 use crate::scan::RateLimiter;
 
@@ -73,8 +74,20 @@ struct Session<'a> {
 
 impl Session<'_> {
     async fn hello(&self, h: &Hello<'_>) -> Result<ServerFlight, WireError> {
-        let _host = self.host_slots.acquire().await.expect("never closed");
-        let _global = match &self.cfg.global {
+        let _slot = self.slot().await;
+        exchange(self.addr, h, self.cfg.timeout).await
+    }
+}
+
+impl Session<'_> {
+    async fn slot(
+        &self,
+    ) -> (
+        tokio::sync::SemaphorePermit<'_>,
+        Option<tokio::sync::SemaphorePermit<'_>>,
+    ) {
+        let host = self.host_slots.acquire().await.expect("never closed");
+        let global = match &self.cfg.global {
             Some(g) => Some(g.acquire().await.expect("never closed")),
             None => None,
         };
@@ -82,7 +95,71 @@ impl Session<'_> {
             l.acquire().await;
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
-        exchange(self.addr, h, self.cfg.timeout).await
+        (host, global)
+    }
+
+    /// Heartbleed (CVE-2014-0160): negotiate the heartbeat extension, then send a
+    /// heartbeat request that claims 16 KiB of payload and carries none. A patched
+    /// server discards it; a vulnerable one answers with 16 KiB of its memory.
+    async fn heartbleed(&self, p: Protocol, suites: &[u16], sni: Option<&str>) -> Option<bool> {
+        let _slot = self.slot().await;
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let h = Hello {
+            protocol: p,
+            suites,
+            sni,
+            offer_compression: false,
+            heartbeat: true,
+        };
+        let (mut stream, flight) = open(self.addr, &h, deadline).await.ok()?;
+        if !negotiated(p, &flight) || !flight.done {
+            return None;
+        }
+        if !flight.heartbeat {
+            return Some(false);
+        }
+        let [v1, v2] = p.wire().to_be_bytes();
+        let request = [0x18, v1, v2, 0x00, 0x03, 0x01, 0x40, 0x00];
+        Some(match poke(&mut stream, &request, deadline).await {
+            Reply::Record {
+                content_type: 24,
+                len,
+            } => len > 3,
+            _ => false,
+        })
+    }
+
+    /// CCS injection (CVE-2014-0224): a ChangeCipherSpec before any key exchange.
+    /// A patched server refuses it (unexpected_message); a vulnerable one takes it
+    /// silently and then fails the MAC of the next record with keys made of nothing.
+    async fn ccs_injection(&self, p: Protocol, suites: &[u16], sni: Option<&str>) -> Option<bool> {
+        let _slot = self.slot().await;
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let h = Hello {
+            protocol: p,
+            suites,
+            sni,
+            offer_compression: false,
+            heartbeat: false,
+        };
+        let (mut stream, flight) = open(self.addr, &h, deadline).await.ok()?;
+        if !negotiated(p, &flight) || !flight.done {
+            return None;
+        }
+        let [v1, v2] = p.wire().to_be_bytes();
+        let ccs = [0x14, v1, v2, 0x00, 0x01, 0x01];
+        let quiet =
+            tokio::time::Instant::now() + (self.cfg.timeout / 3).min(Duration::from_secs(1));
+        match poke(&mut stream, &ccs, quiet.min(deadline)).await {
+            Reply::Silence => {}
+            _ => return Some(false),
+        }
+        let mut finished = vec![0x16, v1, v2, 0x00, 0x30];
+        finished.extend_from_slice(&[0u8; 0x30]);
+        Some(matches!(
+            poke(&mut stream, &finished, deadline).await,
+            Reply::Alert(20) | Reply::Alert(21)
+        ))
     }
 }
 
@@ -274,6 +351,13 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
                 }
             }
         }
+    }
+    // Checks that need the connection after the first flight, on the best protocol
+    // below TLS 1.3, with the suites it accepted.
+    if let Some((p, suites)) = protos.iter().rev().find(|(p, _)| *p <= Protocol::Tls12) {
+        let sni = if out.sni_dropped { None } else { s.sni };
+        out.facts.heartbleed = s.heartbleed(*p, suites, sni).await;
+        out.facts.ccs_injection = s.ccs_injection(*p, suites, sni).await;
     }
     // Client-initiated renegotiation, on the best protocol below TLS 1.3.
     if let Some((p, _)) = protos

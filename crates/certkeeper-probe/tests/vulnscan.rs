@@ -435,3 +435,76 @@ async fn gnutls_with_rc4_3des_and_no_secure_renegotiation() {
     assert_eq!(s.facts.secure_renegotiation, Some(true));
     assert_eq!(s.facts.fallback_scsv, Some(true));
 }
+
+/// Heartbleed, CCS injection and compression, which no installable server still
+/// has, against a peer that behaves on the wire as vulnerable OpenSSL 1.0.1 did:
+/// each flaw found where the peer has it and not where it does not.
+#[tokio::test]
+async fn flaws_of_old_openssl_are_found_only_where_present() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let none = Flaws::default();
+    let cases = [
+        (
+            Flaws {
+                heartbleed: true,
+                ..none
+            },
+            "heartbleed",
+        ),
+        (
+            Flaws {
+                ccs_injection: true,
+                ..none
+            },
+            "ccs_injection",
+        ),
+        (
+            Flaws {
+                compression: true,
+                ..none
+            },
+            "tls_compression",
+        ),
+    ];
+    // What the patched release still shows: TLS 1.0/1.1, static RSA, CBC under TLS 1.0,
+    // no TLS 1.3, no fallback SCSV (1.0.1f predates it).
+    let base = [
+        "cipher_cbc_legacy",
+        "cipher_static_rsa",
+        "no_fallback_scsv",
+        "no_tls13",
+        "protocol_tls10",
+        "protocol_tls11",
+    ];
+    let peer = flawed::start(leaf.der.clone(), none).await.unwrap();
+    let s = scan(peer.addr.port()).await;
+    assert_eq!(kinds(&s.facts), base);
+    assert_eq!(s.facts.heartbleed, Some(false));
+    assert_eq!(s.facts.ccs_injection, Some(false));
+    assert_eq!(s.facts.compression, Some(false));
+    assert_eq!(s.chain, vec![leaf.der.clone()]);
+    for (flaws, kind) in cases {
+        let peer = flawed::start(leaf.der.clone(), flaws).await.unwrap();
+        let s = scan(peer.addr.port()).await;
+        let mut want: Vec<&str> = base.to_vec();
+        want.push(kind);
+        want.sort();
+        assert_eq!(kinds(&s.facts), want, "{flaws:?}");
+    }
+}
+
+#[tokio::test]
+async fn real_servers_are_not_reported_for_heartbleed_or_ccs_injection() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let srv = OpensslServer::start(&leaf.cert_path, &leaf.key_path, None, &["-tls1_2"]).unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(s.facts.heartbleed, Some(false));
+    assert_eq!(s.facts.ccs_injection, Some(false));
+}

@@ -2,6 +2,7 @@
 //! (`openssl s_server`) on loopback ports.
 
 pub mod db;
+pub mod flawed;
 pub mod pebble;
 pub mod peers;
 pub mod pki;

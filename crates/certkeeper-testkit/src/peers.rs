@@ -33,6 +33,12 @@ pub struct Peer {
     task: JoinHandle<()>,
 }
 
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr, task: JoinHandle<()>) -> Self {
+        Peer { addr, task }
+    }
+}
+
 impl Drop for Peer {
     fn drop(&mut self) {
         self.task.abort();

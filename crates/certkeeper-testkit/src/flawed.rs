@@ -1,0 +1,190 @@
+//! A TLS server front end that behaves on the wire as a vulnerable OpenSSL 1.0.1
+//! did, for the flaws no installable server still has: Heartbleed (answers a
+//! heartbeat with as many bytes as it claims, read from "memory"), CCS injection
+//! (takes a ChangeCipherSpec before the key exchange, then fails the next record's
+//! MAC), and TLS compression (picks DEFLATE when offered). Without a flaw it acts as
+//! the patched release: discards the heartbeat, refuses the early CCS, never
+//! compresses. It speaks TLS 1.0–1.2 with static-RSA AES suites up to
+//! ServerHelloDone; nothing after that is needed by a scanner.
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::peers::Peer;
+
+/// Which flaws the peer has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flaws {
+    pub heartbleed: bool,
+    pub ccs_injection: bool,
+    pub compression: bool,
+}
+
+/// Start a flawed peer on 127.0.0.1 presenting `cert_der`.
+pub async fn start(cert_der: Vec<u8>, flaws: Flaws) -> Result<Peer> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let cert = cert_der.clone();
+            tokio::spawn(async move {
+                let _ = serve(s, &cert, flaws).await;
+            });
+        }
+    });
+    Ok(Peer::new(addr, task))
+}
+
+async fn read_record(s: &mut TcpStream) -> Result<(u8, Vec<u8>)> {
+    let mut hdr = [0u8; 5];
+    s.read_exact(&mut hdr).await?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes([hdr[3], hdr[4]]))];
+    s.read_exact(&mut body).await?;
+    Ok((hdr[0], body))
+}
+
+fn record(ct: u8, version: u16, body: &[u8]) -> Vec<u8> {
+    let mut r = vec![ct];
+    r.extend_from_slice(&version.to_be_bytes());
+    r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    r.extend_from_slice(body);
+    r
+}
+
+fn handshake(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    m.extend_from_slice(body);
+    m
+}
+
+struct ClientHello {
+    version: u16,
+    suites: Vec<u16>,
+    compression: Vec<u8>,
+    extensions: Vec<u16>,
+}
+
+fn parse_hello(b: &[u8]) -> Option<ClientHello> {
+    let mut i = 4; // handshake header
+    let version = u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]);
+    i += 2 + 32;
+    i += 1 + usize::from(*b.get(i)?);
+    let n = usize::from(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]));
+    let suites = b
+        .get(i + 2..i + 2 + n)?
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    i += 2 + n;
+    let n = usize::from(*b.get(i)?);
+    let compression = b.get(i + 1..i + 1 + n)?.to_vec();
+    i += 1 + n;
+    let mut extensions = Vec::new();
+    if let Some(len) = b.get(i..i + 2) {
+        let end = i + 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+        i += 2;
+        while i + 4 <= end.min(b.len()) {
+            extensions.push(u16::from_be_bytes([b[i], b[i + 1]]));
+            i += 4 + usize::from(u16::from_be_bytes([b[i + 2], b[i + 3]]));
+        }
+    }
+    Some(ClientHello {
+        version,
+        suites,
+        compression,
+        extensions,
+    })
+}
+
+async fn serve(mut s: TcpStream, cert: &[u8], flaws: Flaws) -> Result<()> {
+    let (ct, body) = read_record(&mut s).await?;
+    let alert = |v: u16, code: u8| record(21, v, &[2, code]);
+    let Some(ch) = parse_hello(&body).filter(|_| ct == 22 && body.first() == Some(&1)) else {
+        s.write_all(&alert(0x0301, 10)).await?;
+        return Ok(());
+    };
+    // OpenSSL 1.0.1: TLS 1.0 to 1.2, no TLS 1.3; static RSA with AES.
+    if ch.version < 0x0301 {
+        s.write_all(&alert(0x0300, 70)).await?;
+        return Ok(());
+    }
+    let version = ch.version.min(0x0303);
+    let Some(suite) = [0x002f, 0x0035, 0x003c, 0x009c]
+        .into_iter()
+        .find(|x| ch.suites.contains(x))
+    else {
+        s.write_all(&alert(version, 40)).await?;
+        return Ok(());
+    };
+    let heartbeat = flaws.heartbleed && ch.extensions.contains(&0x000f);
+    let compress = flaws.compression && ch.compression.contains(&1);
+    let mut sh = version.to_be_bytes().to_vec();
+    sh.extend_from_slice(&[0x42; 32]);
+    sh.push(0);
+    sh.extend_from_slice(&suite.to_be_bytes());
+    sh.push(u8::from(compress));
+    let mut ext = Vec::new();
+    if ch.extensions.contains(&0xff01) || ch.suites.contains(&0x00ff) {
+        ext.extend_from_slice(&[0xff, 0x01, 0x00, 0x01, 0x00]);
+    }
+    if heartbeat {
+        ext.extend_from_slice(&[0x00, 0x0f, 0x00, 0x01, 0x01]);
+    }
+    if !ext.is_empty() {
+        sh.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        sh.extend_from_slice(&ext);
+    }
+    let mut certs = Vec::new();
+    certs.extend_from_slice(&(cert.len() as u32).to_be_bytes()[1..]);
+    certs.extend_from_slice(cert);
+    let mut cm = (certs.len() as u32).to_be_bytes()[1..].to_vec();
+    cm.extend_from_slice(&certs);
+    let mut flight = handshake(2, &sh);
+    flight.extend_from_slice(&handshake(11, &cm));
+    flight.extend_from_slice(&handshake(14, &[]));
+    s.write_all(&record(22, version, &flight)).await?;
+
+    let mut ccs_taken = false;
+    loop {
+        let (ct, body) = read_record(&mut s).await?;
+        match ct {
+            24 if heartbeat && body.first() == Some(&1) && body.len() >= 3 => {
+                // The bug: trust the claimed length, copy that much from "memory".
+                let claimed = usize::from(u16::from_be_bytes([body[1], body[2]]));
+                let mut resp = vec![2, body[1], body[2]];
+                let mut memory = body[3..].to_vec();
+                memory.extend(std::iter::repeat_n(
+                    0xab,
+                    claimed.saturating_sub(memory.len()),
+                ));
+                memory.truncate(claimed);
+                resp.extend_from_slice(&memory);
+                resp.extend_from_slice(&[0; 16]);
+                s.write_all(&record(24, version, &resp)).await?;
+            }
+            // Patched (or heartbeat not negotiated): silently discarded.
+            24 => {}
+            20 if flaws.ccs_injection => ccs_taken = true,
+            20 => {
+                s.write_all(&alert(version, 10)).await?;
+                return Ok(());
+            }
+            22 if ccs_taken => {
+                // "Encrypted" with keys derived from an empty master secret: the MAC fails.
+                s.write_all(&alert(version, 20)).await?;
+                return Ok(());
+            }
+            _ => {
+                s.write_all(&alert(version, 10)).await?;
+                return Ok(());
+            }
+        }
+    }
+}
