@@ -2,6 +2,7 @@
 //! expiry rules. Pure code: no runtime, no database, no network. Time is always
 //! passed in by the caller.
 
+pub mod access;
 pub mod cert;
 pub mod expiry;
 pub mod inventory;
