@@ -5,6 +5,7 @@
 mod ingest;
 mod managed;
 mod queries;
+mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use time::OffsetDateTime;
 
 pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
 pub use managed::{CertRequest, ImportOutcome, KeyHolder, StoredKey};
+pub use tokens::{NewScopedToken, ScopedToken};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +61,12 @@ pub enum StoreError {
 /// Who an API token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
+    /// The bootstrap administrator token (first start or `CERTKEEPER_ADMIN_TOKEN`).
     Admin,
+    /// An enrolled agent's credential.
     Agent { id: String },
+    /// A named token with permissions, perhaps for a team.
+    Token(ScopedToken),
 }
 
 /// The inventory.
@@ -109,6 +115,11 @@ macro_rules! migrations {
                 5,
                 "0005_renewal",
                 include_str!(concat!("../migrations/", $dir, "/0005_renewal.sql")),
+            ),
+            (
+                9,
+                "0009_teams",
+                include_str!(concat!("../migrations/", $dir, "/0009_teams.sql")),
             ),
         ]
     };
@@ -257,10 +268,12 @@ impl Store {
         Ok(())
     }
 
-    /// Who holds the token with this hash; revoked agents hold nothing.
+    /// Who holds the token with this hash; revoked agents and revoked (deleted)
+    /// tokens hold nothing. Read on every request, so a revocation takes effect at
+    /// once on every replica of the database.
     pub async fn principal(&self, token_hash: &str) -> Result<Option<Principal>, StoreError> {
         let row = sqlx::query(
-            "SELECT t.kind, t.agent_id, a.revoked_at FROM api_tokens t LEFT JOIN agents a ON a.id = t.agent_id WHERE t.token_hash = $1",
+            "SELECT t.kind, t.agent_id, a.revoked_at, t.id, t.name, t.permissions, t.team, t.created_at FROM api_tokens t LEFT JOIN agents a ON a.id = t.agent_id WHERE t.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
@@ -277,6 +290,7 @@ impl Store {
                     _ => None,
                 }
             }
+            "scoped" => Some(Principal::Token(tokens::scoped_from_row(&row, 3)?)),
             _ => None,
         })
     }

@@ -38,6 +38,8 @@ pub struct CertRequest {
     pub created_at: OffsetDateTime,
     /// `acme` or `ca:NAME` once issued through the server.
     pub issued_by: Option<String>,
+    /// The team owning the request (and the certificate it becomes); `None`: no team.
+    pub team: Option<String>,
 }
 
 fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
@@ -58,10 +60,11 @@ fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
         certificate_sha256: r.try_get("certificate_sha256")?,
         created_at: crate::ts(r.try_get("created_at")?)?,
         issued_by: r.try_get("issued_by")?,
+        team: r.try_get("team")?,
     })
 }
 
-const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, issued_by";
+const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, issued_by, team";
 
 /// Where a sealed key is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +89,7 @@ impl Store {
     /// one transaction with the sealed key and an audit entry.
     /// When `completes` names a pending request, it is marked issued in the same
     /// transaction.
-    #[allow(clippy::too_many_arguments)] // one call site; each argument is one fact of the import
+    /// The certificate belongs to the team of the request it completes, if any.
     pub async fn save_import(
         &self,
         certs: &[ParsedCert],
@@ -94,6 +97,23 @@ impl Store {
         key: Option<&StoredKey>,
         completes: Option<&str>,
         actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<ImportOutcome, StoreError> {
+        self.save_import_for(certs, chain_complete, key, completes, actor, None, now)
+            .await
+    }
+
+    /// [`Store::save_import`] for `team` (else the completed request's team). A
+    /// certificate managed already keeps the team it has.
+    #[allow(clippy::too_many_arguments)] // each argument is one fact of the import
+    pub async fn save_import_for(
+        &self,
+        certs: &[ParsedCert],
+        chain_complete: bool,
+        key: Option<&StoredKey>,
+        completes: Option<&str>,
+        actor: &str,
+        team: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<ImportOutcome, StoreError> {
         let leaf = certs
@@ -145,12 +165,16 @@ impl Store {
         .execute(&mut tx)
         .await?;
         sqlx::query(
-            "INSERT INTO managed_certificates (sha256, source, chain_complete, imported_at) VALUES ($1, 'import', $2, $3) \
-             ON CONFLICT (sha256) DO UPDATE SET chain_complete = excluded.chain_complete",
+            "INSERT INTO managed_certificates (sha256, source, chain_complete, imported_at, team) \
+             VALUES ($1, 'import', $2, $3, COALESCE($4, (SELECT team FROM cert_requests WHERE id = $5))) \
+             ON CONFLICT (sha256) DO UPDATE SET chain_complete = excluded.chain_complete, \
+             team = COALESCE(managed_certificates.team, excluded.team)",
         )
         .bind(&leaf)
         .bind(i64::from(chain_complete))
         .bind(now.unix_timestamp())
+        .bind(team)
+        .bind(completes)
         .execute(&mut *tx)
         .await?;
         let mut key_stored = false;
@@ -247,13 +271,13 @@ impl Store {
             .collect()
     }
 
-    /// Record a new pending request.
-    pub async fn create_request(&self, r: &CertRequest) -> Result<(), StoreError> {
+    /// Record a new pending request, audited as made by `actor`.
+    pub async fn create_request(&self, r: &CertRequest, actor: &str) -> Result<(), StoreError> {
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO cert_requests (id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, completed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', NULL, $10, NULL)",
+            "INSERT INTO cert_requests (id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, completed_at, team) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', NULL, $10, NULL, $11)",
         )
         .bind(&r.id)
         .bind(&r.common_name)
@@ -265,9 +289,10 @@ impl Store {
         .bind(r.key.wrapped_dek.clone())
         .bind(r.key.ciphertext.clone())
         .bind(r.created_at.unix_timestamp())
+        .bind(r.team.as_deref())
         .execute(&mut *tx)
         .await?;
-        audit(&mut tx, "admin", "request", &r.id, r.created_at).await?;
+        audit(&mut tx, actor, "request", &r.id, r.created_at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -437,6 +462,20 @@ impl Store {
         rows.iter().map(|r| get::<Vec<u8>>(r, "der")).collect()
     }
 
+    /// Whether a certificate is managed, and by which team: `None` when it is not
+    /// managed (discovered only, or unknown), `Some(None)` when managed by no team.
+    pub async fn managed_team(
+        &self,
+        cert: &certkeeper_core::Fingerprint,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let row = sqlx::query("SELECT team FROM managed_certificates WHERE sha256 = $1")
+            .bind(cert.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get::<Option<String>, _>(0).map_err(StoreError::from))
+            .transpose()
+    }
+
     /// The sealed private key of a certificate, if one is stored.
     pub async fn sealed_key(
         &self,
@@ -553,7 +592,7 @@ fn stored_key(r: &sqlx::any::AnyRow, first: usize) -> Result<StoredKey, StoreErr
     })
 }
 
-async fn audit(
+pub(crate) async fn audit(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     actor: &str,
     action: &str,

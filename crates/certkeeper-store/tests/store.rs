@@ -500,3 +500,59 @@ async fn two_servers_ingesting_the_same_certificates_at_once_keep_one_row_each()
         s2.close().await;
     }
 }
+
+#[tokio::test]
+async fn scoped_tokens_are_listed_without_secrets_and_revoked_everywhere_at_once() {
+    use certkeeper_core::access::{Permission, Permissions};
+    use certkeeper_store::NewScopedToken;
+    for tdb in db::all().unwrap() {
+        // Two stores on one database: two replicas.
+        let a = Store::open(&tdb.url).await.unwrap();
+        let b = Store::open(&tdb.url).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let perms = Permissions::parse_list("read,import").unwrap();
+        let new = NewScopedToken {
+            id: "t1",
+            name: "ci-web",
+            team: Some("web"),
+            permissions: &perms,
+            token_hash: "h1",
+        };
+        a.create_scoped_token(&new, "admin", now).await.unwrap();
+        let same_name = NewScopedToken {
+            id: "t2",
+            token_hash: "h2",
+            ..new.clone()
+        };
+        assert!(matches!(
+            a.create_scoped_token(&same_name, "admin", now).await,
+            Err(StoreError::Exists(_))
+        ));
+        let Some(Principal::Token(t)) = b.principal("h1").await.unwrap() else {
+            panic!("a scoped token");
+        };
+        assert_eq!((t.id.as_str(), t.name.as_str()), ("t1", "ci-web"));
+        assert_eq!(t.team.as_deref(), Some("web"));
+        assert!(t.permissions.allows(Permission::Import));
+        assert!(!t.permissions.allows(Permission::ExportKey));
+        assert_eq!(b.principal("h2").await.unwrap(), None);
+        let listed = a.scoped_tokens().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0], t);
+        let revoked = a.revoke_scoped_token("t1", "admin", now).await.unwrap();
+        assert_eq!(revoked.name, "ci-web");
+        assert_eq!(b.principal("h1").await.unwrap(), None, "at once on the other");
+        assert!(matches!(
+            b.revoke_scoped_token("t1", "admin", now).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(a.scoped_tokens().await.unwrap().is_empty());
+        let log = a.audit_log(10).await.unwrap();
+        let actions: Vec<&str> = log.iter().map(|e| e.2.as_str()).collect();
+        assert_eq!(actions, ["revoke_token", "create_token"]);
+        assert_eq!(log[0].3, "t1 ci-web (team web)");
+        assert!(log.iter().all(|e| !e.3.contains("h1")), "no hash in the log");
+        a.close().await;
+        b.close().await;
+    }
+}
