@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod identity;
 mod manage;
+mod tokens;
 mod views;
 
 use std::future::Future;
@@ -20,7 +21,8 @@ use certkeeper_store::{Store, StoreError};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
-pub use api::{OPENAPI_JSON, ROUTES, router};
+pub use api::{OPENAPI_JSON, ROUTE_NEEDS, ROUTES, route_need, router};
+pub use auth::Need;
 pub use auth::{new_token, token_hash};
 pub use error::ApiError;
 

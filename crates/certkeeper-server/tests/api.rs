@@ -63,10 +63,12 @@ async fn start(config: impl FnOnce(&mut ServerConfig)) -> Result<Running> {
     cfg.http = true;
     config(&mut cfg);
     let http = cfg.http;
+    let preset = cfg.admin_token.clone();
     let prepared: Prepared = prepare(cfg).await?;
-    let admin = match &prepared.created_admin_token {
-        Some(t) => t.clone(),
-        None => std::fs::read_to_string(dir.path().join("admin.token"))?,
+    let admin = match (&prepared.created_admin_token, preset) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => p,
+        (None, None) => std::fs::read_to_string(dir.path().join("admin.token"))?,
     };
     let fingerprint = prepared.certificate_fingerprint.map(|f| f.to_string());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -1371,4 +1373,201 @@ async fn rotating_the_kek_rewraps_every_key_while_the_server_runs() {
     );
     let _ = stop.send(());
     task.await.unwrap();
+}
+
+/// Create a scoped token as the administrator; returns (id, secret).
+async fn scoped_token(s: &Running, name: &str, team: Option<&str>, perms: &[&str]) -> (String, String) {
+    let r = s
+        .admin_post(
+            "/api/v1/tokens",
+            &json!({"name": name, "team": team, "permissions": perms}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED, "token {name}");
+    let v: Value = r.json().await.unwrap();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    )
+}
+
+impl Running {
+    /// `METHOD base+path` with a JSON body and `token`.
+    async fn call(&self, method: &str, token: &str, path: &str, body: &Value) -> reqwest::Response {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        self.client
+            .request(m, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[test]
+fn every_route_declares_what_it_needs() {
+    let served: BTreeSet<(&str, &str)> = certkeeper_server::ROUTES.iter().copied().collect();
+    let declared: BTreeSet<(&str, &str)> = certkeeper_server::ROUTE_NEEDS
+        .iter()
+        .map(|(m, p, _)| (*m, *p))
+        .collect();
+    assert_eq!(served, declared);
+    assert_eq!(declared.len(), certkeeper_server::ROUTE_NEEDS.len(), "declared once");
+}
+
+#[tokio::test]
+async fn every_route_needs_its_permission() {
+    use certkeeper_core::access::Permission;
+    use certkeeper_server::Need;
+    for tdb in db::all().unwrap() {
+        let url = tdb.url.clone();
+        let s = start(move |c| {
+            c.auth_failures_per_minute = 10_000;
+            c.database_url = Some(url);
+        })
+        .await
+        .unwrap();
+        // For each permission, a token holding only it and one holding all the others.
+        let mut holding = std::collections::HashMap::new();
+        let mut lacking = std::collections::HashMap::new();
+        for p in Permission::ALL {
+            let (_, has) = scoped_token(&s, &format!("has-{p}"), None, &[p.as_str()]).await;
+            let others: Vec<&str> = Permission::ALL
+                .iter()
+                .filter(|q| **q != p && **q != Permission::Admin)
+                .map(|q| q.as_str())
+                .collect();
+            let (_, lacks) = scoped_token(&s, &format!("lacks-{p}"), None, &others).await;
+            holding.insert(p, has);
+            lacking.insert(p, lacks);
+        }
+        for (method, path, need) in certkeeper_server::ROUTE_NEEDS {
+            let concrete = path
+                .replace("{sha256}", &"00".repeat(32))
+                .replace("{id}", "x")
+                .replace("{name}", "x");
+            let m = method.to_uppercase();
+            match need {
+                Need::Permission(p) => {
+                    let r = s.call(&m, &lacking[p], &concrete, &json!({})).await;
+                    assert_eq!(
+                        error_code(r).await,
+                        (StatusCode::FORBIDDEN, "missing_permission".into()),
+                        "{method} {path} without {p} ({})",
+                        tdb.label
+                    );
+                    let r = s.call(&m, &holding[p], &concrete, &json!({})).await;
+                    let st = r.status();
+                    assert!(
+                        st != StatusCode::UNAUTHORIZED && st != StatusCode::FORBIDDEN,
+                        "{method} {path} with {p}: {st} {}",
+                        r.text().await.unwrap()
+                    );
+                }
+                Need::Authenticated => {
+                    let r = s.call(&m, &holding[&Permission::Read], &concrete, &json!({})).await;
+                    assert_eq!(r.status(), StatusCode::OK, "{method} {path}");
+                }
+                Need::Public | Need::Enrollment | Need::Agent => {
+                    // Checked by `every_route_checks_who_calls`: not a scoped token's business.
+                    let r = s.call(&m, &holding[&Permission::Admin], &concrete, &json!({})).await;
+                    assert_ne!(r.status(), StatusCode::INTERNAL_SERVER_ERROR, "{method} {path}");
+                }
+            }
+        }
+        // Refusals are audited with who tried.
+        let audit: Value = s.admin_get("/api/v1/audit").await.json().await.unwrap();
+        assert!(
+            audit["items"].as_array().unwrap().iter().any(|e| e["action"] == "denied"
+                && e["actor"] == "token:lacks-admin"
+                && e["subject"] == "admin GET /api/v1/tokens"),
+            "{audit}"
+        );
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn scoped_tokens_are_shown_once_and_revoked_at_once_on_every_replica() {
+    for tdb in db::all().unwrap() {
+        let kek = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let admin = "ck_admin_preset_for_two_replicas_000000".to_string();
+        let cfg = |c: &mut ServerConfig| {
+            c.database_url = Some(tdb.url.clone());
+            c.kek = Some(kek.clone());
+            c.admin_token = Some(admin.clone());
+        };
+        let a = start(cfg).await.unwrap();
+        let b = start(cfg).await.unwrap();
+        let r = a
+            .admin_post(
+                "/api/v1/tokens",
+                &json!({"name": "ci-web", "team": "web", "permissions": ["read", "import"]}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let created: Value = r.json().await.unwrap();
+        let secret = created["token"].as_str().unwrap().to_string();
+        assert!(secret.starts_with("ck_token_"));
+        assert_eq!(created["permissions"], json!(["read", "import"]));
+        assert_eq!(created["team"], "web");
+        assert!(
+            created["warnings"][0].as_str().unwrap().contains("[policy.teams.web]"),
+            "a team without a policy of its own is pointed out"
+        );
+        let id = created["id"].as_str().unwrap().to_string();
+        // Listed on the other replica, never with the secret.
+        let listed = b.admin_get("/api/v1/tokens").await.text().await.unwrap();
+        assert!(listed.contains("ci-web") && !listed.contains(&secret), "{listed}");
+        assert!(!listed.contains("token_hash") && !listed.contains("\"token\""));
+        // It works on both; it may read but not manage tokens.
+        for s in [&a, &b] {
+            let r = s.call("GET", &secret, "/api/v1/certificates", &json!({})).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            let r = s.call("GET", &secret, "/api/v1/tokens", &json!({})).await;
+            assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "missing_permission".into()));
+        }
+        // Bad requests, each with its code; nothing is created.
+        for (body, code, status) in [
+            (json!({"name": "x", "permissions": ["read", "write"]}), "invalid_request", StatusCode::BAD_REQUEST),
+            (json!({"name": "x", "permissions": []}), "invalid_request", StatusCode::BAD_REQUEST),
+            (json!({"name": "x", "team": "web", "permissions": ["admin"]}), "invalid_request", StatusCode::BAD_REQUEST),
+            (json!({"name": "a b", "permissions": ["read"]}), "invalid_request", StatusCode::BAD_REQUEST),
+            (json!({"name": "ci-web", "permissions": ["read"]}), "already_exists", StatusCode::CONFLICT),
+            (json!({"name": "x", "permissions": ["read"], "extra": 1}), "invalid_request", StatusCode::BAD_REQUEST),
+        ] {
+            let r = a.admin_post("/api/v1/tokens", &body).await;
+            assert_eq!(error_code(r).await, (status, code.into()), "{body}");
+        }
+        let listed: Value = a.admin_get("/api/v1/tokens").await.json().await.unwrap();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+        // Revoked on one replica: refused on the other with the next request.
+        let r = a.call("DELETE", &admin, &format!("/api/v1/tokens/{id}"), &json!({})).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let r = b.call("GET", &secret, "/api/v1/certificates", &json!({})).await;
+        assert_eq!(error_code(r).await, (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+        let r = b.call("DELETE", &admin, &format!("/api/v1/tokens/{id}"), &json!({})).await;
+        assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+        // The bootstrap administrator token keeps working; the log says who did what.
+        let audit: Value = b.admin_get("/api/v1/audit").await.json().await.unwrap();
+        let actions: Vec<(&str, &str)> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            &actions[..4],
+            [
+                ("admin", "revoke_token"),
+                ("token:ci-web (team web)", "denied"),
+                ("token:ci-web (team web)", "denied"),
+                ("admin", "create_token")
+            ]
+        );
+        assert!(!audit.to_string().contains(&secret));
+        a.stop().await;
+        b.stop().await;
+    }
 }
