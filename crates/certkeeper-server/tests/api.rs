@@ -1571,3 +1571,196 @@ async fn scoped_tokens_are_shown_once_and_revoked_at_once_on_every_replica() {
         b.stop().await;
     }
 }
+
+#[tokio::test]
+async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates() {
+    use certkeeper_core::policy::PolicyOverride;
+    let pki = TestPki::new().unwrap();
+    let web_leaf = pki
+        .leaf(&LeafSpec::new("a.web.example", KeyKind::EcdsaP256).valid_days(-1, 90))
+        .unwrap();
+    let other_leaf = pki
+        .leaf(&LeafSpec::new("www.other.example", KeyKind::EcdsaP256).valid_days(-1, 90))
+        .unwrap();
+    let long_leaf = pki
+        .leaf(&LeafSpec::new("b.web.example", KeyKind::EcdsaP256).valid_days(-1, 200))
+        .unwrap();
+    for tdb in db::all().unwrap() {
+        let url = tdb.url.clone();
+        let s = start(move |c| {
+            c.database_url = Some(url);
+            c.policy.teams.insert(
+                "web".into(),
+                PolicyOverride {
+                    max_validity_days: Some(100),
+                    allowed_names: Some(vec!["*.web.example".into()]),
+                    ..Default::default()
+                },
+            );
+        })
+        .await
+        .unwrap();
+        let all = ["read", "import", "request", "issue", "export_key"];
+        let (_, web) = scoped_token(&s, "web", Some("web"), &all).await;
+        let (_, web_ro) = scoped_token(&s, "web-ro", Some("web"), &["read"]).await;
+        let (_, db_team) = scoped_token(&s, "db", Some("db"), &all).await;
+        let (_, ops) = scoped_token(&s, "ops", None, &["read", "export_key"]).await;
+        let sr = &s;
+        let import = |token: &str, leaf: &certkeeper_testkit::Issued, key: bool| {
+            let mut body = json!({"certificate": leaf.cert_pem, "chain": [pki.intermediate.cert_pem]});
+            if key {
+                body["private_key"] = json!(leaf.key_pem);
+            }
+            let token = token.to_string();
+            async move { sr.call("POST", &token, "/api/v1/certificates/import", &body).await }
+        };
+
+        // Imports are judged by the team's policy; the refusal names rule and team.
+        let r = import(&web, &other_leaf, true).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "policy_violation");
+        assert_eq!(v["error"]["team"], "web");
+        assert_eq!(v["error"]["violations"][0]["rule"], "name");
+        assert!(v["error"]["message"].as_str().unwrap().contains("team web"), "{v}");
+        let r = import(&web, &long_leaf, false).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["violations"][0]["rule"], "max_validity", "{v}");
+        // Other teams and the server-wide policy are not bound by web's rules.
+        let r = import(&db_team, &long_leaf, false).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(r.json::<Value>().await.unwrap()["team"], "db");
+        let r = import(&web, &web_leaf, true).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let imported: Value = r.json().await.unwrap();
+        assert_eq!(imported["team"], "web");
+        let sha = imported["sha256"].as_str().unwrap().to_string();
+        // Another team cannot take it over, nor can the read-only token import.
+        let r = import(&db_team, &web_leaf, false).await;
+        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        let r = import(&web_ro, &web_leaf, false).await;
+        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "missing_permission".into()));
+
+        // Export: the key needs export_key, and a team exports its own certificates only.
+        let export = |token: &str, with_key: bool| {
+            let (token, path) = (token.to_string(), format!("/api/v1/certificates/{sha}/export"));
+            async move {
+                sr.call("POST", &token, &path, &json!({"format": "pem", "with_key": with_key}))
+                    .await
+            }
+        };
+        let pem = export(&web, true).await.text().await.unwrap();
+        assert!(pem.contains("BEGIN PRIVATE KEY"), "{pem}");
+        let r = export(&web_ro, false).await;
+        assert_eq!(r.status(), StatusCode::OK, "the certificate alone is read");
+        let r = export(&web_ro, true).await;
+        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "missing_permission".into()));
+        let r = export(&db_team, true).await;
+        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        let r = export(&db_team, false).await;
+        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        let r = export(&ops, true).await;
+        assert_eq!(r.status(), StatusCode::OK, "server-wide tokens export any");
+        // Every key export is audited, the refused ones with who tried; no key material.
+        let audit: Value = s.admin_get("/api/v1/audit").await.json().await.unwrap();
+        let of_sha: Vec<(String, String)> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["subject"] == sha.as_str() && e["action"].as_str().unwrap().starts_with("export_key"))
+            .map(|e| (e["actor"].as_str().unwrap().into(), e["action"].as_str().unwrap().into()))
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("token:ops", "export_key"),
+            ("token:db (team db)", "export_key_denied"),
+            ("token:web-ro (team web)", "export_key_denied"),
+            ("token:web (team web)", "export_key"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(of_sha, want);
+        let key_body: String = web_leaf.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let text = audit.to_string();
+        assert!(!text.contains("PRIVATE KEY") && !text.contains(&key_body[..40]));
+
+        // Server-kept requests: the team's names; seen and completed by the team only.
+        let r = s
+            .call("POST", &web, "/api/v1/requests", &json!({"common_name": "x.other.example", "key_type": "p256"}))
+            .await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "policy_violation", "{v}");
+        assert_eq!(v["error"]["team"], "web");
+        let r = s
+            .call("POST", &web, "/api/v1/requests", &json!({"common_name": "svc.web.example", "key_type": "p256"}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let req: Value = r.json().await.unwrap();
+        assert_eq!(req["team"], "web");
+        let id = req["id"].as_str().unwrap().to_string();
+        let listed: Value = s.call("GET", &db_team, "/api/v1/requests", &json!({})).await.json().await.unwrap();
+        assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
+        let listed: Value = s.call("GET", &web_ro, "/api/v1/requests", &json!({})).await.json().await.unwrap();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+        let listed: Value = s.admin_get("/api/v1/requests").await.json().await.unwrap();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+        let r = s.call("GET", &db_team, &format!("/api/v1/requests/{id}"), &json!({})).await;
+        assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+
+        // Internal-CA issuance: within the team's validity, for the team's request only.
+        let r = s.admin_post("/api/v1/cas", &json!({"name": "corp", "common_name": "Corp Root", "profile": {"validity_days": 120}})).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = s.call("POST", &db_team, "/api/v1/cas/corp/issue", &json!({"request_id": id, "validity_days": 60})).await;
+        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        let r = s.call("POST", &web, "/api/v1/cas/corp/issue", &json!({"request_id": id})).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "policy_violation");
+        assert!(v["error"]["message"].as_str().unwrap().contains("team web's policy's 100 days"), "{v}");
+        // Someone else's certificate for web's pending key cannot pick that key up.
+        let csr = req["csr"].as_str().unwrap();
+        let r = s.admin_post("/api/v1/cas/corp/issue", &json!({"csr": csr, "validity_days": 60})).await;
+        let stray: Value = r.json().await.unwrap();
+        assert_eq!(stray["key_stored"], false, "{stray}");
+        let r = s
+            .call("POST", &db_team, "/api/v1/certificates/import", &json!({"certificate": stray["certificate"]}))
+            .await;
+        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        let r = s.call("POST", &web, "/api/v1/cas/corp/issue", &json!({"request_id": id, "validity_days": 60})).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let issued: Value = r.json().await.unwrap();
+        assert_eq!((issued["team"].as_str(), issued["key_stored"].as_bool()), (Some("web"), Some(true)));
+        let isha = issued["sha256"].as_str().unwrap().to_string();
+
+        // Renewal: the owning team only, and from a CA it needs issue; the new request
+        // belongs to the team too.
+        let renew = |token: &str| {
+            let (token, path) = (token.to_string(), format!("/api/v1/certificates/{isha}/renew"));
+            async move { sr.call("POST", &token, &path, &json!({})).await }
+        };
+        let r = renew(&db_team).await;
+        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        let (_, web_req) = scoped_token(&s, "web-req", Some("web"), &["request"]).await;
+        let r = renew(&web_req).await;
+        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "missing_permission".into()));
+        // The CA's 120 days exceed web's 100 without a validity_days: renewal follows
+        // the policy as it is now and says so.
+        let r = renew(&web).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "policy_violation", "{v}");
+        let r = s.admin_post("/api/v1/cas", &json!({"name": "short", "common_name": "Short Root", "profile": {"validity_days": 30}})).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = s.call("POST", &web, "/api/v1/requests", &json!({"common_name": "api.web.example", "key_type": "p256"})).await;
+        let req2: Value = r.json().await.unwrap();
+        let r = s.call("POST", &web, "/api/v1/cas/short/issue", &json!({"request_id": req2["id"]})).await;
+        let issued2: Value = r.json().await.unwrap();
+        let r = s
+            .call("POST", &web, &format!("/api/v1/certificates/{}/renew", issued2["sha256"].as_str().unwrap()), &json!({}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let renewed: Value = r.json().await.unwrap();
+        assert_eq!(renewed["certificate"]["team"], "web");
+        let r = s.call("GET", &web_ro, &format!("/api/v1/requests/{}", renewed["request"].as_str().unwrap()), &json!({})).await;
+        assert_eq!(r.json::<Value>().await.unwrap()["team"], "web");
+        s.stop().await;
+    }
+}
