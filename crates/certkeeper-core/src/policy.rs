@@ -166,7 +166,13 @@ impl CertificatePolicy {
             ));
         }
         v.extend(
-            self.check_names(facts.common_name.iter().chain(facts.sans.iter()).map(String::as_str)),
+            self.check_names(
+                facts
+                    .common_name
+                    .iter()
+                    .chain(facts.sans.iter())
+                    .map(String::as_str),
+            ),
         );
         v
     }

@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
 use crate::auth::{self, Admin, Caller, Need, new_token, token_hash};
-use certkeeper_core::access::Permission as P;
 use crate::error::ApiError;
 use crate::{AppState, views};
+use certkeeper_core::access::Permission as P;
 
 /// The committed OpenAPI document (a test keeps it in step with [`ROUTES`]).
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -62,29 +62,65 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
     ("get", "/healthz", Need::Public),
     ("get", "/api/v1/openapi.json", Need::Authenticated),
     ("get", "/api/v1/certificates", Need::Permission(P::Read)),
-    ("get", "/api/v1/certificates/{sha256}", Need::Permission(P::Read)),
+    (
+        "get",
+        "/api/v1/certificates/{sha256}",
+        Need::Permission(P::Read),
+    ),
     ("get", "/api/v1/endpoints", Need::Permission(P::Read)),
     ("get", "/api/v1/agents", Need::Permission(P::Admin)),
     ("delete", "/api/v1/agents/{id}", Need::Permission(P::Admin)),
-    ("post", "/api/v1/agents/enrollment-tokens", Need::Permission(P::Admin)),
+    (
+        "post",
+        "/api/v1/agents/enrollment-tokens",
+        Need::Permission(P::Admin),
+    ),
     ("post", "/api/v1/agents/enroll", Need::Enrollment),
     ("post", "/api/v1/reports", Need::Agent),
-    ("post", "/api/v1/certificates/import", Need::Permission(P::Import)),
+    (
+        "post",
+        "/api/v1/certificates/import",
+        Need::Permission(P::Import),
+    ),
     // With the key, the handler also asks for export_key (and audits a refusal).
-    ("post", "/api/v1/certificates/{sha256}/export", Need::Permission(P::Read)),
+    (
+        "post",
+        "/api/v1/certificates/{sha256}/export",
+        Need::Permission(P::Read),
+    ),
     ("get", "/api/v1/audit", Need::Permission(P::Admin)),
     ("post", "/api/v1/requests", Need::Permission(P::Request)),
     ("get", "/api/v1/requests", Need::Permission(P::Read)),
     ("get", "/api/v1/requests/{id}", Need::Permission(P::Read)),
     ("post", "/api/v1/cas", Need::Permission(P::Admin)),
     ("get", "/api/v1/cas", Need::Permission(P::Read)),
-    ("post", "/api/v1/cas/{name}/issue", Need::Permission(P::Issue)),
-    ("post", "/api/v1/requests/{id}/acme", Need::Permission(P::Request)),
+    (
+        "post",
+        "/api/v1/cas/{name}/issue",
+        Need::Permission(P::Issue),
+    ),
+    (
+        "post",
+        "/api/v1/requests/{id}/acme",
+        Need::Permission(P::Request),
+    ),
     // Renewing from an internal CA also asks for issue.
-    ("post", "/api/v1/certificates/{sha256}/renew", Need::Permission(P::Request)),
+    (
+        "post",
+        "/api/v1/certificates/{sha256}/renew",
+        Need::Permission(P::Request),
+    ),
     ("post", "/api/v1/renewals", Need::Permission(P::Admin)),
-    ("get", "/api/v1/server/certificate", Need::Permission(P::Read)),
-    ("put", "/api/v1/server/certificate", Need::Permission(P::Admin)),
+    (
+        "get",
+        "/api/v1/server/certificate",
+        Need::Permission(P::Read),
+    ),
+    (
+        "put",
+        "/api/v1/server/certificate",
+        Need::Permission(P::Admin),
+    ),
     ("post", "/api/v1/tokens", Need::Permission(P::Admin)),
     ("get", "/api/v1/tokens", Need::Permission(P::Admin)),
     ("delete", "/api/v1/tokens/{id}", Need::Permission(P::Admin)),

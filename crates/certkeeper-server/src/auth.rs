@@ -257,7 +257,12 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
         tracing::warn!(actor = %caller.actor(), %subject, "permission denied");
         if let Err(err) = state
             .store
-            .audit(&caller.actor(), "denied", &subject, OffsetDateTime::now_utc())
+            .audit(
+                &caller.actor(),
+                "denied",
+                &subject,
+                OffsetDateTime::now_utc(),
+            )
             .await
         {
             return ApiError::from(err).into_response();

@@ -86,11 +86,14 @@ pub async fn create(
 }
 
 /// `GET /api/v1/tokens`: every scoped token, never its secret.
-pub async fn list(
-    State(state): State<AppState>,
-    _caller: Caller,
-) -> Result<Json<Value>, ApiError> {
-    let items: Vec<Value> = state.store.scoped_tokens().await?.iter().map(view).collect();
+pub async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> = state
+        .store
+        .scoped_tokens()
+        .await?
+        .iter()
+        .map(view)
+        .collect();
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 

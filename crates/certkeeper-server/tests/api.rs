@@ -1376,7 +1376,12 @@ async fn rotating_the_kek_rewraps_every_key_while_the_server_runs() {
 }
 
 /// Create a scoped token as the administrator; returns (id, secret).
-async fn scoped_token(s: &Running, name: &str, team: Option<&str>, perms: &[&str]) -> (String, String) {
+async fn scoped_token(
+    s: &Running,
+    name: &str,
+    team: Option<&str>,
+    perms: &[&str],
+) -> (String, String) {
     let r = s
         .admin_post(
             "/api/v1/tokens",
@@ -1413,7 +1418,11 @@ fn every_route_declares_what_it_needs() {
         .map(|(m, p, _)| (*m, *p))
         .collect();
     assert_eq!(served, declared);
-    assert_eq!(declared.len(), certkeeper_server::ROUTE_NEEDS.len(), "declared once");
+    assert_eq!(
+        declared.len(),
+        certkeeper_server::ROUTE_NEEDS.len(),
+        "declared once"
+    );
 }
 
 #[tokio::test]
@@ -1466,22 +1475,34 @@ async fn every_route_needs_its_permission() {
                     );
                 }
                 Need::Authenticated => {
-                    let r = s.call(&m, &holding[&Permission::Read], &concrete, &json!({})).await;
+                    let r = s
+                        .call(&m, &holding[&Permission::Read], &concrete, &json!({}))
+                        .await;
                     assert_eq!(r.status(), StatusCode::OK, "{method} {path}");
                 }
                 Need::Public | Need::Enrollment | Need::Agent => {
                     // Checked by `every_route_checks_who_calls`: not a scoped token's business.
-                    let r = s.call(&m, &holding[&Permission::Admin], &concrete, &json!({})).await;
-                    assert_ne!(r.status(), StatusCode::INTERNAL_SERVER_ERROR, "{method} {path}");
+                    let r = s
+                        .call(&m, &holding[&Permission::Admin], &concrete, &json!({}))
+                        .await;
+                    assert_ne!(
+                        r.status(),
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "{method} {path}"
+                    );
                 }
             }
         }
         // Refusals are audited with who tried.
         let audit: Value = s.admin_get("/api/v1/audit").await.json().await.unwrap();
         assert!(
-            audit["items"].as_array().unwrap().iter().any(|e| e["action"] == "denied"
-                && e["actor"] == "token:lacks-admin"
-                && e["subject"] == "admin GET /api/v1/tokens"),
+            audit["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == "denied"
+                    && e["actor"] == "token:lacks-admin"
+                    && e["subject"] == "admin GET /api/v1/tokens"),
             "{audit}"
         );
         s.stop().await;
@@ -1513,29 +1534,64 @@ async fn scoped_tokens_are_shown_once_and_revoked_at_once_on_every_replica() {
         assert_eq!(created["permissions"], json!(["read", "import"]));
         assert_eq!(created["team"], "web");
         assert!(
-            created["warnings"][0].as_str().unwrap().contains("[policy.teams.web]"),
+            created["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("[policy.teams.web]"),
             "a team without a policy of its own is pointed out"
         );
         let id = created["id"].as_str().unwrap().to_string();
         // Listed on the other replica, never with the secret.
         let listed = b.admin_get("/api/v1/tokens").await.text().await.unwrap();
-        assert!(listed.contains("ci-web") && !listed.contains(&secret), "{listed}");
+        assert!(
+            listed.contains("ci-web") && !listed.contains(&secret),
+            "{listed}"
+        );
         assert!(!listed.contains("token_hash") && !listed.contains("\"token\""));
         // It works on both; it may read but not manage tokens.
         for s in [&a, &b] {
-            let r = s.call("GET", &secret, "/api/v1/certificates", &json!({})).await;
+            let r = s
+                .call("GET", &secret, "/api/v1/certificates", &json!({}))
+                .await;
             assert_eq!(r.status(), StatusCode::OK);
             let r = s.call("GET", &secret, "/api/v1/tokens", &json!({})).await;
-            assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "missing_permission".into()));
+            assert_eq!(
+                error_code(r).await,
+                (StatusCode::FORBIDDEN, "missing_permission".into())
+            );
         }
         // Bad requests, each with its code; nothing is created.
         for (body, code, status) in [
-            (json!({"name": "x", "permissions": ["read", "write"]}), "invalid_request", StatusCode::BAD_REQUEST),
-            (json!({"name": "x", "permissions": []}), "invalid_request", StatusCode::BAD_REQUEST),
-            (json!({"name": "x", "team": "web", "permissions": ["admin"]}), "invalid_request", StatusCode::BAD_REQUEST),
-            (json!({"name": "a b", "permissions": ["read"]}), "invalid_request", StatusCode::BAD_REQUEST),
-            (json!({"name": "ci-web", "permissions": ["read"]}), "already_exists", StatusCode::CONFLICT),
-            (json!({"name": "x", "permissions": ["read"], "extra": 1}), "invalid_request", StatusCode::BAD_REQUEST),
+            (
+                json!({"name": "x", "permissions": ["read", "write"]}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"name": "x", "permissions": []}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"name": "x", "team": "web", "permissions": ["admin"]}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"name": "a b", "permissions": ["read"]}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"name": "ci-web", "permissions": ["read"]}),
+                "already_exists",
+                StatusCode::CONFLICT,
+            ),
+            (
+                json!({"name": "x", "permissions": ["read"], "extra": 1}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
         ] {
             let r = a.admin_post("/api/v1/tokens", &body).await;
             assert_eq!(error_code(r).await, (status, code.into()), "{body}");
@@ -1543,12 +1599,34 @@ async fn scoped_tokens_are_shown_once_and_revoked_at_once_on_every_replica() {
         let listed: Value = a.admin_get("/api/v1/tokens").await.json().await.unwrap();
         assert_eq!(listed["items"].as_array().unwrap().len(), 1);
         // Revoked on one replica: refused on the other with the next request.
-        let r = a.call("DELETE", &admin, &format!("/api/v1/tokens/{id}"), &json!({})).await;
+        let r = a
+            .call(
+                "DELETE",
+                &admin,
+                &format!("/api/v1/tokens/{id}"),
+                &json!({}),
+            )
+            .await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
-        let r = b.call("GET", &secret, "/api/v1/certificates", &json!({})).await;
-        assert_eq!(error_code(r).await, (StatusCode::UNAUTHORIZED, "unauthorized".into()));
-        let r = b.call("DELETE", &admin, &format!("/api/v1/tokens/{id}"), &json!({})).await;
-        assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+        let r = b
+            .call("GET", &secret, "/api/v1/certificates", &json!({}))
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::UNAUTHORIZED, "unauthorized".into())
+        );
+        let r = b
+            .call(
+                "DELETE",
+                &admin,
+                &format!("/api/v1/tokens/{id}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::NOT_FOUND, "not_found".into())
+        );
         // The bootstrap administrator token keeps working; the log says who did what.
         let audit: Value = b.admin_get("/api/v1/audit").await.json().await.unwrap();
         let actions: Vec<(&str, &str)> = audit["items"]
@@ -1607,12 +1685,16 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
         let (_, ops) = scoped_token(&s, "ops", None, &["read", "export_key"]).await;
         let sr = &s;
         let import = |token: &str, leaf: &certkeeper_testkit::Issued, key: bool| {
-            let mut body = json!({"certificate": leaf.cert_pem, "chain": [pki.intermediate.cert_pem]});
+            let mut body =
+                json!({"certificate": leaf.cert_pem, "chain": [pki.intermediate.cert_pem]});
             if key {
                 body["private_key"] = json!(leaf.key_pem);
             }
             let token = token.to_string();
-            async move { sr.call("POST", &token, "/api/v1/certificates/import", &body).await }
+            async move {
+                sr.call("POST", &token, "/api/v1/certificates/import", &body)
+                    .await
+            }
         };
 
         // Imports are judged by the team's policy; the refusal names rule and team.
@@ -1622,7 +1704,10 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
         assert_eq!(v["error"]["code"], "policy_violation");
         assert_eq!(v["error"]["team"], "web");
         assert_eq!(v["error"]["violations"][0]["rule"], "name");
-        assert!(v["error"]["message"].as_str().unwrap().contains("team web"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("team web"),
+            "{v}"
+        );
         let r = import(&web, &long_leaf, false).await;
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["violations"][0]["rule"], "max_validity", "{v}");
@@ -1637,16 +1722,30 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
         let sha = imported["sha256"].as_str().unwrap().to_string();
         // Another team cannot take it over, nor can the read-only token import.
         let r = import(&db_team, &web_leaf, false).await;
-        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
         let r = import(&web_ro, &web_leaf, false).await;
-        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "missing_permission".into()));
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "missing_permission".into())
+        );
 
         // Export: the key needs export_key, and a team exports its own certificates only.
         let export = |token: &str, with_key: bool| {
-            let (token, path) = (token.to_string(), format!("/api/v1/certificates/{sha}/export"));
+            let (token, path) = (
+                token.to_string(),
+                format!("/api/v1/certificates/{sha}/export"),
+            );
             async move {
-                sr.call("POST", &token, &path, &json!({"format": "pem", "with_key": with_key}))
-                    .await
+                sr.call(
+                    "POST",
+                    &token,
+                    &path,
+                    &json!({"format": "pem", "with_key": with_key}),
+                )
+                .await
             }
         };
         let pem = export(&web, true).await.text().await.unwrap();
@@ -1654,11 +1753,20 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
         let r = export(&web_ro, false).await;
         assert_eq!(r.status(), StatusCode::OK, "the certificate alone is read");
         let r = export(&web_ro, true).await;
-        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "missing_permission".into()));
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "missing_permission".into())
+        );
         let r = export(&db_team, true).await;
-        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
         let r = export(&db_team, false).await;
-        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
         let r = export(&ops, true).await;
         assert_eq!(r.status(), StatusCode::OK, "server-wide tokens export any");
         // Every key export is audited, the refused ones with who tried; no key material.
@@ -1667,8 +1775,16 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["subject"] == sha.as_str() && e["action"].as_str().unwrap().starts_with("export_key"))
-            .map(|e| (e["actor"].as_str().unwrap().into(), e["action"].as_str().unwrap().into()))
+            .filter(|e| {
+                e["subject"] == sha.as_str()
+                    && e["action"].as_str().unwrap().starts_with("export_key")
+            })
+            .map(|e| {
+                (
+                    e["actor"].as_str().unwrap().into(),
+                    e["action"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         let want: Vec<(String, String)> = [
             ("token:ops", "export_key"),
@@ -1680,68 +1796,157 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
         assert_eq!(of_sha, want);
-        let key_body: String = web_leaf.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let key_body: String = web_leaf
+            .key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
         let text = audit.to_string();
         assert!(!text.contains("PRIVATE KEY") && !text.contains(&key_body[..40]));
 
         // Server-kept requests: the team's names; seen and completed by the team only.
         let r = s
-            .call("POST", &web, "/api/v1/requests", &json!({"common_name": "x.other.example", "key_type": "p256"}))
+            .call(
+                "POST",
+                &web,
+                "/api/v1/requests",
+                &json!({"common_name": "x.other.example", "key_type": "p256"}),
+            )
             .await;
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "policy_violation", "{v}");
         assert_eq!(v["error"]["team"], "web");
         let r = s
-            .call("POST", &web, "/api/v1/requests", &json!({"common_name": "svc.web.example", "key_type": "p256"}))
+            .call(
+                "POST",
+                &web,
+                "/api/v1/requests",
+                &json!({"common_name": "svc.web.example", "key_type": "p256"}),
+            )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let req: Value = r.json().await.unwrap();
         assert_eq!(req["team"], "web");
         let id = req["id"].as_str().unwrap().to_string();
-        let listed: Value = s.call("GET", &db_team, "/api/v1/requests", &json!({})).await.json().await.unwrap();
+        let listed: Value = s
+            .call("GET", &db_team, "/api/v1/requests", &json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
         assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
-        let listed: Value = s.call("GET", &web_ro, "/api/v1/requests", &json!({})).await.json().await.unwrap();
+        let listed: Value = s
+            .call("GET", &web_ro, "/api/v1/requests", &json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
         assert_eq!(listed["items"].as_array().unwrap().len(), 1);
         let listed: Value = s.admin_get("/api/v1/requests").await.json().await.unwrap();
         assert_eq!(listed["items"].as_array().unwrap().len(), 1);
-        let r = s.call("GET", &db_team, &format!("/api/v1/requests/{id}"), &json!({})).await;
-        assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+        let r = s
+            .call(
+                "GET",
+                &db_team,
+                &format!("/api/v1/requests/{id}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::NOT_FOUND, "not_found".into())
+        );
 
         // Internal-CA issuance: within the team's validity, for the team's request only.
         let r = s.admin_post("/api/v1/cas", &json!({"name": "corp", "common_name": "Corp Root", "profile": {"validity_days": 120}})).await;
         assert_eq!(r.status(), StatusCode::CREATED);
-        let r = s.call("POST", &db_team, "/api/v1/cas/corp/issue", &json!({"request_id": id, "validity_days": 60})).await;
-        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
-        let r = s.call("POST", &web, "/api/v1/cas/corp/issue", &json!({"request_id": id})).await;
+        let r = s
+            .call(
+                "POST",
+                &db_team,
+                "/api/v1/cas/corp/issue",
+                &json!({"request_id": id, "validity_days": 60}),
+            )
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/cas/corp/issue",
+                &json!({"request_id": id}),
+            )
+            .await;
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "policy_violation");
-        assert!(v["error"]["message"].as_str().unwrap().contains("team web's policy's 100 days"), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("team web's policy's 100 days"),
+            "{v}"
+        );
         // Someone else's certificate for web's pending key cannot pick that key up.
         let csr = req["csr"].as_str().unwrap();
-        let r = s.admin_post("/api/v1/cas/corp/issue", &json!({"csr": csr, "validity_days": 60})).await;
+        let r = s
+            .admin_post(
+                "/api/v1/cas/corp/issue",
+                &json!({"csr": csr, "validity_days": 60}),
+            )
+            .await;
         let stray: Value = r.json().await.unwrap();
         assert_eq!(stray["key_stored"], false, "{stray}");
         let r = s
-            .call("POST", &db_team, "/api/v1/certificates/import", &json!({"certificate": stray["certificate"]}))
+            .call(
+                "POST",
+                &db_team,
+                "/api/v1/certificates/import",
+                &json!({"certificate": stray["certificate"]}),
+            )
             .await;
-        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
-        let r = s.call("POST", &web, "/api/v1/cas/corp/issue", &json!({"request_id": id, "validity_days": 60})).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/cas/corp/issue",
+                &json!({"request_id": id, "validity_days": 60}),
+            )
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let issued: Value = r.json().await.unwrap();
-        assert_eq!((issued["team"].as_str(), issued["key_stored"].as_bool()), (Some("web"), Some(true)));
+        assert_eq!(
+            (issued["team"].as_str(), issued["key_stored"].as_bool()),
+            (Some("web"), Some(true))
+        );
         let isha = issued["sha256"].as_str().unwrap().to_string();
 
         // Renewal: the owning team only, and from a CA it needs issue; the new request
         // belongs to the team too.
         let renew = |token: &str| {
-            let (token, path) = (token.to_string(), format!("/api/v1/certificates/{isha}/renew"));
+            let (token, path) = (
+                token.to_string(),
+                format!("/api/v1/certificates/{isha}/renew"),
+            );
             async move { sr.call("POST", &token, &path, &json!({})).await }
         };
         let r = renew(&db_team).await;
-        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "other_team".into()));
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
         let (_, web_req) = scoped_token(&s, "web-req", Some("web"), &["request"]).await;
         let r = renew(&web_req).await;
-        assert_eq!(error_code(r).await, (StatusCode::FORBIDDEN, "missing_permission".into()));
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "missing_permission".into())
+        );
         // The CA's 120 days exceed web's 100 without a validity_days: renewal follows
         // the policy as it is now and says so.
         let r = renew(&web).await;
@@ -1749,17 +1954,46 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
         assert_eq!(v["error"]["code"], "policy_violation", "{v}");
         let r = s.admin_post("/api/v1/cas", &json!({"name": "short", "common_name": "Short Root", "profile": {"validity_days": 30}})).await;
         assert_eq!(r.status(), StatusCode::CREATED);
-        let r = s.call("POST", &web, "/api/v1/requests", &json!({"common_name": "api.web.example", "key_type": "p256"})).await;
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/requests",
+                &json!({"common_name": "api.web.example", "key_type": "p256"}),
+            )
+            .await;
         let req2: Value = r.json().await.unwrap();
-        let r = s.call("POST", &web, "/api/v1/cas/short/issue", &json!({"request_id": req2["id"]})).await;
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/cas/short/issue",
+                &json!({"request_id": req2["id"]}),
+            )
+            .await;
         let issued2: Value = r.json().await.unwrap();
         let r = s
-            .call("POST", &web, &format!("/api/v1/certificates/{}/renew", issued2["sha256"].as_str().unwrap()), &json!({}))
+            .call(
+                "POST",
+                &web,
+                &format!(
+                    "/api/v1/certificates/{}/renew",
+                    issued2["sha256"].as_str().unwrap()
+                ),
+                &json!({}),
+            )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let renewed: Value = r.json().await.unwrap();
         assert_eq!(renewed["certificate"]["team"], "web");
-        let r = s.call("GET", &web_ro, &format!("/api/v1/requests/{}", renewed["request"].as_str().unwrap()), &json!({})).await;
+        let r = s
+            .call(
+                "GET",
+                &web_ro,
+                &format!("/api/v1/requests/{}", renewed["request"].as_str().unwrap()),
+                &json!({}),
+            )
+            .await;
         assert_eq!(r.json::<Value>().await.unwrap()["team"], "web");
         s.stop().await;
     }

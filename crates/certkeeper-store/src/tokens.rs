@@ -31,12 +31,17 @@ pub struct NewScopedToken<'a> {
 }
 
 /// A scoped token from the columns id, name, permissions, team, created_at starting at `first`.
-pub(crate) fn scoped_from_row(r: &sqlx::any::AnyRow, first: usize) -> Result<ScopedToken, StoreError> {
+pub(crate) fn scoped_from_row(
+    r: &sqlx::any::AnyRow,
+    first: usize,
+) -> Result<ScopedToken, StoreError> {
     let permissions: Option<String> = r.try_get(first + 2)?;
     let id: Option<String> = r.try_get(first)?;
     let name: Option<String> = r.try_get(first + 1)?;
     let (Some(id), Some(name), Some(permissions)) = (id, name, permissions) else {
-        return Err(StoreError::Corrupt("a scoped token without id, name or permissions".into()));
+        return Err(StoreError::Corrupt(
+            "a scoped token without id, name or permissions".into(),
+        ));
     };
     Ok(ScopedToken {
         id,

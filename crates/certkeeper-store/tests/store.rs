@@ -541,7 +541,11 @@ async fn scoped_tokens_are_listed_without_secrets_and_revoked_everywhere_at_once
         assert_eq!(listed[0], t);
         let revoked = a.revoke_scoped_token("t1", "admin", now).await.unwrap();
         assert_eq!(revoked.name, "ci-web");
-        assert_eq!(b.principal("h1").await.unwrap(), None, "at once on the other");
+        assert_eq!(
+            b.principal("h1").await.unwrap(),
+            None,
+            "at once on the other"
+        );
         assert!(matches!(
             b.revoke_scoped_token("t1", "admin", now).await,
             Err(StoreError::NotFound)
@@ -551,7 +555,10 @@ async fn scoped_tokens_are_listed_without_secrets_and_revoked_everywhere_at_once
         let actions: Vec<&str> = log.iter().map(|e| e.2.as_str()).collect();
         assert_eq!(actions, ["revoke_token", "create_token"]);
         assert_eq!(log[0].3, "t1 ci-web (team web)");
-        assert!(log.iter().all(|e| !e.3.contains("h1")), "no hash in the log");
+        assert!(
+            log.iter().all(|e| !e.3.contains("h1")),
+            "no hash in the log"
+        );
         a.close().await;
         b.close().await;
     }

@@ -161,6 +161,9 @@ pub enum AdminCommand {
     /// Enrolled agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Scoped API tokens: permissions and perhaps a team.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The audit log: imports and key exports.
     Audit {
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
@@ -182,6 +185,44 @@ pub enum EnrollmentTokenCommand {
         uses: u32,
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once (stdout), only its hash is kept.
+    Create {
+        /// A name for the token (letters, digits, - _ .), shown in the audit log.
+        #[arg(long, env = "CERTKEEPER_NAME")]
+        name: String,
+        /// The team the token acts for (its policy, its certificates and requests).
+        #[arg(long, env = "CERTKEEPER_TEAM")]
+        team: Option<String>,
+        /// Comma-separated: read, import, request, issue, export_key, admin.
+        #[arg(
+            long,
+            env = "CERTKEEPER_PERMISSIONS",
+            value_delimiter = ',',
+            required = true
+        )]
+        permissions: Vec<String>,
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a token by id: it stops working at once.
+    Revoke {
+        id: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -320,6 +361,62 @@ pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
                     t(&e["subject"], "")
                 )
             });
+        }
+        AdminCommand::Token(TokenCommand::Create {
+            name,
+            team,
+            permissions,
+            output,
+            remote,
+        }) => {
+            let api = remote.connect()?;
+            let v = api
+                .post(
+                    "/api/v1/tokens",
+                    &json!({"name": name, "team": team, "permissions": permissions}),
+                )
+                .await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                eprintln!(
+                    "Token {} ({}), permissions {}{}; shown only now:",
+                    t(&v["name"], ""),
+                    t(&v["id"], ""),
+                    display(&v["permissions"]),
+                    v["team"]
+                        .as_str()
+                        .map(|team| format!(", team {}", clean(team)))
+                        .unwrap_or_default()
+                );
+                for w in v["warnings"].as_array().into_iter().flatten() {
+                    eprintln!("warning: {}", display(w));
+                }
+                println!("{}", v["token"].as_str().unwrap_or_default());
+            }
+        }
+        AdminCommand::Token(TokenCommand::List { output, remote }) => {
+            let api = remote.connect()?;
+            let v = api.get("/api/v1/tokens", &[]).await?;
+            let header = format!(
+                "{:<36}  {:<20}  {:<12}  {:<20}  PERMISSIONS",
+                "ID", "NAME", "TEAM", "CREATED"
+            );
+            print_items(&v, output, Some(&header), |tok| {
+                format!(
+                    "{:<36}  {:<20}  {:<12}  {:<20}  {}",
+                    t(&tok["id"], ""),
+                    t(&tok["name"], ""),
+                    t(&tok["team"], "-"),
+                    t(&tok["created_at"], ""),
+                    display(&tok["permissions"])
+                )
+            });
+        }
+        AdminCommand::Token(TokenCommand::Revoke { id, remote }) => {
+            let api = remote.connect()?;
+            api.delete(&format!("/api/v1/tokens/{id}")).await?;
+            eprintln!("token {id} revoked");
         }
         AdminCommand::Agents(AgentsCommand::Revoke { id, remote }) => {
             let api = remote.connect()?;
