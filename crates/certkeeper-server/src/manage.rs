@@ -1007,7 +1007,7 @@ pub struct UseCertificate {
 /// the same database follow within 30 s.
 pub async fn use_server_certificate(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     req: Result<Json<UseCertificate>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
@@ -1043,7 +1043,7 @@ pub async fn use_server_certificate(
     state
         .store
         .audit(
-            "admin",
+            &caller.actor(),
             "server_certificate",
             &fp.to_string(),
             OffsetDateTime::now_utc(),
