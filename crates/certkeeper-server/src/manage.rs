@@ -759,11 +759,7 @@ async fn issue_from_ca(
     let mut profile: certkeeper_pki::ca::Profile =
         serde_json::from_str(&profile).map_err(internal)?;
     let request = match &req.request_id {
-        Some(id) => {
-            let r = pending_request(state, id).await?;
-            team_check(scope, &format!("request {id}"), r.team.as_deref())?;
-            Some(r)
-        }
+        Some(id) => Some(pending_request_in(state, id, scope).await?),
         None => None,
     };
     let team = match &request {
@@ -1062,8 +1058,7 @@ pub async fn order_acme(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let r = pending_request(&state, &id).await?;
-    caller.require_team(&format!("request {id}"), r.team.as_deref())?;
+    pending_request_in(&state, &id, caller.team()).await?;
     Ok((
         StatusCode::CREATED,
         Json(order_acme_for(&state, &id).await?),
@@ -1294,10 +1289,21 @@ async fn pending_request(
     state: &AppState,
     id: &str,
 ) -> Result<certkeeper_store::CertRequest, ApiError> {
+    pending_request_in(state, id, None).await
+}
+
+/// A request that `scope` (a team, or `None`: server-wide) may act on and that is
+/// still pending, or 404 / 403 / 409.
+async fn pending_request_in(
+    state: &AppState,
+    id: &str,
+    scope: Option<&str>,
+) -> Result<certkeeper_store::CertRequest, ApiError> {
     let r = state.store.request(id).await.map_err(|e| match e {
         certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
         other => other.into(),
     })?;
+    team_check(scope, &format!("request {id}"), r.team.as_deref())?;
     if r.status != "pending" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -1963,6 +1963,18 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
             )
             .await;
         let req2: Value = r.json().await.unwrap();
+        // ACME orders too: another team's request is refused before anything else.
+        let acme = format!("/api/v1/requests/{}/acme", req2["id"].as_str().unwrap());
+        let r = s.call("POST", &db_team, &acme, &json!({})).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let r = s.call("POST", &web, &acme, &json!({})).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::CONFLICT, "acme_not_configured".into())
+        );
         let r = s
             .call(
                 "POST",
