@@ -342,6 +342,9 @@ async fn show_certificate(
         now,
     );
     v["pem"] = Value::String(certkeeper_pki::to_pem(&cert.der));
+    let owner = state.store.managed_team(&fp).await?;
+    v["managed"] = Value::Bool(owner.is_some());
+    v["team"] = json!(owner.flatten());
     v["served_history"] = history
         .iter()
         .map(|(h, p, period)| views::served(h, *p, period))

@@ -1720,6 +1720,22 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
         let imported: Value = r.json().await.unwrap();
         assert_eq!(imported["team"], "web");
         let sha = imported["sha256"].as_str().unwrap().to_string();
+        // Everyone who reads sees whose it is.
+        let shown: Value = s
+            .call(
+                "GET",
+                &db_team,
+                &format!("/api/v1/certificates/{sha}"),
+                &json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (shown["managed"].as_bool(), shown["team"].as_str()),
+            (Some(true), Some("web"))
+        );
         // Another team cannot take it over, nor can the read-only token import.
         let r = import(&db_team, &web_leaf, false).await;
         assert_eq!(
