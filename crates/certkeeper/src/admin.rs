@@ -551,6 +551,8 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
                     "signature_algorithm",
                     "self_signed",
                     "is_ca",
+                    "managed",
+                    "team",
                 ] {
                     println!("{key:>20}: {}", display(&c[key]));
                 }
