@@ -110,6 +110,11 @@ macro_rules! migrations {
                 "0005_renewal",
                 include_str!(concat!("../migrations/", $dir, "/0005_renewal.sql")),
             ),
+            (
+                7,
+                "0007_acme",
+                include_str!(concat!("../migrations/", $dir, "/0007_acme.sql")),
+            ),
         ]
     };
 }
