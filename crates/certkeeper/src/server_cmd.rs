@@ -376,4 +376,94 @@ mod tests {
         assert_eq!(parsed.listen, Some("127.0.0.1:8443".parse().unwrap()));
         assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 5").is_err());
     }
+
+    fn acme(toml_text: &str) -> Result<certkeeper_connect::acme::AcmeConfig> {
+        let file: FileConfig = toml::from_str(toml_text)?;
+        acme_config(file.acme.expect("an [acme] section"))
+    }
+
+    #[test]
+    fn acme_section_challenges_eab_and_rfc2136() {
+        use certkeeper_connect::acme::{ChallengeKind, DnsPublisher};
+        let dir = tempfile::tempdir().unwrap();
+        let eab = dir.path().join("eab.key");
+        std::fs::write(
+            &eab,
+            "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W\n",
+        )
+        .unwrap();
+        let tsig = dir.path().join("tsig.key");
+        std::fs::write(
+            &tsig,
+            "key \"ck\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0\";\n};\n",
+        )
+        .unwrap();
+        let d = "directory_url = \"https://ca.test/dir\"\n";
+
+        // http01_listen alone: http-01.
+        let c = acme(&format!("[acme]\n{d}http01_listen = \"127.0.0.1:80\"\n")).unwrap();
+        assert_eq!(c.challenge, ChallengeKind::Http01);
+        assert!(c.dns.is_none() && c.eab.is_none());
+        // A hook: dns-01 unless asked otherwise.
+        let c = acme(&format!("[acme]\n{d}dns_hook = \"/bin/true\"\n")).unwrap();
+        assert_eq!(c.challenge, ChallengeKind::Dns01);
+        // EAB from a file; the key never shows in Debug output.
+        let c = acme(&format!(
+            "[acme]\n{d}dns_hook = \"/bin/true\"\neab_kid = \"kid-1\"\neab_hmac_key_file = {:?}\n",
+            eab.display().to_string()
+        ))
+        .unwrap();
+        let e = c.eab.as_ref().unwrap();
+        assert_eq!(e.kid, "kid-1");
+        assert_eq!(e.hmac_key.len(), 48);
+        assert!(!format!("{c:?}").contains("zWNDZM6"));
+        // RFC 2136 with a BIND key file and a default port.
+        let c = acme(&format!(
+            "[acme]\n{d}[acme.rfc2136]\nserver = \"192.0.2.53\"\nzone = \"example.com\"\nkey_name = \"ck\"\nsecret_file = {:?}\n",
+            tsig.display().to_string()
+        ))
+        .unwrap();
+        match &c.dns {
+            Some(DnsPublisher::Rfc2136(r)) => {
+                assert_eq!(r.server, "192.0.2.53:53".parse().unwrap());
+                assert_eq!(r.secret, b"secret");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("c2VjcmV0"));
+
+        // Each mistake is its own error.
+        let err = |t: String| acme(&t).unwrap_err().to_string();
+        assert!(
+            err(format!(
+                "[acme]\n{d}challenge = \"http-01\"\ndns_hook = \"/bin/true\"\n"
+            ))
+            .contains("http01_listen")
+        );
+        assert!(err(format!("[acme]\n{d}")).contains("dns-01 needs"));
+        assert!(
+            err(format!("[acme]\n{d}challenge = \"tls-alpn-01\"\n")).contains("http-01 or dns-01")
+        );
+        assert!(
+            err(format!(
+                "[acme]\n{d}dns_hook = \"/bin/true\"\neab_kid = \"k\"\n"
+            ))
+            .contains("eab_hmac_key_file")
+        );
+        assert!(err(format!(
+            "[acme]\n{d}dns_hook = \"/bin/true\"\n[acme.rfc2136]\nserver = \"192.0.2.53\"\nzone = \"z\"\nkey_name = \"k\"\nsecret_file = {:?}\n",
+            tsig.display().to_string()
+        ))
+        .contains("not both"));
+        assert!(err(format!(
+            "[acme]\n{d}[acme.rfc2136]\nserver = \"ns.example.com\"\nzone = \"z\"\nkey_name = \"k\"\nsecret_file = {:?}\n",
+            tsig.display().to_string()
+        ))
+        .contains("not IP or IP:PORT"));
+        assert!(err(format!(
+            "[acme]\n{d}[acme.rfc2136]\nserver = \"192.0.2.53\"\nzone = \"z\"\nkey_name = \"k\"\nalgorithm = \"hmac-md5\"\nsecret_file = {:?}\n",
+            tsig.display().to_string()
+        ))
+        .contains("TSIG algorithm"));
+    }
 }
