@@ -321,7 +321,7 @@ struct AnswerTsig {
 /// The header's rcode and the TSIG record, if the answer is signed.
 fn parse_answer(buf: &[u8]) -> Option<(u16, u16, Option<AnswerTsig>)> {
     let mut r = Reader { buf, pos: 0 };
-    let id = r.u16()?;
+    r.u16()?;
     let flags = r.u16()?;
     let counts = [r.u16()?, r.u16()?, r.u16()?, r.u16()?];
     for _ in 0..counts[0] {
@@ -360,7 +360,6 @@ fn parse_answer(buf: &[u8]) -> Option<(u16, u16, Option<AnswerTsig>)> {
             });
         }
     }
-    let _ = id;
     // The extended rcode of TSIG errors is in the TSIG record; the header has 4 bits.
     Some((flags & 0x000f, (flags >> 11) & 0xf, tsig))
 }
@@ -425,15 +424,19 @@ async fn update(
             reason: format!("{} ({})", rcode_name(rcode), rcode_name(t.error)),
         });
     }
-    if rcode == 9 {
-        return Err(Rfc2136Error::Tsig {
-            server,
-            key: fqdn(&cfg.key_name),
-            reason: "NOTAUTH".into(),
-        });
-    }
-    // An answer to a signed request must be signed with the same key (RFC 8945 §5.3).
-    let t = tsig.ok_or_else(|| bad("the answer is not signed"))?;
+    // An answer to a signed request must be signed with the same key (RFC 8945 §5.3);
+    // an unsigned NOTAUTH is a server that could not check our signature.
+    let t = match tsig {
+        Some(t) => t,
+        None if rcode == 9 => {
+            return Err(Rfc2136Error::Tsig {
+                server,
+                key: fqdn(&cfg.key_name),
+                reason: "NOTAUTH, unsigned".into(),
+            });
+        }
+        None => return Err(bad("the answer is not signed")),
+    };
     let key = wire_name(&cfg.key_name)?;
     let mut signed = (request_mac.len() as u16).to_be_bytes().to_vec();
     signed.extend_from_slice(&request_mac);
@@ -446,10 +449,17 @@ async fn update(
     hmac::verify(&hkey, &signed, &t.mac)
         .map_err(|_| bad("the answer's TSIG signature does not verify"))?;
     if rcode != 0 {
+        let mut rcode = rcode_name(rcode);
+        if rcode == "NOTAUTH" || rcode == "NOTZONE" {
+            rcode.push_str(&format!(
+                " (the server is not the primary of the zone {})",
+                fqdn(&cfg.zone)
+            ));
+        }
         return Err(Rfc2136Error::Refused {
             server,
             name: fqdn(name),
-            rcode: rcode_name(rcode),
+            rcode,
         });
     }
     Ok(())

@@ -67,6 +67,18 @@ async fn publishes_and_removes_txt_records_and_reports_a_wrong_key() {
         .unwrap_err();
     assert!(matches!(e, Rfc2136Error::Config(_)), "{e}");
 
+    // A zone this server does not hold: BIND answers NOTAUTH, signed, which is not a
+    // TSIG failure.
+    let mut other = cfg.clone();
+    other.zone = "not-here.test".into();
+    let e = rfc2136::publish(&other, "_acme-challenge.www.not-here.test.", "v")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Rfc2136Error::Refused { rcode, .. } if rcode.contains("NOTAUTH")),
+        "{e}"
+    );
+
     // Nothing listening: a network error naming the server.
     let mut gone = cfg.clone();
     gone.server = format!("127.0.0.1:{}", certkeeper_testkit::free_port().unwrap())
