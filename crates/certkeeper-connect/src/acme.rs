@@ -133,6 +133,10 @@ pub enum AcmeError {
     /// The CA refused or failed (after the retries).
     #[error("the ACME CA refused or failed: {0}")]
     Ca(String),
+    /// The CA refused in a way another attempt will not change (an account that needs
+    /// external account binding, a malformed request, an identifier it will not issue for).
+    #[error("the ACME CA refused: {0}")]
+    Refused(String),
     /// The dns-01 hook failed.
     #[error("the dns-01 hook failed: {0}")]
     Hook(String),
@@ -156,6 +160,7 @@ impl AcmeError {
         !matches!(
             self,
             AcmeError::Config(_)
+                | AcmeError::Refused(_)
                 | AcmeError::Dns(
                     rfc2136::Rfc2136Error::Config(_)
                         | rfc2136::Rfc2136Error::Tsig { .. }
@@ -165,9 +170,38 @@ impl AcmeError {
     }
 }
 
+/// RFC 8555 §6.7 problem types that no retry cures. badNonce, rateLimited,
+/// serverInternal, connection, dns and unauthorized (a challenge that failed, perhaps
+/// before a record propagated) are retried.
+const FINAL_PROBLEMS: &[&str] = &[
+    "externalAccountRequired",
+    "malformed",
+    "badCSR",
+    "badPublicKey",
+    "badSignatureAlgorithm",
+    "rejectedIdentifier",
+    "unsupportedIdentifier",
+    "invalidContact",
+    "unsupportedContact",
+    "userActionRequired",
+    "accountDoesNotExist",
+    "caa",
+];
+
 impl From<instant_acme::Error> for AcmeError {
     fn from(e: instant_acme::Error) -> Self {
-        AcmeError::Ca(e.to_string())
+        let final_problem = match &e {
+            instant_acme::Error::Api(p) => p.r#type.as_deref().is_some_and(|t| {
+                t.strip_prefix("urn:ietf:params:acme:error:")
+                    .is_some_and(|t| FINAL_PROBLEMS.contains(&t))
+            }),
+            _ => false,
+        };
+        if final_problem {
+            AcmeError::Refused(e.to_string())
+        } else {
+            AcmeError::Ca(e.to_string())
+        }
     }
 }
 

@@ -321,7 +321,14 @@ async fn external_account_binding_is_required_and_used() {
     // Without EAB the CA refuses to register the account.
     let without = serve(hook_config(&pebble), None).await;
     let id = without.request(&["eab.acme.test"]).await;
+    let started = Instant::now();
     let (status, v) = without.order(&id, json!({})).await;
+    // Not retried: another attempt cannot change that (retries wait 0.5 s, then 1 s).
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
     assert_eq!(v["error"]["code"], "acme_failed");
     assert!(
