@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use certkeeper_connect::acme::ChallengeKind;
 use certkeeper_core::Fingerprint;
 use certkeeper_pki::import::{self, ImportError, ImportInput};
 use certkeeper_pki::vault::SealedKey;
@@ -1051,22 +1052,77 @@ pub async fn use_server_certificate(
     ))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeOrder {
+    /// `http-01` or `dns-01`; default: `[acme] challenge`.
+    challenge: Option<String>,
+}
+
 /// `POST /api/v1/requests/{id}/acme`: order the request's certificate from the
-/// configured ACME CA (dns-01 through the hook); the key stays with the certificate.
+/// configured ACME CA (http-01 served by this server, or dns-01 through the hook or an
+/// RFC 2136 update); the key stays with the certificate.
 pub async fn order_acme(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    req: Result<Json<AcmeOrder>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     pending_request_in(&state, &id, caller.team()).await?;
+    let req = match req {
+        Err(JsonRejection::MissingJsonContentType(_)) => AcmeOrder::default(),
+        other => other
+            .map(|Json(r)| r)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?,
+    };
+    let challenge = req
+        .challenge
+        .as_deref()
+        .map(str::parse::<ChallengeKind>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_request", e))?;
     Ok((
         StatusCode::CREATED,
-        Json(order_acme_for(&state, &id).await?),
+        Json(order_acme_for(&state, &id, challenge, None).await?),
     ))
 }
 
-/// Order a pending request's certificate from the configured ACME CA.
-async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
+/// The stored ACME account (sealed in the shared settings), if there is one.
+fn open_acme_account(state: &AppState, hexed: &str) -> Result<String, ApiError> {
+    let mut parts = hexed.split(':');
+    let (Some(kek), Some(dek), Some(ct)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(internal("stored ACME account unreadable"));
+    };
+    let sealed = SealedKey {
+        kek_id: kek.to_string(),
+        wrapped_dek: hex::decode(dek).map_err(internal)?,
+        ciphertext: hex::decode(ct).map_err(internal)?,
+    };
+    let plain = state
+        .vault
+        .open(&sealed, b"acme-account")
+        .map_err(internal)?;
+    String::from_utf8(plain).map_err(internal)
+}
+
+/// A uniformly random fraction in [0, 1), to spread renewals across ARI windows.
+fn random_fraction() -> f64 {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Order a pending request's certificate from the configured ACME CA, with the
+/// given challenge (default: the configured one); `replaces` is the DER of the
+/// certificate it renews (ARI).
+async fn order_acme_for(
+    state: &AppState,
+    id: &str,
+    challenge: Option<ChallengeKind>,
+    replaces: Option<&[u8]>,
+) -> Result<Value, ApiError> {
     let acme = state.config.acme.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -1074,45 +1130,54 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
             "no [acme] CA is configured on this server",
         )
     })?;
+    let challenge = challenge.unwrap_or(acme.challenge);
+    acme.check(challenge)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "acme_challenge_unavailable", e))?;
     let r = pending_request(state, id).await?;
-    let names: Vec<String> = r
-        .sans
-        .iter()
-        .filter_map(|s| s.strip_prefix("DNS:").map(str::to_string))
-        .collect();
-    if names.is_empty() || names.len() != r.sans.len() {
+    let mut names = Vec::new();
+    for san in &r.sans {
+        match (san.split_once(':'), challenge) {
+            (Some(("DNS", n)), ChallengeKind::Dns01) => names.push(n.to_string()),
+            (Some(("DNS", n)), ChallengeKind::Http01) if n.starts_with("*.") => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("{n} is a wildcard: only dns-01 can prove it"),
+                ));
+            }
+            (Some(("DNS" | "IP", n)), ChallengeKind::Http01) => names.push(n.to_string()),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!(
+                        "{san} cannot be proved by {challenge}: ACME orders here cover DNS names (and IP addresses with http-01)"
+                    ),
+                ));
+            }
+        }
+    }
+    if names.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_request",
-            "ACME orders here cover DNS names only; this request has other names",
+            "the request names nothing ACME can validate",
         ));
     }
     let csr_der = csr_der_of(&r)?;
     // The account key is sealed like any private key, in the shared settings.
     let stored = match state.store.setting("acme_account").await? {
-        Some(hexed) => {
-            let mut parts = hexed.split(':');
-            let (Some(kek), Some(dek), Some(ct)) = (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(internal("stored ACME account unreadable"));
-            };
-            let sealed = SealedKey {
-                kek_id: kek.to_string(),
-                wrapped_dek: hex::decode(dek).map_err(internal)?,
-                ciphertext: hex::decode(ct).map_err(internal)?,
-            };
-            let plain = state
-                .vault
-                .open(&sealed, b"acme-account")
-                .map_err(internal)?;
-            Some(String::from_utf8(plain).map_err(internal)?)
-        }
+        Some(hexed) => Some(open_acme_account(state, &hexed)?),
         None => None,
     };
-    let (chain_pem, created) =
-        certkeeper_connect::acme::issue(&acme, stored.as_deref(), &names, &csr_der)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "acme_failed", e.to_string()))?;
-    if let Some(json) = created {
+    let tokens = crate::acme_http::StoreTokens(state.store.clone());
+    let spec = certkeeper_connect::acme::OrderSpec {
+        names: &names,
+        csr_der: &csr_der,
+        challenge,
+        replaces,
+    };
+    let issued = certkeeper_connect::acme::issue(&acme, stored.as_deref(), &spec, Some(&tokens))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "acme_failed", e.to_string()))?;
+    if let Some(json) = issued.created_account {
         let s = state
             .vault
             .seal(json.as_bytes(), b"acme-account")
@@ -1125,7 +1190,7 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
         );
         state.store.set_setting("acme_account", &value).await?;
     }
-    let ders = certkeeper_pki::pem_to_ders(chain_pem.as_bytes())
+    let ders = certkeeper_pki::pem_to_ders(issued.chain_pem.as_bytes())
         .map_err(|e| internal(format!("the CA's answer: {e}")))?;
     let mut certs = Vec::new();
     for d in &ders {
@@ -1153,7 +1218,27 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
         )
         .await?;
     state.store.set_issued_by(&r.id, "acme").await?;
-    tracing::info!(request = %r.id, certificate = %sha, "certificate ordered over ACME");
+    // The CA's suggested window (ARI) sets the renewal time; else two thirds through.
+    let renew_at = issued.renewal_window.and_then(|(start, end)| {
+        certkeeper_core::expiry::ari_renewal_time(
+            start,
+            end,
+            leaf_facts.not_after,
+            random_fraction(),
+        )
+        .inspect_err(
+            |e| tracing::warn!(certificate = %sha, error = %e, "ignoring the CA's renewal window"),
+        )
+        .ok()
+    });
+    state
+        .store
+        .set_acme_details(&r.id, &challenge.to_string(), renew_at)
+        .await?;
+    let renewal_time = renew_at.unwrap_or_else(|| {
+        certkeeper_core::expiry::renewal_time(leaf_facts.not_before, leaf_facts.not_after)
+    });
+    tracing::info!(request = %r.id, certificate = %sha, %challenge, "certificate ordered over ACME");
     Ok(json!({
             "sha256": sha.to_string(),
             "certificate": certkeeper_pki::to_pem(&ders[0]),
@@ -1161,6 +1246,9 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
             "not_after": views::rfc3339(leaf_facts.not_after),
             "request": r.id,
             "key_stored": true,
+            "challenge": challenge.to_string(),
+            "renewal_time": views::rfc3339(renewal_time),
+            "renewal_time_source": if renew_at.is_some() { "ari" } else { "two_thirds" },
     }))
 }
 
@@ -1203,7 +1291,20 @@ async fn renew(
             )
             .await?
         }
-        None if issuer == "acme" => order_acme_for(state, &new.id).await?,
+        None if issuer == "acme" => {
+            // The same challenge as the first order, and ARI's `replaces`.
+            let (challenge, _) = state.store.acme_details(&old.id).await?;
+            let challenge = challenge.and_then(|c| c.parse::<ChallengeKind>().ok());
+            let old_der = match &old.certificate_sha256 {
+                Some(sha) => Some(
+                    stored_certificate(state, &fingerprint_param(sha)?)
+                        .await?
+                        .der,
+                ),
+                None => None,
+            };
+            order_acme_for(state, &new.id, challenge, old_der.as_deref()).await?
+        }
         None => return Err(internal(format!("unknown issuer {issuer}"))),
     };
     state.store.set_renewed_by(&old.id, &new.id).await?;

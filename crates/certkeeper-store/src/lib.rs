@@ -117,6 +117,11 @@ macro_rules! migrations {
                 include_str!(concat!("../migrations/", $dir, "/0005_renewal.sql")),
             ),
             (
+                7,
+                "0007_acme",
+                include_str!(concat!("../migrations/", $dir, "/0007_acme.sql")),
+            ),
+            (
                 9,
                 "0009_teams",
                 include_str!(concat!("../migrations/", $dir, "/0009_teams.sql")),

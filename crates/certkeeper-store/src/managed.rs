@@ -308,8 +308,8 @@ impl Store {
         Ok(())
     }
 
-    /// Issued requests whose certificate is due for renewal at `now` (its not_after
-    /// minus a third of its validity) and not renewed yet, each claimed for `lease`
+    /// Issued requests whose certificate is due for renewal at `now` (the CA's ARI
+    /// time when there is one, else two thirds through its validity) and not renewed yet, each claimed for `lease`
     /// seconds so that replicas do not renew the same certificate twice.
     pub async fn claim_due_renewals(
         &self,
@@ -321,7 +321,7 @@ impl Store {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS} FROM cert_requests r WHERE r.status = 'issued' AND r.issued_by IS NOT NULL AND r.renewed_by IS NULL \
              AND (r.renewal_claimed_until IS NULL OR r.renewal_claimed_until < $1) \
-             AND EXISTS (SELECT 1 FROM certificates c WHERE c.sha256 = r.certificate_sha256 AND c.not_before + (c.not_after - c.not_before) * 2 / 3 <= $1) \
+             AND (r.ari_renew_at <= $1 OR r.ari_renew_at IS NULL AND EXISTS (SELECT 1 FROM certificates c WHERE c.sha256 = r.certificate_sha256 AND c.not_before + (c.not_after - c.not_before) * 2 / 3 <= $1)) \
              ORDER BY r.created_at LIMIT $2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -607,4 +607,95 @@ pub(crate) async fn audit(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// ACME details of requests, and http-01 tokens in flight.
+impl Store {
+    /// Record how a request was ordered over ACME and, when the CA gave one, its
+    /// renewal time (ARI), which then replaces the two-thirds rule.
+    pub async fn set_acme_details(
+        &self,
+        id: &str,
+        challenge: &str,
+        renew_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query(
+            "UPDATE cert_requests SET acme_challenge = $2, ari_renew_at = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(challenge)
+        .bind(renew_at.map(OffsetDateTime::unix_timestamp))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The challenge a request was ordered with and its ARI renewal time, if any.
+    pub async fn acme_details(
+        &self,
+        id: &str,
+    ) -> Result<(Option<String>, Option<OffsetDateTime>), StoreError> {
+        let row =
+            sqlx::query("SELECT acme_challenge, ari_renew_at FROM cert_requests WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        let at: Option<i64> = row.try_get("ari_renew_at")?;
+        Ok((
+            row.try_get("acme_challenge")?,
+            at.map(crate::ts).transpose()?,
+        ))
+    }
+
+    /// Keep an http-01 key authorization until `expires_at` (or until withdrawn).
+    pub async fn put_http01_token(
+        &self,
+        token: &str,
+        key_authorization: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("DELETE FROM acme_http01_tokens WHERE token = $1 OR expires_at < $2")
+            .bind(token)
+            .bind(OffsetDateTime::now_utc().unix_timestamp())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO acme_http01_tokens (token, key_authorization, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token)
+        .bind(key_authorization)
+        .bind(expires_at.unix_timestamp())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The key authorization of a token in flight at `now`.
+    pub async fn http01_token(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT key_authorization FROM acme_http01_tokens WHERE token = $1 AND expires_at >= $2",
+        )
+        .bind(token)
+        .bind(now.unix_timestamp())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("key_authorization")).transpose()?)
+    }
+
+    /// Forget a token once its order no longer needs it.
+    pub async fn delete_http01_token(&self, token: &str) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("DELETE FROM acme_http01_tokens WHERE token = $1")
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }

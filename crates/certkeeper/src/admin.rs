@@ -853,6 +853,9 @@ pub enum RequestCommand {
     /// Order a pending request's certificate from the server's ACME CA.
     Acme {
         id: String,
+        /// http-01 or dns-01 [default: the server's `[acme] challenge`].
+        #[arg(long, value_parser = ["http-01", "dns-01"])]
+        challenge: Option<String>,
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
@@ -954,18 +957,28 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
                 print!("{}", pem(&v["csr"]));
             }
         }
-        RequestCommand::Acme { id, output, remote } => {
+        RequestCommand::Acme {
+            id,
+            challenge,
+            output,
+            remote,
+        } => {
             let api = remote.connect()?;
+            let body = match challenge {
+                Some(c) => json!({ "challenge": c }),
+                None => json!({}),
+            };
             let v = api
-                .post(&format!("/api/v1/requests/{id}/acme"), &json!({}))
+                .post(&format!("/api/v1/requests/{id}/acme"), &body)
                 .await?;
             if output == Output::Json {
                 println!("{v}");
             } else {
                 eprintln!(
-                    "issued {} (valid until {})",
+                    "issued {} (valid until {}, renews at {})",
                     t(&v["sha256"], ""),
-                    t(&v["not_after"], "")
+                    t(&v["not_after"], ""),
+                    t(&v["renewal_time"], "")
                 );
                 print!("{}{}", pem(&v["certificate"]), pem(&v["chain"]));
             }
