@@ -3,8 +3,10 @@
 //! passed in by the caller.
 
 pub mod cert;
+pub mod deploy;
 pub mod expiry;
 pub mod inventory;
+pub mod jobs;
 pub mod policy;
 pub mod report;
 pub mod target;
