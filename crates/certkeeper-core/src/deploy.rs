@@ -68,7 +68,9 @@ impl DeployFailure {
     pub fn retryable(self) -> bool {
         !matches!(
             self,
-            DeployFailure::PathNotAllowed | DeployFailure::CommandNotAllowed | DeployFailure::BadJob
+            DeployFailure::PathNotAllowed
+                | DeployFailure::CommandNotAllowed
+                | DeployFailure::BadJob
         )
     }
 }
@@ -258,11 +260,26 @@ mod tests {
 
     #[test]
     fn status_follows_the_job() {
-        assert_eq!(DeploymentStatus::of(JobState::Queued, 0), DeploymentStatus::Pending);
-        assert_eq!(DeploymentStatus::of(JobState::Queued, 2), DeploymentStatus::Retrying);
-        assert_eq!(DeploymentStatus::of(JobState::Leased, 1), DeploymentStatus::InProgress);
-        assert_eq!(DeploymentStatus::of(JobState::Succeeded, 1), DeploymentStatus::Done);
-        assert_eq!(DeploymentStatus::of(JobState::Failed, 5), DeploymentStatus::Failed);
+        assert_eq!(
+            DeploymentStatus::of(JobState::Queued, 0),
+            DeploymentStatus::Pending
+        );
+        assert_eq!(
+            DeploymentStatus::of(JobState::Queued, 2),
+            DeploymentStatus::Retrying
+        );
+        assert_eq!(
+            DeploymentStatus::of(JobState::Leased, 1),
+            DeploymentStatus::InProgress
+        );
+        assert_eq!(
+            DeploymentStatus::of(JobState::Succeeded, 1),
+            DeploymentStatus::Done
+        );
+        assert_eq!(
+            DeploymentStatus::of(JobState::Failed, 5),
+            DeploymentStatus::Failed
+        );
     }
 
     #[test]
@@ -272,7 +289,10 @@ mod tests {
             sha256: b.map(fp),
             last_seen: Some(t0 + Duration::seconds(t)),
         };
-        assert_eq!(served_verdict(fp(1), &[seen(Some(1), 5)], t0), ServedVerdict::Served);
+        assert_eq!(
+            served_verdict(fp(1), &[seen(Some(1), 5)], t0),
+            ServedVerdict::Served
+        );
         assert_eq!(
             served_verdict(fp(1), &[seen(Some(2), 5)], t0),
             ServedVerdict::OtherServed(fp(2))
@@ -296,21 +316,42 @@ mod tests {
 
     #[test]
     fn endpoints_parse() {
-        assert_eq!(parse_endpoint("Web.Example:443"), Ok(("web.example".into(), 443)));
+        assert_eq!(
+            parse_endpoint("Web.Example:443"),
+            Ok(("web.example".into(), 443))
+        );
         assert_eq!(parse_endpoint("[::1]:8443"), Ok(("::1".into(), 8443)));
         assert_eq!(parse_endpoint("127.0.0.1:1"), Ok(("127.0.0.1".into(), 1)));
-        for bad in ["web.example", "web.example:0", "web.example:http", "https://x:443", ":443"] {
+        for bad in [
+            "web.example",
+            "web.example:0",
+            "web.example:http",
+            "https://x:443",
+            ":443",
+        ] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn commands_are_compared_as_argv() {
-        let allowed = vec!["systemctl reload nginx".to_string(), "nginx  -s reload".into()];
-        assert!(command_allowed(&split_command("systemctl reload  nginx"), &allowed));
+        let allowed = vec![
+            "systemctl reload nginx".to_string(),
+            "nginx  -s reload".into(),
+        ];
+        assert!(command_allowed(
+            &split_command("systemctl reload  nginx"),
+            &allowed
+        ));
         assert!(command_allowed(&split_command("nginx -s reload"), &allowed));
-        assert!(!command_allowed(&split_command("systemctl reload nginx; rm -rf /"), &allowed));
-        assert!(!command_allowed(&split_command("systemctl restart nginx"), &allowed));
+        assert!(!command_allowed(
+            &split_command("systemctl reload nginx; rm -rf /"),
+            &allowed
+        ));
+        assert!(!command_allowed(
+            &split_command("systemctl restart nginx"),
+            &allowed
+        ));
         assert!(!command_allowed(&[], &allowed));
     }
 

@@ -122,7 +122,12 @@ impl RetryPolicy {
     }
 
     /// What becomes of a job whose `attempts`-th attempt failed at `now`.
-    pub fn after_failure(&self, attempts: u32, retryable: bool, now: OffsetDateTime) -> AfterFailure {
+    pub fn after_failure(
+        &self,
+        attempts: u32,
+        retryable: bool,
+        now: OffsetDateTime,
+    ) -> AfterFailure {
         if !retryable || attempts >= self.max_attempts {
             AfterFailure::GiveUp
         } else {
@@ -152,7 +157,12 @@ mod tests {
         assert_eq!("deploy".parse::<JobKind>(), Ok(JobKind::Deploy));
         assert_eq!(JobKind::Deploy.to_string(), "deploy");
         assert!("vulnscan-tomorrow".parse::<JobKind>().is_err());
-        for s in [JobState::Queued, JobState::Leased, JobState::Succeeded, JobState::Failed] {
+        for s in [
+            JobState::Queued,
+            JobState::Leased,
+            JobState::Succeeded,
+            JobState::Failed,
+        ] {
             assert_eq!(s.as_str().parse::<JobState>(), Ok(s));
         }
     }
