@@ -1,5 +1,5 @@
 //! The REST API under `/api/v1`. Every route but `/healthz` is authenticated; agents
-//! may only enroll and report.
+//! may only enroll, report, and claim and report their own jobs.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
@@ -50,6 +50,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/renewals"),
     ("get", "/api/v1/server/certificate"),
     ("put", "/api/v1/server/certificate"),
+    ("post", "/api/v1/certificates/{sha256}/deployments"),
+    ("get", "/api/v1/deployments"),
+    ("get", "/api/v1/deployments/{id}"),
+    ("post", "/api/v1/deployments/{id}/retry"),
+    ("post", "/api/v1/agent/jobs/claim"),
+    ("post", "/api/v1/agent/jobs/{id}/result"),
 ];
 
 /// The API router.
@@ -103,6 +109,24 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/server/certificate",
             get(crate::manage::server_certificate).put(crate::manage::use_server_certificate),
+        )
+        .route(
+            "/api/v1/certificates/{sha256}/deployments",
+            post(crate::deploy::create_deployment),
+        )
+        .route("/api/v1/deployments", get(crate::deploy::list_deployments))
+        .route(
+            "/api/v1/deployments/{id}",
+            get(crate::deploy::show_deployment),
+        )
+        .route(
+            "/api/v1/deployments/{id}/retry",
+            post(crate::deploy::retry_deployment),
+        )
+        .route("/api/v1/agent/jobs/claim", post(crate::deploy::claim_jobs))
+        .route(
+            "/api/v1/agent/jobs/{id}/result",
+            post(crate::deploy::job_result),
         )
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)

@@ -4,6 +4,7 @@
 
 mod api;
 mod auth;
+mod deploy;
 mod error;
 mod identity;
 mod manage;
