@@ -1045,6 +1045,8 @@ async fn every_route_checks_who_calls() {
         "/api/v1/openapi.json",
         "/api/v1/reports",
         "/api/v1/agents/enroll",
+        "/api/v1/agent/jobs/claim",
+        "/api/v1/agent/jobs/{id}/result",
     ];
     for (method, path) in certkeeper_server::ROUTES {
         let url = format!(
@@ -1091,6 +1093,9 @@ async fn every_route_checks_who_calls() {
         }
         match *path {
             "/api/v1/reports" => assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents report"),
+            "/api/v1/agent/jobs/claim" | "/api/v1/agent/jobs/{id}/result" => {
+                assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents take jobs")
+            }
             "/api/v1/agents/enroll" => assert_eq!(
                 as_admin,
                 StatusCode::UNAUTHORIZED,
