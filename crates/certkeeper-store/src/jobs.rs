@@ -393,7 +393,7 @@ impl Store {
         let n = {
             let _w = self.writer().await;
             sqlx::query(
-                "UPDATE agent_jobs SET state = $4, last_error_code = COALESCE($5, last_error_code), last_error = COALESCE($6, last_error), \
+                "UPDATE agent_jobs SET state = $4, last_error_code = $5, last_error = $6, \
                  run_after = COALESCE($7, run_after), finished_at = $8, lease_id = NULL, lease_until = NULL, updated_at = $9 \
                  WHERE id = $1 AND agent_id = $2 AND lease_id = $3 AND state = 'leased'",
             )

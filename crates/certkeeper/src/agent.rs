@@ -169,7 +169,10 @@ pub(crate) struct AgentConfig {
     #[serde(default)]
     pub(crate) scan: ScanSettings,
     /// What deployments may touch on this host (nothing unless listed).
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::jobs::DeploySettings::is_default"
+    )]
     pub(crate) deploy: crate::jobs::DeploySettings,
 }
 

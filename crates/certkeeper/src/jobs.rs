@@ -23,7 +23,7 @@ use crate::agent::{AgentConfig, Link};
 use crate::client::call;
 
 /// `[deploy]` in agent.toml: what deployments may touch on this host.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeploySettings {
     /// Directories (and their subdirectories) deployments may write files into.
@@ -35,6 +35,13 @@ pub struct DeploySettings {
     /// After the reload, rescan the endpoint for up to this long until it serves the
     /// new certificate.
     pub confirm_seconds: u64,
+}
+
+impl DeploySettings {
+    /// Nothing set (not written into a fresh agent.toml: the operator adds it).
+    pub fn is_default(&self) -> bool {
+        *self == DeploySettings::default()
+    }
 }
 
 impl Default for DeploySettings {
