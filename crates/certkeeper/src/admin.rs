@@ -955,52 +955,55 @@ pub async fn run_ca(cmd: CaCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Args)]
+pub struct DeployCreateArgs {
+    /// SHA-256 of the certificate.
+    sha256: String,
+    /// The agent that writes the files (`certkeeper admin agents list`).
+    #[arg(long, env = "CERTKEEPER_AGENT")]
+    agent: String,
+    /// host:port where the new certificate must be seen served.
+    #[arg(long, env = "CERTKEEPER_ENDPOINT")]
+    endpoint: String,
+    /// File for the certificate alone.
+    #[arg(long, env = "CERTKEEPER_CERT_PATH")]
+    cert_path: Option<String>,
+    /// File for the chain (intermediates) alone.
+    #[arg(long, env = "CERTKEEPER_CHAIN_PATH")]
+    chain_path: Option<String>,
+    /// File for the certificate followed by its chain.
+    #[arg(long, env = "CERTKEEPER_FULLCHAIN_PATH")]
+    fullchain_path: Option<String>,
+    /// File for the private key (mode 0600 unless --key-mode says otherwise).
+    #[arg(long, env = "CERTKEEPER_KEY_PATH")]
+    key_path: Option<String>,
+    /// Owner of the files (user name or uid).
+    #[arg(long, env = "CERTKEEPER_OWNER")]
+    owner: Option<String>,
+    /// Group of the files (group name or gid).
+    #[arg(long, env = "CERTKEEPER_GROUP")]
+    group: Option<String>,
+    /// Mode of the certificate files, octal [default: 0644].
+    #[arg(long, env = "CERTKEEPER_MODE")]
+    mode: Option<String>,
+    /// Mode of the key file, octal [default: 0600].
+    #[arg(long, env = "CERTKEEPER_KEY_MODE")]
+    key_mode: Option<String>,
+    /// Run after writing, e.g. "systemctl reload nginx": split on spaces, no shell;
+    /// the agent runs it only if its agent.toml [deploy] allowed_commands lists it.
+    #[arg(long, env = "CERTKEEPER_RELOAD")]
+    reload: Option<String>,
+    #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+    output: Output,
+    #[command(flatten)]
+    remote: Remote,
+}
+
 #[derive(Subcommand)]
 pub enum DeployCommand {
     /// Deploy a managed certificate (one with a stored key) to files on an agent's host;
     /// done once the certificate is seen served at the endpoint.
-    Create {
-        /// SHA-256 of the certificate.
-        sha256: String,
-        /// The agent that writes the files (`certkeeper admin agents list`).
-        #[arg(long, env = "CERTKEEPER_AGENT")]
-        agent: String,
-        /// host:port where the new certificate must be seen served.
-        #[arg(long, env = "CERTKEEPER_ENDPOINT")]
-        endpoint: String,
-        /// File for the certificate alone.
-        #[arg(long, env = "CERTKEEPER_CERT_PATH")]
-        cert_path: Option<String>,
-        /// File for the chain (intermediates) alone.
-        #[arg(long, env = "CERTKEEPER_CHAIN_PATH")]
-        chain_path: Option<String>,
-        /// File for the certificate followed by its chain.
-        #[arg(long, env = "CERTKEEPER_FULLCHAIN_PATH")]
-        fullchain_path: Option<String>,
-        /// File for the private key (mode 0600 unless --key-mode says otherwise).
-        #[arg(long, env = "CERTKEEPER_KEY_PATH")]
-        key_path: Option<String>,
-        /// Owner of the files (user name or uid).
-        #[arg(long, env = "CERTKEEPER_OWNER")]
-        owner: Option<String>,
-        /// Group of the files (group name or gid).
-        #[arg(long, env = "CERTKEEPER_GROUP")]
-        group: Option<String>,
-        /// Mode of the certificate files, octal [default: 0644].
-        #[arg(long, env = "CERTKEEPER_MODE")]
-        mode: Option<String>,
-        /// Mode of the key file, octal [default: 0600].
-        #[arg(long, env = "CERTKEEPER_KEY_MODE")]
-        key_mode: Option<String>,
-        /// Run after writing, e.g. "systemctl reload nginx": split on spaces, no shell;
-        /// the agent runs it only if its agent.toml [deploy] allowed_commands lists it.
-        #[arg(long, env = "CERTKEEPER_RELOAD")]
-        reload: Option<String>,
-        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
-        output: Output,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    Create(Box<DeployCreateArgs>),
     /// Deployments with their status, attempts and last error.
     List {
         /// Only those of this certificate.
@@ -1045,7 +1048,10 @@ fn deployment_line(d: &Value) -> String {
         d["attempts"],
         d["max_attempts"],
         t(&d["endpoint"], ""),
-        &t(&d["certificate_sha256"], "")[..16.min(t(&d["certificate_sha256"], "").len())],
+        t(&d["certificate_sha256"], "")
+            .chars()
+            .take(16)
+            .collect::<String>(),
     )
 }
 
@@ -1059,22 +1065,23 @@ fn print_deployment(v: &Value, output: Output) {
 
 pub async fn run_deploy(cmd: DeployCommand) -> Result<ExitCode> {
     match cmd {
-        DeployCommand::Create {
-            sha256,
-            agent,
-            endpoint,
-            cert_path,
-            chain_path,
-            fullchain_path,
-            key_path,
-            owner,
-            group,
-            mode,
-            key_mode,
-            reload,
-            output,
-            remote,
-        } => {
+        DeployCommand::Create(args) => {
+            let DeployCreateArgs {
+                sha256,
+                agent,
+                endpoint,
+                cert_path,
+                chain_path,
+                fullchain_path,
+                key_path,
+                owner,
+                group,
+                mode,
+                key_mode,
+                reload,
+                output,
+                remote,
+            } = *args;
             let api = remote.connect()?;
             let v = api
                 .post(
