@@ -688,3 +688,56 @@ fn a_renewed_certificate_is_deployed_to_the_same_targets() {
         (Some("done"), Some(second.as_str()))
     );
 }
+
+#[test]
+fn agent_run_does_the_jobs_the_server_gives_it() {
+    let env = Env::new();
+    let a = env.leaf();
+    let b = env.leaf();
+    let nginx = env.nginx("site", &a);
+    let tls = nginx.prefix.join("tls");
+    env.allow(&[&tls], &[&nginx.reload_command()]);
+    let b_sha = env.import(&b);
+    let mut agent = Command::new(BIN)
+        .args([
+            "agent",
+            "run",
+            "--interval",
+            "1h",
+            "--poll",
+            "1s",
+            "--config-dir",
+        ])
+        .arg(&env.agent)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = env.deploy(
+        &b_sha,
+        &[
+            "--endpoint",
+            &nginx.endpoint(),
+            "--fullchain-path",
+            tls.join("fullchain.pem").to_str().unwrap(),
+            "--key-path",
+            tls.join("site.key").to_str().unwrap(),
+            "--reload",
+            &nginx.reload_command(),
+        ],
+    );
+    let id = d["id"].as_str().unwrap();
+    // The running agent picks it up on its next poll.
+    let mut status = String::new();
+    for _ in 0..300 {
+        status = env.deployment(id)["status"].as_str().unwrap().to_string();
+        if status == "done" || status == "failed" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(status, "done");
+    assert_eq!(nginx.served(), b_sha);
+}
