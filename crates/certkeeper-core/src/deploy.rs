@@ -128,6 +128,39 @@ impl DeploymentStatus {
     }
 }
 
+/// Why a deployment that is waiting for its agent is not moving, if it looks stuck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stalled {
+    /// The agent was revoked: it will never pick the job up.
+    AgentRevoked,
+    /// The job has been due for longer than `grace` and the agent has not asked for
+    /// jobs since it fell due (last contact given, if any).
+    AgentOffline(Option<OffsetDateTime>),
+}
+
+/// Whether a deployment is stalled on its agent at `now`: nothing is dropped, but a job
+/// its agent does not come for is said to be waiting, with the agent's last contact.
+pub fn stalled(
+    status: DeploymentStatus,
+    due: OffsetDateTime,
+    agent_revoked: bool,
+    last_contact: Option<OffsetDateTime>,
+    grace: time::Duration,
+    now: OffsetDateTime,
+) -> Option<Stalled> {
+    if !matches!(
+        status,
+        DeploymentStatus::Pending | DeploymentStatus::Retrying
+    ) {
+        return None;
+    }
+    if agent_revoked {
+        return Some(Stalled::AgentRevoked);
+    }
+    (due + grace < now && last_contact.is_none_or(|c| c < due))
+        .then_some(Stalled::AgentOffline(last_contact))
+}
+
 /// One recorded sighting of the deployment's endpoint: the leaf it served (if the last
 /// check reached TLS) and when that leaf was last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +312,58 @@ mod tests {
         assert_eq!(
             DeploymentStatus::of(JobState::Failed, 5),
             DeploymentStatus::Failed
+        );
+    }
+
+    #[test]
+    fn a_job_its_agent_does_not_come_for_is_stalled() {
+        let due = OffsetDateTime::UNIX_EPOCH + Duration::days(1000);
+        let grace = Duration::minutes(10);
+        let at = |m: i64| due + Duration::minutes(m);
+        let p = DeploymentStatus::Pending;
+        assert_eq!(
+            stalled(p, due, false, None, grace, at(5)),
+            None,
+            "within the grace"
+        );
+        assert_eq!(
+            stalled(p, due, false, None, grace, at(11)),
+            Some(Stalled::AgentOffline(None))
+        );
+        assert_eq!(
+            stalled(
+                DeploymentStatus::Retrying,
+                due,
+                false,
+                Some(at(-60)),
+                grace,
+                at(11)
+            ),
+            Some(Stalled::AgentOffline(Some(at(-60))))
+        );
+        assert_eq!(
+            stalled(p, due, false, Some(at(1)), grace, at(11)),
+            None,
+            "it asked after it fell due"
+        );
+        assert_eq!(
+            stalled(DeploymentStatus::Done, due, false, None, grace, at(99)),
+            None
+        );
+        assert_eq!(
+            stalled(
+                DeploymentStatus::InProgress,
+                due,
+                false,
+                None,
+                grace,
+                at(99)
+            ),
+            None
+        );
+        assert_eq!(
+            stalled(p, due, true, Some(at(1)), grace, at(0)),
+            Some(Stalled::AgentRevoked)
         );
     }
 

@@ -11,8 +11,8 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use certkeeper_core::deploy::{
-    DeployFailure, DeploymentStatus, ServedVerdict, check_file_path, check_mode, parse_endpoint,
-    served_verdict, split_command,
+    DeployFailure, DeploymentStatus, ServedVerdict, Stalled, check_file_path, check_mode,
+    parse_endpoint, served_verdict, split_command, stalled,
 };
 use certkeeper_core::jobs::{AfterFailure, DEFAULT_LEASE, JobKind, JobState, RetryPolicy};
 use certkeeper_core::{Fingerprint, inventory::Agent};
@@ -208,24 +208,18 @@ fn deployment_view(d: &Deployment, agents: &HashMap<String, Agent>, now: OffsetD
     let status = DeploymentStatus::of(j.state, j.attempts);
     let agent = agents.get(&s.agent_id);
     let last_contact = agent.and_then(|a| a.last_contact);
-    // Never dropped silently: a job its agent has not come for is said to be waiting.
-    let waiting = matches!(
-        status,
-        DeploymentStatus::Pending | DeploymentStatus::Retrying
-    ) && j.run_after + OVERDUE < now
-        && last_contact.is_none_or(|c| c < j.run_after);
-    let note = if agent.is_some_and(|a| a.revoked_at.is_some()) {
-        Some("agent_revoked: the agent was revoked; it will never pick this up".to_string())
-    } else if waiting {
-        Some(format!(
+    let revoked = agent.is_none_or(|a| a.revoked_at.is_some());
+    let note = match stalled(status, j.run_after, revoked, last_contact, OVERDUE, now) {
+        Some(Stalled::AgentRevoked) => {
+            Some("agent_revoked: the agent was revoked; it will never pick this up".to_string())
+        }
+        Some(Stalled::AgentOffline(c)) => Some(format!(
             "agent_offline: agent {} has not asked for jobs since {}",
             s.agent_id,
-            last_contact
-                .map(views::rfc3339)
+            c.map(views::rfc3339)
                 .unwrap_or_else(|| "it enrolled".into())
-        ))
-    } else {
-        None
+        )),
+        None => None,
     };
     let t = |x: Option<OffsetDateTime>| x.map(views::rfc3339);
     json!({

@@ -111,8 +111,17 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::on(None)
+    }
+
+    /// On a given database (`None`: SQLite in the data dir).
+    fn on(database_url: Option<&str>) -> Env {
         let work = tempfile::tempdir().unwrap();
-        let server = start_server(&work.path().join("data"), free_port().unwrap(), None);
+        let server = start_server(
+            &work.path().join("data"),
+            free_port().unwrap(),
+            database_url,
+        );
         let agent = work.path().join("agent");
         enroll(&server, &agent);
         let agent_id = agent_id(&agent);
@@ -266,7 +275,14 @@ fn backups(dir: &Path, name: &str) -> Vec<PathBuf> {
 
 #[test]
 fn a_certificate_is_deployed_to_nginx_reloaded_and_confirmed_served() {
-    let env = Env::new();
+    deployed_and_confirmed(Env::new());
+    // The same on PostgreSQL, when a server is configured.
+    if let Some(pg) = certkeeper_testkit::db::postgres().unwrap() {
+        deployed_and_confirmed(Env::on(Some(&pg.url)));
+    }
+}
+
+fn deployed_and_confirmed(env: Env) {
     let a = env.leaf();
     let b = env.leaf();
     let nginx = env.nginx("site", &a);
