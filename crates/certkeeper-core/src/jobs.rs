@@ -46,7 +46,9 @@ impl FromStr for JobKind {
 
 /// Where a job is. `Queued` → `Leased` (claimed by its agent until the lease ends) →
 /// `Succeeded`, or back to `Queued` (a later attempt), or `Failed` (given up).
-/// A lease that ends without a result counts as a failed attempt.
+/// A lease that ends without a result counts as a failed attempt and the job is due
+/// again at once (the lease was the wait), unless that was its last attempt
+/// (`Store::expire_leases` applies this rule in one UPDATE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
     Queued,

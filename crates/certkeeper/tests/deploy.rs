@@ -294,6 +294,23 @@ fn deployed_and_confirmed(env: Env) {
     let b_sha = env.import(&b);
     let fullchain = tls.join("fullchain.pem");
     let key = tls.join("site.key");
+    // As root, hand the files to another user (by name) and group (by number); else
+    // to ourselves, which exercises the same lookups.
+    let id = |flag: &str| {
+        let out = Command::new("id").arg(flag).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let root = id("-u") == "0";
+    let (owner, group) = if root {
+        ("nobody".to_string(), "65534".to_string())
+    } else {
+        (id("-un"), id("-g"))
+    };
+    let (want_uid, want_gid) = if root {
+        (65534, 65534)
+    } else {
+        (id("-u").parse().unwrap(), id("-g").parse().unwrap())
+    };
     let d = env.deploy(
         &b_sha,
         &[
@@ -309,6 +326,10 @@ fn deployed_and_confirmed(env: Env) {
             tls.join("chain.pem").to_str().unwrap(),
             "--mode",
             "0640",
+            "--owner",
+            &owner,
+            "--group",
+            &group,
             "--reload",
             &nginx.reload_command(),
         ],
@@ -370,8 +391,8 @@ fn deployed_and_confirmed(env: Env) {
     let old = backups(&tls, "site.key");
     assert_eq!(old.len(), 1, "{old:?}");
     assert_eq!(std::fs::read_to_string(&old[0]).unwrap(), a.key_pem);
-    let me = std::fs::metadata(&key).unwrap();
-    assert_eq!(me.uid(), std::fs::metadata(&tls).unwrap().uid());
+    let meta = std::fs::metadata(&key).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (want_uid, want_gid));
 
     // The rescan went through the report path: the inventory shows B served there.
     let mut args = vec!["certs", "show", &b_sha, "--output", "json"];
