@@ -4,8 +4,10 @@
 
 pub mod access;
 pub mod cert;
+pub mod deploy;
 pub mod expiry;
 pub mod inventory;
+pub mod jobs;
 pub mod policy;
 pub mod report;
 pub mod target;

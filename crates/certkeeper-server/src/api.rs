@@ -1,5 +1,5 @@
 //! The REST API under `/api/v1`. Every route but `/healthz` is authenticated; agents
-//! may only enroll and report.
+//! may only enroll, report, and claim and report their own jobs.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
@@ -54,6 +54,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/tokens"),
     ("delete", "/api/v1/tokens/{id}"),
+    ("post", "/api/v1/certificates/{sha256}/deployments"),
+    ("get", "/api/v1/deployments"),
+    ("get", "/api/v1/deployments/{id}"),
+    ("post", "/api/v1/deployments/{id}/retry"),
+    ("post", "/api/v1/agent/jobs/claim"),
+    ("post", "/api/v1/agent/jobs/{id}/result"),
 ];
 
 /// What every route of [`ROUTES`] needs from its caller; [`auth::authorize`] enforces
@@ -124,6 +130,24 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
     ("post", "/api/v1/tokens", Need::Permission(P::Admin)),
     ("get", "/api/v1/tokens", Need::Permission(P::Admin)),
     ("delete", "/api/v1/tokens/{id}", Need::Permission(P::Admin)),
+    (
+        "post",
+        "/api/v1/certificates/{sha256}/deployments",
+        Need::Permission(P::Admin),
+    ),
+    ("get", "/api/v1/deployments", Need::Permission(P::Admin)),
+    (
+        "get",
+        "/api/v1/deployments/{id}",
+        Need::Permission(P::Admin),
+    ),
+    (
+        "post",
+        "/api/v1/deployments/{id}/retry",
+        Need::Permission(P::Admin),
+    ),
+    ("post", "/api/v1/agent/jobs/claim", Need::Agent),
+    ("post", "/api/v1/agent/jobs/{id}/result", Need::Agent),
 ];
 
 /// What the route `method path` (OpenAPI path syntax) needs, if it is declared.
@@ -185,6 +209,24 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/server/certificate",
             get(crate::manage::server_certificate).put(crate::manage::use_server_certificate),
+        )
+        .route(
+            "/api/v1/certificates/{sha256}/deployments",
+            post(crate::deploy::create_deployment),
+        )
+        .route("/api/v1/deployments", get(crate::deploy::list_deployments))
+        .route(
+            "/api/v1/deployments/{id}",
+            get(crate::deploy::show_deployment),
+        )
+        .route(
+            "/api/v1/deployments/{id}/retry",
+            post(crate::deploy::retry_deployment),
+        )
+        .route("/api/v1/agent/jobs/claim", post(crate::deploy::claim_jobs))
+        .route(
+            "/api/v1/agent/jobs/{id}/result",
+            post(crate::deploy::job_result),
         )
         .route(
             "/api/v1/tokens",

@@ -5,6 +5,7 @@
 mod acme_http;
 mod api;
 mod auth;
+mod deploy;
 mod error;
 mod identity;
 mod manage;

@@ -568,7 +568,7 @@ fn seal_for(state: &AppState, key: &[u8], aad: &[u8]) -> Result<StoredKey, ApiEr
 }
 
 /// The plaintext PKCS#8 key of a stored certificate.
-async fn open_cert_key(state: &AppState, fp: &Fingerprint) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn open_cert_key(state: &AppState, fp: &Fingerprint) -> Result<Vec<u8>, ApiError> {
     let sealed = state.store.sealed_key(fp).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1308,6 +1308,7 @@ async fn renew(
         None => return Err(internal(format!("unknown issuer {issuer}"))),
     };
     state.store.set_renewed_by(&old.id, &new.id).await?;
+    crate::deploy::redeploy_renewed(state, old.certificate_sha256.as_deref(), &issued).await;
     tracing::info!(old = ?old.certificate_sha256, new = %issued["sha256"], "certificate renewed");
     Ok(json!({"renewed": old.certificate_sha256, "request": new.id, "certificate": issued}))
 }

@@ -1047,6 +1047,8 @@ async fn every_route_checks_who_calls() {
         "/api/v1/openapi.json",
         "/api/v1/reports",
         "/api/v1/agents/enroll",
+        "/api/v1/agent/jobs/claim",
+        "/api/v1/agent/jobs/{id}/result",
     ];
     for (method, path) in certkeeper_server::ROUTES {
         let url = format!(
@@ -1093,6 +1095,9 @@ async fn every_route_checks_who_calls() {
         }
         match *path {
             "/api/v1/reports" => assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents report"),
+            "/api/v1/agent/jobs/claim" | "/api/v1/agent/jobs/{id}/result" => {
+                assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents take jobs")
+            }
             "/api/v1/agents/enroll" => assert_eq!(
                 as_admin,
                 StatusCode::UNAUTHORIZED,
@@ -2025,4 +2030,278 @@ async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates(
         assert_eq!(r.json::<Value>().await.unwrap()["team"], "web");
         s.stop().await;
     }
+}
+
+#[tokio::test]
+async fn deployments_check_their_input_and_count_only_what_the_inventory_shows_served() {
+    let s = start(|_| {}).await.unwrap();
+    let (agent, credential) = enroll(&s).await;
+    let pki = TestPki::new().unwrap();
+    let leaf = |n: &str| pki.leaf(&LeafSpec::new(n, KeyKind::EcdsaP256)).unwrap();
+    let (new, old, keyless) = (leaf("web.test"), leaf("web.test"), leaf("bare.test"));
+    let mut shas = Vec::new();
+    for (c, with_key) in [(&new, true), (&old, true), (&keyless, false)] {
+        let mut body = json!({"certificate": c.cert_pem, "chain": [pki.intermediate.cert_pem]});
+        if with_key {
+            body["private_key"] = json!(c.key_pem);
+        }
+        let r = s.admin_post("/api/v1/certificates/import", &body).await;
+        assert!(r.status().is_success());
+        shas.push(
+            r.json::<Value>().await.unwrap()["sha256"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let good = json!({"agent_id": agent, "fullchain_path": "/etc/tls/web.pem", "key_path": "/etc/tls/web.key",
+                      "reload_command": "systemctl reload nginx", "endpoint": "web.test:8443"});
+    let with = |k: &str, v: Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b
+    };
+    let url = |sha: &str| format!("/api/v1/certificates/{sha}/deployments");
+    let ca_sha = certkeeper_pki::sha256(&pki.intermediate.der).to_string();
+    let cases = [
+        (
+            url("nothex"),
+            good.clone(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&"00".repeat(32)),
+            good.clone(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            url(&shas[2]),
+            good.clone(),
+            StatusCode::CONFLICT,
+            "no_private_key",
+        ),
+        (
+            url(&ca_sha),
+            good.clone(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            json!({"agent_id": agent, "endpoint": "web.test:8443"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("key_path", json!("tls/web.key")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("key_path", json!("/etc/tls/../../shadow")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("key_path", json!("/etc/tls/web.pem")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("endpoint", json!("https://web.test/")),
+            StatusCode::BAD_REQUEST,
+            "invalid_endpoint",
+        ),
+        (
+            url(&shas[0]),
+            with("endpoint", json!("web.test:0")),
+            StatusCode::BAD_REQUEST,
+            "invalid_endpoint",
+        ),
+        (
+            url(&shas[0]),
+            with("agent_id", json!("no-such-agent")),
+            StatusCode::BAD_REQUEST,
+            "unknown_agent",
+        ),
+        (
+            url(&shas[0]),
+            with("mode", json!("4755")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("mode", json!("rw-r--r--")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("owner", json!("root; rm")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("surprise", json!(1)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (path, body, status, code) in &cases {
+        let r = s.admin_post(path, body).await;
+        assert_eq!(
+            error_code(r).await,
+            (*status, code.to_string()),
+            "{path} {body}"
+        );
+    }
+    assert_eq!(
+        s.admin_get("/api/v1/deployments")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["items"],
+        json!([]),
+        "nothing created by a refused request"
+    );
+
+    let r = s.admin_post(&url(&shas[0]), &good).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            d["status"].as_str(),
+            d["mode"].as_str(),
+            d["key_mode"].as_str()
+        ),
+        (Some("pending"), Some("0644"), Some("0600"))
+    );
+    let id = d["id"].as_str().unwrap().to_string();
+
+    let agent_post = |path: String, body: Value| {
+        s.client
+            .post(format!("{}{path}", s.base))
+            .bearer_auth(&credential)
+            .json(&body)
+            .send()
+    };
+    let claim = || agent_post("/api/v1/agent/jobs/claim".into(), json!({}));
+    let jobs: Value = claim().await.unwrap().json().await.unwrap();
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["kind"], "deploy");
+    let files = job["deploy"]["files"].as_array().unwrap();
+    let parts: Vec<&str> = files.iter().map(|f| f["part"].as_str().unwrap()).collect();
+    assert_eq!(parts, ["fullchain", "key"]);
+    assert!(files[0]["pem"].as_str().unwrap().starts_with(&new.cert_pem));
+    assert!(files[1]["pem"].as_str().unwrap().contains("PRIVATE KEY"));
+    assert_eq!(files[1]["mode"], "0600");
+    assert_eq!(
+        job["deploy"]["reload"],
+        json!(["systemctl", "reload", "nginx"])
+    );
+    let (job_id, lease) = (
+        job["id"].as_str().unwrap().to_string(),
+        job["lease"].as_str().unwrap().to_string(),
+    );
+    let result = |body: Value| agent_post(format!("/api/v1/agent/jobs/{job_id}/result"), body);
+    for bad in [
+        json!({"lease": lease, "status": "failed", "error": {"code": "made_up", "message": "x"}}),
+        json!({"lease": lease, "status": "failed"}),
+        json!({"lease": lease, "status": "maybe"}),
+    ] {
+        assert_eq!(
+            error_code(result(bad.clone()).await.unwrap()).await,
+            (StatusCode::BAD_REQUEST, "invalid_request".into()),
+            "{bad}"
+        );
+    }
+    // The agent says it worked, but no sighting reached the server: not done.
+    let v: Value = result(json!({"lease": lease, "status": "succeeded"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["deployment"]["status"], "retrying", "{v}");
+    assert_eq!(v["deployment"]["last_error"]["code"], "not_served");
+
+    // A sighting of the old certificate: still not done.
+    let now = time::OffsetDateTime::now_utc();
+    let seen = |der: &[u8]| {
+        let mut o = tls_obs("web.test", 8443, &[der]);
+        o["seen_at"] = json!(
+            now.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        );
+        o
+    };
+    let push =
+        |id: &str, der: &[u8]| agent_post("/api/v1/reports".into(), report(id, vec![seen(der)]));
+    let retry_path = format!("/api/v1/deployments/{id}/retry");
+    let empty = json!({});
+    let retry = || s.admin_post(&retry_path, &empty);
+    for (i, (der, expect)) in [(&old.der, "old_certificate_served"), (&new.der, "")]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(retry().await.status(), StatusCode::OK);
+        let jobs: Value = claim().await.unwrap().json().await.unwrap();
+        let job = &jobs["jobs"][0];
+        let jid = job["id"].as_str().unwrap();
+        assert!(
+            push(&format!("r{i}"), der)
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+        let v: Value = agent_post(
+            format!("/api/v1/agent/jobs/{jid}/result"),
+            json!({"lease": job["lease"], "status": "succeeded"}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        if expect.is_empty() {
+            assert_eq!(v["deployment"]["status"], "done", "{v}");
+            assert_eq!(v["deployment"]["deployed_sha256"], shas[0].as_str());
+        } else {
+            assert_eq!(v["deployment"]["last_error"]["code"], expect, "{v}");
+            assert!(
+                v["deployment"]["last_error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&shas[1])
+            );
+        }
+    }
+    // A done deployment has no job left to claim.
+    let jobs: Value = claim().await.unwrap().json().await.unwrap();
+    assert_eq!(jobs["jobs"], json!([]));
+    assert_eq!(
+        error_code(s.admin_get("/api/v1/deployments/nope").await).await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    assert_eq!(
+        error_code(s.admin_get("/api/v1/deployments?certificate=zz").await).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
+    let listed: Value = s
+        .admin_get(&format!("/api/v1/deployments?certificate={}", shas[0]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    s.stop().await;
 }

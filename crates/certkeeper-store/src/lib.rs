@@ -3,6 +3,7 @@
 //! migrations. Domain types carry no database derives: rows are mapped here.
 
 mod ingest;
+mod jobs;
 mod managed;
 mod queries;
 mod tokens;
@@ -16,6 +17,7 @@ use sqlx::{AnyPool, Executor, Row, SqlStr};
 use time::OffsetDateTime;
 
 pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
+pub use jobs::{ClaimedJob, Deployment, Job, JobOutcome, NewDeployment};
 pub use managed::{CertRequest, ImportOutcome, KeyHolder, StoredKey};
 pub use tokens::{NewScopedToken, ScopedToken};
 
@@ -53,6 +55,9 @@ pub enum StoreError {
     /// Migrating the schema failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A job's result came from an agent whose lease on it has ended.
+    #[error("the lease on this job has ended")]
+    LeaseLost,
     /// Any other database error (connection lost, disk full, constraint…).
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -115,6 +120,11 @@ macro_rules! migrations {
                 5,
                 "0005_renewal",
                 include_str!(concat!("../migrations/", $dir, "/0005_renewal.sql")),
+            ),
+            (
+                6,
+                "0006_deploy",
+                include_str!(concat!("../migrations/", $dir, "/0006_deploy.sql")),
             ),
             (
                 7,

@@ -26,19 +26,23 @@ async fn issued(store: &Store, pki: &TestPki, id: &str, from: i64, days: i64) {
     };
     let spki = certkeeper_pki::cert_spki_sha256(&leaf.der).unwrap();
     store
-        .create_request(&CertRequest {
-            id: id.into(),
-            common_name: format!("{id}.test"),
-            sans: vec![format!("DNS:{id}.test")],
-            key_type: "p256".into(),
-            csr_pem: "-".into(),
-            spki_sha256: spki,
-            key: key.clone(),
-            status: "pending".into(),
-            certificate_sha256: None,
-            created_at: OffsetDateTime::now_utc(),
-            issued_by: None,
-        })
+        .create_request(
+            &CertRequest {
+                id: id.into(),
+                common_name: format!("{id}.test"),
+                sans: vec![format!("DNS:{id}.test")],
+                key_type: "p256".into(),
+                csr_pem: "-".into(),
+                spki_sha256: spki,
+                key: key.clone(),
+                status: "pending".into(),
+                certificate_sha256: None,
+                created_at: OffsetDateTime::now_utc(),
+                issued_by: None,
+                team: None,
+            },
+            "admin",
+        )
         .await
         .unwrap();
     store
