@@ -2,3 +2,4 @@
 //! E-mail, syslog, webhooks and ticketing connectors belong here too (not yet written).
 
 pub mod acme;
+pub mod rfc2136;

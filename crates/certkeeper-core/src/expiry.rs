@@ -50,6 +50,44 @@ pub fn renewal_time(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Of
     not_before + (not_after - not_before) * 2 / 3
 }
 
+/// Why a CA's suggested renewal window (ARI, RFC 9773) is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// The window ends before (or when) it starts.
+    #[error("the suggested renewal window ends before it starts")]
+    Inverted,
+    /// The window starts after the certificate has expired.
+    #[error("the suggested renewal window starts after the certificate expires")]
+    AfterExpiry,
+}
+
+/// The renewal time inside a CA's suggested window (RFC 9773 §4.2): the point
+/// `fraction` (0.0 to 1.0, chosen at random by the caller so that replicas and
+/// certificates spread out) of the way from `start` to `end`. A window that makes no
+/// sense is refused, and the caller falls back to [`renewal_time`]. A window already
+/// in the past yields a time in the past: renew at once.
+pub fn ari_renewal_time(
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+    not_after: OffsetDateTime,
+    fraction: f64,
+) -> Result<OffsetDateTime, WindowError> {
+    if end <= start {
+        return Err(WindowError::Inverted);
+    }
+    if start >= not_after {
+        return Err(WindowError::AfterExpiry);
+    }
+    let fraction = if fraction.is_finite() {
+        fraction.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    // Never later than the certificate's own expiry, whatever the window says.
+    let end = end.min(not_after);
+    Ok(start + (end - start) * fraction)
+}
+
 /// Where a certificate is on a notification policy's ladder of thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
@@ -109,6 +147,43 @@ mod tests {
         assert_eq!(
             renewal_time(nb, nb + Duration::days(90)),
             nb + Duration::days(60)
+        );
+    }
+
+    #[test]
+    fn ari_window_picks_a_point_inside_it_and_refuses_nonsense() {
+        let nb = datetime!(2026-01-01 0:00 UTC);
+        let na = nb + Duration::days(90);
+        let start = nb + Duration::days(40);
+        let end = nb + Duration::days(42);
+        assert_eq!(ari_renewal_time(start, end, na, 0.0), Ok(start));
+        assert_eq!(ari_renewal_time(start, end, na, 1.0), Ok(end));
+        assert_eq!(
+            ari_renewal_time(start, end, na, 0.5),
+            Ok(nb + Duration::days(41))
+        );
+        // Out-of-range and NaN fractions stay inside the window.
+        assert_eq!(ari_renewal_time(start, end, na, 7.0), Ok(end));
+        assert_eq!(ari_renewal_time(start, end, na, f64::NAN), Ok(start));
+        // The CA's window is earlier than the two-thirds default (say, after an incident).
+        let early = ari_renewal_time(nb, nb + Duration::days(1), na, 0.5).unwrap();
+        assert!(early < renewal_time(nb, na));
+        // A window reaching past expiry is cut at expiry.
+        assert_eq!(
+            ari_renewal_time(na - Duration::days(2), na + Duration::days(10), na, 1.0),
+            Ok(na)
+        );
+        assert_eq!(
+            ari_renewal_time(end, start, na, 0.5),
+            Err(WindowError::Inverted)
+        );
+        assert_eq!(
+            ari_renewal_time(start, start, na, 0.5),
+            Err(WindowError::Inverted)
+        );
+        assert_eq!(
+            ari_renewal_time(na, na + Duration::days(1), na, 0.5),
+            Err(WindowError::AfterExpiry)
         );
     }
 

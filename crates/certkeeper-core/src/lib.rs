@@ -2,10 +2,13 @@
 //! expiry rules. Pure code: no runtime, no database, no network. Time is always
 //! passed in by the caller.
 
+pub mod access;
 pub mod cert;
+pub mod deploy;
 pub mod expiry;
 pub mod findings;
 pub mod inventory;
+pub mod jobs;
 pub mod policy;
 pub mod report;
 pub mod target;

@@ -1,5 +1,5 @@
 //! The REST API under `/api/v1`. Every route but `/healthz` is authenticated; agents
-//! may only enroll and report.
+//! may only enroll, report, and claim and report their own jobs.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
@@ -17,9 +17,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::auth::{self, Admin, Caller, new_token, token_hash};
+use crate::auth::{self, Admin, Caller, Need, new_token, token_hash};
 use crate::error::ApiError;
 use crate::{AppState, views};
+use certkeeper_core::access::Permission as P;
 
 /// The committed OpenAPI document (a test keeps it in step with [`ROUTES`]).
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -50,7 +51,112 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/renewals"),
     ("get", "/api/v1/server/certificate"),
     ("put", "/api/v1/server/certificate"),
+    ("post", "/api/v1/tokens"),
+    ("get", "/api/v1/tokens"),
+    ("delete", "/api/v1/tokens/{id}"),
+    ("post", "/api/v1/certificates/{sha256}/deployments"),
+    ("get", "/api/v1/deployments"),
+    ("get", "/api/v1/deployments/{id}"),
+    ("post", "/api/v1/deployments/{id}/retry"),
+    ("post", "/api/v1/agent/jobs/claim"),
+    ("post", "/api/v1/agent/jobs/{id}/result"),
 ];
+
+/// What every route of [`ROUTES`] needs from its caller; [`auth::authorize`] enforces
+/// it and a test checks every route against it.
+pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
+    ("get", "/healthz", Need::Public),
+    ("get", "/api/v1/openapi.json", Need::Authenticated),
+    ("get", "/api/v1/certificates", Need::Permission(P::Read)),
+    (
+        "get",
+        "/api/v1/certificates/{sha256}",
+        Need::Permission(P::Read),
+    ),
+    ("get", "/api/v1/endpoints", Need::Permission(P::Read)),
+    ("get", "/api/v1/agents", Need::Permission(P::Admin)),
+    ("delete", "/api/v1/agents/{id}", Need::Permission(P::Admin)),
+    (
+        "post",
+        "/api/v1/agents/enrollment-tokens",
+        Need::Permission(P::Admin),
+    ),
+    ("post", "/api/v1/agents/enroll", Need::Enrollment),
+    ("post", "/api/v1/reports", Need::Agent),
+    (
+        "post",
+        "/api/v1/certificates/import",
+        Need::Permission(P::Import),
+    ),
+    // With the key, the handler also asks for export_key (and audits a refusal).
+    (
+        "post",
+        "/api/v1/certificates/{sha256}/export",
+        Need::Permission(P::Read),
+    ),
+    ("get", "/api/v1/audit", Need::Permission(P::Admin)),
+    ("post", "/api/v1/requests", Need::Permission(P::Request)),
+    ("get", "/api/v1/requests", Need::Permission(P::Read)),
+    ("get", "/api/v1/requests/{id}", Need::Permission(P::Read)),
+    ("post", "/api/v1/cas", Need::Permission(P::Admin)),
+    ("get", "/api/v1/cas", Need::Permission(P::Read)),
+    (
+        "post",
+        "/api/v1/cas/{name}/issue",
+        Need::Permission(P::Issue),
+    ),
+    (
+        "post",
+        "/api/v1/requests/{id}/acme",
+        Need::Permission(P::Request),
+    ),
+    // Renewing from an internal CA also asks for issue.
+    (
+        "post",
+        "/api/v1/certificates/{sha256}/renew",
+        Need::Permission(P::Request),
+    ),
+    ("post", "/api/v1/renewals", Need::Permission(P::Admin)),
+    (
+        "get",
+        "/api/v1/server/certificate",
+        Need::Permission(P::Read),
+    ),
+    (
+        "put",
+        "/api/v1/server/certificate",
+        Need::Permission(P::Admin),
+    ),
+    ("post", "/api/v1/tokens", Need::Permission(P::Admin)),
+    ("get", "/api/v1/tokens", Need::Permission(P::Admin)),
+    ("delete", "/api/v1/tokens/{id}", Need::Permission(P::Admin)),
+    (
+        "post",
+        "/api/v1/certificates/{sha256}/deployments",
+        Need::Permission(P::Admin),
+    ),
+    ("get", "/api/v1/deployments", Need::Permission(P::Admin)),
+    (
+        "get",
+        "/api/v1/deployments/{id}",
+        Need::Permission(P::Admin),
+    ),
+    (
+        "post",
+        "/api/v1/deployments/{id}/retry",
+        Need::Permission(P::Admin),
+    ),
+    ("post", "/api/v1/agent/jobs/claim", Need::Agent),
+    ("post", "/api/v1/agent/jobs/{id}/result", Need::Agent),
+];
+
+/// What the route `method path` (OpenAPI path syntax) needs, if it is declared.
+pub fn route_need(method: &str, path: &str) -> Option<Need> {
+    ROUTE_NEEDS
+        .iter()
+        .find(|(m, p, _)| m.eq_ignore_ascii_case(method) && *p == path)
+        .map(|(_, _, n)| *n)
+}
 
 /// The API router.
 pub fn router(state: AppState) -> Router {
@@ -104,6 +210,34 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/server/certificate",
             get(crate::manage::server_certificate).put(crate::manage::use_server_certificate),
         )
+        .route(
+            "/api/v1/certificates/{sha256}/deployments",
+            post(crate::deploy::create_deployment),
+        )
+        .route("/api/v1/deployments", get(crate::deploy::list_deployments))
+        .route(
+            "/api/v1/deployments/{id}",
+            get(crate::deploy::show_deployment),
+        )
+        .route(
+            "/api/v1/deployments/{id}/retry",
+            post(crate::deploy::retry_deployment),
+        )
+        .route("/api/v1/agent/jobs/claim", post(crate::deploy::claim_jobs))
+        .route(
+            "/api/v1/agent/jobs/{id}/result",
+            post(crate::deploy::job_result),
+        )
+        .route(
+            "/api/v1/tokens",
+            post(crate::tokens::create).get(crate::tokens::list),
+        )
+        .route("/api/v1/tokens/{id}", delete(crate::tokens::revoke))
+        // After every route: the check of what each route needs.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }
@@ -156,7 +290,7 @@ fn page_size(limit: Option<u32>, state: &AppState) -> Result<u32, ApiError> {
 
 async fn list_certificates(
     State(state): State<AppState>,
-    _admin: Admin,
+    _caller: Caller,
     q: Result<Query<CertQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
@@ -236,7 +370,7 @@ async fn list_certificates(
 
 async fn show_certificate(
     State(state): State<AppState>,
-    _admin: Admin,
+    _caller: Caller,
     Path(sha): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let fp = crate::manage::fingerprint_param(&sha)?;
@@ -250,6 +384,9 @@ async fn show_certificate(
         now,
     );
     v["pem"] = Value::String(certkeeper_pki::to_pem(&cert.der));
+    let owner = state.store.managed_team(&fp).await?;
+    v["managed"] = Value::Bool(owner.is_some());
+    v["team"] = json!(owner.flatten());
     v["served_history"] = history
         .iter()
         .map(|(h, p, period)| views::served(h, *p, period))
@@ -268,7 +405,7 @@ struct EndpointQuery {
 
 async fn list_endpoints(
     State(state): State<AppState>,
-    _admin: Admin,
+    _caller: Caller,
     q: Result<Query<EndpointQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;

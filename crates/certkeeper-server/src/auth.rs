@@ -1,5 +1,6 @@
 //! Bearer tokens: 32 random bytes shown once; only their SHA-256 is stored. Failed
-//! attempts are rate limited per client address.
+//! attempts are rate limited per client address. Every route declares what it needs
+//! (`api::ROUTE_NEEDS`); [`authorize`] checks it before the handler runs.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -8,11 +9,15 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use certkeeper_core::access::{Permission, Permissions};
 use certkeeper_store::Principal;
+use time::OffsetDateTime;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -123,17 +128,149 @@ fn note_failure(state: &AppState, parts: &Parts) {
     state.limiter.record_failure(ip);
 }
 
+/// What a route asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nobody needs to authenticate (`/healthz`).
+    Public,
+    /// An enrollment token, checked by the handler.
+    Enrollment,
+    /// An agent's credential, checked by the handler.
+    Agent,
+    /// Any valid token.
+    Authenticated,
+    /// A token holding this permission (`admin` implies every one).
+    Permission(Permission),
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
 
 impl Caller {
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        match self.0 {
-            Principal::Admin => Ok(()),
-            Principal::Agent { .. } => Err(ApiError::forbidden()),
+    /// What the caller may do: everything (the bootstrap administrator), nothing
+    /// (agents, which only enroll and report), or its token's permissions.
+    pub fn permissions(&self) -> Permissions {
+        match &self.0 {
+            Principal::Admin => Permissions::admin(),
+            Principal::Agent { .. } => Permissions::none(),
+            Principal::Token(t) => t.permissions.clone(),
         }
     }
+
+    pub fn allows(&self, p: Permission) -> bool {
+        self.permissions().allows(p)
+    }
+
+    /// 403 `missing_permission` unless the caller holds `p`.
+    pub fn require(&self, p: Permission) -> Result<(), ApiError> {
+        if self.allows(p) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "missing_permission",
+            format!("this token lacks the {p} permission"),
+        )
+        .with("permission", p.as_str().into()))
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        self.require(Permission::Admin)
+    }
+
+    /// The team the caller acts for; `None`: server-wide.
+    pub fn team(&self) -> Option<&str> {
+        match &self.0 {
+            Principal::Token(t) => t.team.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// How the caller is named in the audit log.
+    pub fn actor(&self) -> String {
+        match &self.0 {
+            Principal::Admin => "admin".into(),
+            Principal::Agent { id } => format!("agent:{id}"),
+            Principal::Token(t) => match &t.team {
+                Some(team) => format!("token:{} (team {team})", t.name),
+                None => format!("token:{}", t.name),
+            },
+        }
+    }
+
+    /// 403 `other_team` unless the caller may act on a record owned by `owner`.
+    pub fn require_team(&self, what: &str, owner: Option<&str>) -> Result<(), ApiError> {
+        team_check(self.team(), what, owner)
+    }
+}
+
+/// 403 `other_team` unless a caller acting for `caller_team` may act on `what`, owned
+/// by `owner` (see `certkeeper_core::access::may_act_on`).
+pub fn team_check(
+    caller_team: Option<&str>,
+    what: &str,
+    owner: Option<&str>,
+) -> Result<(), ApiError> {
+    if certkeeper_core::access::may_act_on(caller_team, owner) {
+        return Ok(());
+    }
+    let whose = match owner {
+        Some(o) => format!("team {o}"),
+        None => "no team".into(),
+    };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "other_team",
+        format!(
+            "{what} belongs to {whose}; this token acts for team {} only",
+            caller_team.unwrap_or_default()
+        ),
+    ))
+}
+
+/// Check what the matched route needs (see `api::ROUTE_NEEDS`) and hand the caller to
+/// the handler. A refusal of an authenticated caller is audited with who tried.
+/// Routes missing from the table are left to their handler's own extractor.
+pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let need = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| crate::api::route_need(req.method().as_str(), m.as_str()));
+    let wanted = match need {
+        Some(Need::Permission(p)) => Some(p),
+        Some(Need::Authenticated) => None,
+        _ => return next.run(req).await,
+    };
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(p) = wanted
+        && let Err(e) = caller.require(p)
+    {
+        let subject: String = format!("{p} {} {}", parts.method, parts.uri.path())
+            .chars()
+            .take(300)
+            .collect();
+        tracing::warn!(actor = %caller.actor(), %subject, "permission denied");
+        if let Err(err) = state
+            .store
+            .audit(
+                &caller.actor(),
+                "denied",
+                &subject,
+                OffsetDateTime::now_utc(),
+            )
+            .await
+        {
+            return ApiError::from(err).into_response();
+        }
+        return e.into_response();
+    }
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, body)).await
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -144,6 +281,10 @@ impl FromRequestParts<AppState> for Caller {
     /// limit get 429 instead of 401. Tokens are 256-bit random (or ≥ 24 characters when
     /// preset), so the limit is about load and noise, not guessability.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Already looked up by [`authorize`].
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
         if let Some(token) = bearer(parts)
             && let Some(p) = state.store.principal(&token_hash(token)).await?
         {

@@ -2,11 +2,14 @@
 //! the server's certificate and first administrator token; [`Prepared::launch`] serves
 //! the REST API on a listener until `shutdown` resolves. Tests bind port 0 in-process.
 
+mod acme_http;
 mod api;
 mod auth;
+mod deploy;
 mod error;
 mod identity;
 mod manage;
+mod tokens;
 mod views;
 
 use std::future::Future;
@@ -20,7 +23,8 @@ use certkeeper_store::{Store, StoreError};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
-pub use api::{OPENAPI_JSON, ROUTES, router};
+pub use api::{OPENAPI_JSON, ROUTE_NEEDS, ROUTES, route_need, router};
+pub use auth::Need;
 pub use auth::{new_token, token_hash};
 pub use error::ApiError;
 
@@ -144,6 +148,8 @@ pub struct Prepared {
     pub created_admin_token: Option<String>,
     /// SHA-256 of the server's certificate (agents pin it), when serving HTTPS.
     pub certificate_fingerprint: Option<Fingerprint>,
+    /// The http-01 responder's listener (`[acme] http01_listen`), bound at prepare.
+    http01: Option<TcpListener>,
 }
 
 /// Open the inventory, load or create the server identity and the first admin token.
@@ -268,11 +274,23 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
             }
         }
     });
+    let http01 = match state.config.acme.as_ref().and_then(|a| a.http01_listen) {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Io {
+                    context: format!("cannot listen for http-01 challenges on {addr}"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     Ok(Prepared {
         state,
         tls,
         created_admin_token,
         certificate_fingerprint,
+        http01,
     })
 }
 
@@ -285,6 +303,15 @@ impl Prepared {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let app = router(self.state.clone());
+        // The http-01 responder lives as long as the API listener.
+        let responder = self.http01.map(|l| {
+            let app = acme_http::router(self.state.store.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::warn!(error = %e, "the http-01 responder stopped");
+                }
+            })
+        });
         let result = match self.tls {
             None => axum::serve(
                 // Small responses must not wait for a delayed ACK (Nagle).
@@ -301,6 +328,9 @@ impl Prepared {
             }),
             Some(tls) => serve_tls(listener, app, tls, shutdown).await,
         };
+        if let Some(r) = responder {
+            r.abort();
+        }
         self.state.store.close().await;
         result
     }

@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use certkeeper_connect::acme::ChallengeKind;
 use certkeeper_core::Fingerprint;
 use certkeeper_pki::import::{self, ImportError, ImportInput};
 use certkeeper_pki::vault::SealedKey;
@@ -14,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::auth::Admin;
+use certkeeper_core::access::Permission;
+
+use crate::auth::{Admin, Caller, team_check};
 use crate::error::ApiError;
 use crate::{AppState, views};
 
@@ -62,7 +65,7 @@ fn parsed(der: &[u8]) -> Result<ParsedCert, ApiError> {
 /// `POST /api/v1/certificates/import`
 pub async fn import_certificate(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     req: Result<Json<ImportRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
@@ -104,7 +107,35 @@ pub async fn import_certificate(
         })?
         .map_err(import_error)?;
     let leaf = parsed(&imported.leaf)?;
-    check_policy(&state, &leaf.facts)?;
+    // A certificate managed already keeps its team; a team's token imports only its own.
+    let managed = state.store.managed_team(&leaf.facts.sha256).await?;
+    if let Some(owner) = &managed {
+        caller.require_team(
+            &format!("certificate {}", leaf.facts.sha256),
+            owner.as_deref(),
+        )?;
+    }
+    // No key given: a pending request of ours may hold it (manual CA flow), if it is
+    // the caller's to complete.
+    let mut completes = None;
+    let mut key_pkcs8 = imported.key_pkcs8.clone();
+    if key_pkcs8.is_none() {
+        let spki = certkeeper_pki::cert_spki_sha256(&imported.leaf)
+            .map_err(|e| ApiError::bad_request("malformed_certificate", e.to_string()))?;
+        if let Some(r) = state.store.pending_request_for_key(&spki).await? {
+            caller.require_team(&format!("request {}", r.id), r.team.as_deref())?;
+            key_pkcs8 = Some(open_request_key(&state, &r)?);
+            completes = Some(r);
+        }
+    }
+    let team = match managed {
+        Some(owner) => owner,
+        None => caller
+            .team()
+            .map(str::to_string)
+            .or_else(|| completes.as_ref().and_then(|r| r.team.clone())),
+    };
+    check_policy(&state, team.as_deref(), &leaf.facts)?;
 
     // Chain completion: the given chain, then issuers already in the inventory.
     let mut chain = imported.chain.clone();
@@ -124,18 +155,7 @@ pub async fn import_certificate(
         certs.push(parsed(c)?);
     }
     let sha = certs[0].facts.sha256;
-    // No key given: a pending request of ours may hold it (manual CA flow).
-    let mut completes = None;
-    let mut key_pkcs8 = imported.key_pkcs8.clone();
-    if key_pkcs8.is_none() {
-        let spki = certkeeper_pki::cert_spki_sha256(&imported.leaf)
-            .map_err(|e| ApiError::bad_request("malformed_certificate", e.to_string()))?;
-        if let Some(r) = state.store.pending_request_for_key(&spki).await? {
-            let key = open_request_key(&state, &r)?;
-            key_pkcs8 = Some(key);
-            completes = Some(r.id);
-        }
-    }
+    let completes = completes.map(|r| r.id);
     let sealed = match &key_pkcs8 {
         Some(k) => {
             let s = state
@@ -154,12 +174,13 @@ pub async fn import_certificate(
     };
     let outcome = state
         .store
-        .save_import(
+        .save_import_for(
             &certs,
             complete,
             sealed.as_ref(),
             completes.as_deref(),
-            "admin",
+            &caller.actor(),
+            team.as_deref(),
             now,
         )
         .await?;
@@ -182,6 +203,7 @@ pub async fn import_certificate(
         "chain_complete": complete,
         "key_stored": outcome.key_stored,
         "policy": "passed",
+        "team": team,
         "request": completes,
         "warnings": warnings,
     });
@@ -209,7 +231,7 @@ fn pem_of(ders: &[Vec<u8>]) -> String {
 /// `POST /api/v1/certificates/{sha256}/export`. Exporting a key is audited.
 pub async fn export_certificate(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(sha): Path<String>,
     req: Result<Json<ExportRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -240,6 +262,30 @@ pub async fn export_certificate(
             "a PKCS#12 export needs a password of at least 8 characters",
         ));
     }
+    // Then who asks: the key needs export_key, and a team's token exports only its
+    // team's managed certificates. A refused key export is audited with who tried.
+    let owner = state.store.managed_team(&fp).await?.flatten();
+    let allowed = if req.with_key {
+        caller.require(Permission::ExportKey)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| caller.require_team(&format!("certificate {fp}"), owner.as_deref()));
+    if let Err(e) = allowed {
+        if req.with_key {
+            state
+                .store
+                .audit(
+                    &caller.actor(),
+                    "export_key_denied",
+                    &fp.to_string(),
+                    OffsetDateTime::now_utc(),
+                )
+                .await?;
+            tracing::warn!(certificate = %fp, actor = %caller.actor(), code = e.code, "key export refused");
+        }
+        return Err(e);
+    }
     let cert = stored_certificate(&state, &fp).await?;
     let chain = state.store.chain_of(&fp).await?;
     let served = import::served_chain(&chain).to_vec();
@@ -248,7 +294,7 @@ pub async fn export_certificate(
         state
             .store
             .audit(
-                "admin",
+                &caller.actor(),
                 "export_key",
                 &fp.to_string(),
                 OffsetDateTime::now_utc(),
@@ -365,6 +411,7 @@ fn request_view(r: &certkeeper_store::CertRequest) -> Value {
         "csr": r.csr_pem,
         "certificate_sha256": r.certificate_sha256,
         "created_at": views::rfc3339(r.created_at),
+        "team": r.team,
     })
 }
 
@@ -373,18 +420,21 @@ fn request_view(r: &certkeeper_store::CertRequest) -> Value {
 /// imported (manual CA); the import then picks the key up by its public key.
 pub async fn create_request(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     req: Result<Json<NewRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
-    let record = make_request(&state, req).await?;
+    let record = make_request(&state, req, caller.team(), &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(request_view(&record))))
 }
 
-/// Generate a key (sealed) and a CSR, and record the pending request.
+/// Generate a key (sealed) and a CSR, and record the pending request of `team`,
+/// judged by that team's policy (key and names; validity once it is issued).
 async fn make_request(
     state: &AppState,
     req: NewRequest,
+    team: Option<&str>,
+    actor: &str,
 ) -> Result<certkeeper_store::CertRequest, ApiError> {
     use certkeeper_pki::csr::{self, CsrRequest, San};
     let bad = |e: csr::CsrError| ApiError::bad_request("invalid_request", e.to_string());
@@ -421,6 +471,17 @@ async fn make_request(
         .map_err(bad)?;
     let (g, spec) = generated;
     let info = csr::inspect(&g.csr_der).map_err(bad)?;
+    let policy = state.config.policy.for_team(team);
+    let mut violations = policy.check_key(&info.key);
+    violations.extend(
+        policy.check_names(
+            info.common_name
+                .iter()
+                .map(String::as_str)
+                .chain(info.sans.iter().filter_map(|s| s.strip_prefix("DNS:"))),
+        ),
+    );
+    refuse(team, &violations)?;
     let id = uuid::Uuid::new_v4().to_string();
     // PKCS#8 DER of the key, sealed for this request.
     let key_der = rustls::pki_types::pem::PemObject::from_pem_slice(g.key_pem.as_bytes())
@@ -452,8 +513,9 @@ async fn make_request(
         certificate_sha256: None,
         created_at: OffsetDateTime::now_utc(),
         issued_by: None,
+        team: team.map(str::to_string),
     };
-    state.store.create_request(&record).await?;
+    state.store.create_request(&record, actor).await?;
     tracing::info!(request = %record.id, "certificate request created");
     Ok(record)
 }
@@ -461,13 +523,15 @@ async fn make_request(
 /// `GET /api/v1/requests`
 pub async fn list_requests(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    // A team's token sees its team's requests only.
     let items: Vec<Value> = state
         .store
         .list_requests()
         .await?
         .iter()
+        .filter(|r| certkeeper_core::access::may_act_on(caller.team(), r.team.as_deref()))
         .map(request_view)
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": null})))
@@ -476,13 +540,17 @@ pub async fn list_requests(
 /// `GET /api/v1/requests/{id}`
 pub async fn show_request(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let r = state.store.request(&id).await.map_err(|e| match e {
         certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
         other => other.into(),
     })?;
+    // Another team's request is not there for this token.
+    if !certkeeper_core::access::may_act_on(caller.team(), r.team.as_deref()) {
+        return Err(ApiError::not_found("request"));
+    }
     Ok(Json(request_view(&r)))
 }
 
@@ -500,7 +568,7 @@ fn seal_for(state: &AppState, key: &[u8], aad: &[u8]) -> Result<StoredKey, ApiEr
 }
 
 /// The plaintext PKCS#8 key of a stored certificate.
-async fn open_cert_key(state: &AppState, fp: &Fingerprint) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn open_cert_key(state: &AppState, fp: &Fingerprint) -> Result<Vec<u8>, ApiError> {
     let sealed = state.store.sealed_key(fp).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -633,7 +701,7 @@ pub async fn create_ca(
 /// `GET /api/v1/cas`
 pub async fn list_cas(
     State(state): State<AppState>,
-    _admin: Admin,
+    _caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     let mut items = Vec::new();
     for (name, sha, profile) in state.store.cas(None).await? {
@@ -662,19 +730,26 @@ pub struct IssueRequest {
 /// `POST /api/v1/cas/{name}/issue`
 pub async fn issue(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(name): Path<String>,
     req: Result<Json<IssueRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     Ok((
         StatusCode::CREATED,
-        Json(issue_from_ca(&state, &name, req).await?),
+        Json(issue_from_ca(&state, &name, req, caller.team()).await?),
     ))
 }
 
-/// Sign a CSR or a pending request with the internal CA `name`.
-async fn issue_from_ca(state: &AppState, name: &str, req: IssueRequest) -> Result<Value, ApiError> {
+/// Sign a CSR or a pending request with the internal CA `name`, for a caller acting
+/// for `scope` (a team, or `None`: server-wide). The certificate belongs to the
+/// request's team, else to `scope`, and is judged by that team's policy.
+async fn issue_from_ca(
+    state: &AppState,
+    name: &str,
+    req: IssueRequest,
+    scope: Option<&str>,
+) -> Result<Value, ApiError> {
     let (_, ca_sha, profile) = state
         .store
         .cas(Some(name))
@@ -684,6 +759,15 @@ async fn issue_from_ca(state: &AppState, name: &str, req: IssueRequest) -> Resul
         .ok_or_else(|| ApiError::not_found("CA"))?;
     let mut profile: certkeeper_pki::ca::Profile =
         serde_json::from_str(&profile).map_err(internal)?;
+    let request = match &req.request_id {
+        Some(id) => Some(pending_request_in(state, id, scope).await?),
+        None => None,
+    };
+    let team = match &request {
+        Some(r) => r.team.clone(),
+        None => scope.map(str::to_string),
+    };
+    let policy = state.config.policy.for_team(team.as_deref());
     if let Some(d) = req.validity_days {
         if d > profile.validity_days {
             return Err(ApiError::bad_request(
@@ -696,16 +780,19 @@ async fn issue_from_ca(state: &AppState, name: &str, req: IssueRequest) -> Resul
         }
         profile.validity_days = d;
     }
-    if profile.validity_days > state.config.policy.max_validity_days {
+    if profile.validity_days > policy.max_validity_days {
         return Err(ApiError::bad_request(
             "policy_violation",
             format!(
-                "{} days is more than the policy's {} days",
-                profile.validity_days, state.config.policy.max_validity_days
+                "{} days is more than the {} policy's {} days",
+                profile.validity_days,
+                policy_owner(team.as_deref()),
+                policy.max_validity_days
             ),
-        ));
+        )
+        .with("team", json!(team)));
     }
-    let (csr_der, request) = match (&req.csr, &req.request_id) {
+    let (csr_der, request) = match (&req.csr, request) {
         (Some(pem), None) => {
             let der = certkeeper_pki::csr::inspect(pem.as_bytes())
                 .and_then(|_| {
@@ -720,8 +807,7 @@ async fn issue_from_ca(state: &AppState, name: &str, req: IssueRequest) -> Resul
                 .map_err(|e| ApiError::bad_request("malformed_csr", e.to_string()))?;
             (der, None)
         }
-        (None, Some(id)) => {
-            let r = pending_request(state, id).await?;
+        (None, Some(r)) => {
             let der = csr_der_of(&r)?;
             (der, Some(r))
         }
@@ -752,7 +838,7 @@ async fn issue_from_ca(state: &AppState, name: &str, req: IssueRequest) -> Resul
         other => ApiError::bad_request("invalid_request", other.to_string()),
     })?;
     let leaf = parsed(&issued)?;
-    check_policy(state, &leaf.facts)?;
+    check_policy(state, team.as_deref(), &leaf.facts)?;
     let sha = leaf.facts.sha256;
     // The CA's own chain follows it.
     let mut chain_ders = vec![ca_cert.der.clone()];
@@ -771,12 +857,13 @@ async fn issue_from_ca(state: &AppState, name: &str, req: IssueRequest) -> Resul
     let complete = certs.last().is_some_and(|c| c.facts.self_signed);
     state
         .store
-        .save_import(
+        .save_import_for(
             &certs,
             complete,
             key.as_ref(),
             request.as_ref().map(|r| r.id.as_str()),
             &format!("ca:{name}"),
+            team.as_deref(),
             now,
         )
         .await?;
@@ -794,6 +881,7 @@ async fn issue_from_ca(state: &AppState, name: &str, req: IssueRequest) -> Resul
             "not_after": views::rfc3339(certs[0].facts.not_after),
             "request": request.map(|r| r.id),
             "key_stored": key.is_some(),
+            "team": team,
     }))
 }
 
@@ -816,12 +904,29 @@ pub(crate) async fn stored_certificate(
     })
 }
 
-/// Refuse a certificate that breaks the server's policy, listing every broken rule.
+/// Refuse a certificate that breaks the policy of `team` (the server-wide policy with
+/// the team's overrides), listing every broken rule.
 fn check_policy(
     state: &AppState,
+    team: Option<&str>,
     facts: &certkeeper_core::CertificateFacts,
 ) -> Result<(), ApiError> {
-    let violations = state.config.policy.check(facts);
+    refuse(team, &state.config.policy.for_team(team).check(facts))
+}
+
+/// Whose policy it is, for messages.
+fn policy_owner(team: Option<&str>) -> String {
+    match team {
+        Some(t) => format!("team {t}'s"),
+        None => "server's".into(),
+    }
+}
+
+/// 422 `policy_violation` naming every broken rule and the team, if any.
+fn refuse(
+    team: Option<&str>,
+    violations: &[certkeeper_core::policy::Violation],
+) -> Result<(), ApiError> {
     if violations.is_empty() {
         return Ok(());
     }
@@ -833,12 +938,17 @@ fn check_policy(
     Err(ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "policy_violation",
-        format!("refused by policy: {}", rules.join("; ")),
+        format!(
+            "refused by the {} policy: {}",
+            policy_owner(team),
+            rules.join("; ")
+        ),
     )
     .with(
         "violations",
-        serde_json::to_value(&violations).unwrap_or_default(),
-    ))
+        serde_json::to_value(violations).unwrap_or_default(),
+    )
+    .with("team", json!(team)))
 }
 
 /// The plaintext PKCS#8 key of a pending request.
@@ -864,7 +974,7 @@ fn open_request_key(
 /// `GET /api/v1/server/certificate`: what this server presents now.
 pub async fn server_certificate(
     State(state): State<AppState>,
-    _admin: Admin,
+    _caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     let tls = state.tls.as_ref().ok_or_else(|| {
         ApiError::new(
@@ -894,7 +1004,7 @@ pub struct UseCertificate {
 /// the same database follow within 30 s.
 pub async fn use_server_certificate(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     req: Result<Json<UseCertificate>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
@@ -930,7 +1040,7 @@ pub async fn use_server_certificate(
     state
         .store
         .audit(
-            "admin",
+            &caller.actor(),
             "server_certificate",
             &fp.to_string(),
             OffsetDateTime::now_utc(),
@@ -942,21 +1052,77 @@ pub async fn use_server_certificate(
     ))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeOrder {
+    /// `http-01` or `dns-01`; default: `[acme] challenge`.
+    challenge: Option<String>,
+}
+
 /// `POST /api/v1/requests/{id}/acme`: order the request's certificate from the
-/// configured ACME CA (dns-01 through the hook); the key stays with the certificate.
+/// configured ACME CA (http-01 served by this server, or dns-01 through the hook or an
+/// RFC 2136 update); the key stays with the certificate.
 pub async fn order_acme(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
+    req: Result<Json<AcmeOrder>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    pending_request_in(&state, &id, caller.team()).await?;
+    let req = match req {
+        Err(JsonRejection::MissingJsonContentType(_)) => AcmeOrder::default(),
+        other => other
+            .map(|Json(r)| r)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?,
+    };
+    let challenge = req
+        .challenge
+        .as_deref()
+        .map(str::parse::<ChallengeKind>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_request", e))?;
     Ok((
         StatusCode::CREATED,
-        Json(order_acme_for(&state, &id).await?),
+        Json(order_acme_for(&state, &id, challenge, None).await?),
     ))
 }
 
-/// Order a pending request's certificate from the configured ACME CA.
-async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
+/// The stored ACME account (sealed in the shared settings), if there is one.
+fn open_acme_account(state: &AppState, hexed: &str) -> Result<String, ApiError> {
+    let mut parts = hexed.split(':');
+    let (Some(kek), Some(dek), Some(ct)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(internal("stored ACME account unreadable"));
+    };
+    let sealed = SealedKey {
+        kek_id: kek.to_string(),
+        wrapped_dek: hex::decode(dek).map_err(internal)?,
+        ciphertext: hex::decode(ct).map_err(internal)?,
+    };
+    let plain = state
+        .vault
+        .open(&sealed, b"acme-account")
+        .map_err(internal)?;
+    String::from_utf8(plain).map_err(internal)
+}
+
+/// A uniformly random fraction in [0, 1), to spread renewals across ARI windows.
+fn random_fraction() -> f64 {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Order a pending request's certificate from the configured ACME CA, with the
+/// given challenge (default: the configured one); `replaces` is the DER of the
+/// certificate it renews (ARI).
+async fn order_acme_for(
+    state: &AppState,
+    id: &str,
+    challenge: Option<ChallengeKind>,
+    replaces: Option<&[u8]>,
+) -> Result<Value, ApiError> {
     let acme = state.config.acme.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -964,45 +1130,54 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
             "no [acme] CA is configured on this server",
         )
     })?;
+    let challenge = challenge.unwrap_or(acme.challenge);
+    acme.check(challenge)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "acme_challenge_unavailable", e))?;
     let r = pending_request(state, id).await?;
-    let names: Vec<String> = r
-        .sans
-        .iter()
-        .filter_map(|s| s.strip_prefix("DNS:").map(str::to_string))
-        .collect();
-    if names.is_empty() || names.len() != r.sans.len() {
+    let mut names = Vec::new();
+    for san in &r.sans {
+        match (san.split_once(':'), challenge) {
+            (Some(("DNS", n)), ChallengeKind::Dns01) => names.push(n.to_string()),
+            (Some(("DNS", n)), ChallengeKind::Http01) if n.starts_with("*.") => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("{n} is a wildcard: only dns-01 can prove it"),
+                ));
+            }
+            (Some(("DNS" | "IP", n)), ChallengeKind::Http01) => names.push(n.to_string()),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!(
+                        "{san} cannot be proved by {challenge}: ACME orders here cover DNS names (and IP addresses with http-01)"
+                    ),
+                ));
+            }
+        }
+    }
+    if names.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_request",
-            "ACME orders here cover DNS names only; this request has other names",
+            "the request names nothing ACME can validate",
         ));
     }
     let csr_der = csr_der_of(&r)?;
     // The account key is sealed like any private key, in the shared settings.
     let stored = match state.store.setting("acme_account").await? {
-        Some(hexed) => {
-            let mut parts = hexed.split(':');
-            let (Some(kek), Some(dek), Some(ct)) = (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(internal("stored ACME account unreadable"));
-            };
-            let sealed = SealedKey {
-                kek_id: kek.to_string(),
-                wrapped_dek: hex::decode(dek).map_err(internal)?,
-                ciphertext: hex::decode(ct).map_err(internal)?,
-            };
-            let plain = state
-                .vault
-                .open(&sealed, b"acme-account")
-                .map_err(internal)?;
-            Some(String::from_utf8(plain).map_err(internal)?)
-        }
+        Some(hexed) => Some(open_acme_account(state, &hexed)?),
         None => None,
     };
-    let (chain_pem, created) =
-        certkeeper_connect::acme::issue(&acme, stored.as_deref(), &names, &csr_der)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "acme_failed", e.to_string()))?;
-    if let Some(json) = created {
+    let tokens = crate::acme_http::StoreTokens(state.store.clone());
+    let spec = certkeeper_connect::acme::OrderSpec {
+        names: &names,
+        csr_der: &csr_der,
+        challenge,
+        replaces,
+    };
+    let issued = certkeeper_connect::acme::issue(&acme, stored.as_deref(), &spec, Some(&tokens))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "acme_failed", e.to_string()))?;
+    if let Some(json) = issued.created_account {
         let s = state
             .vault
             .seal(json.as_bytes(), b"acme-account")
@@ -1015,7 +1190,7 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
         );
         state.store.set_setting("acme_account", &value).await?;
     }
-    let ders = certkeeper_pki::pem_to_ders(chain_pem.as_bytes())
+    let ders = certkeeper_pki::pem_to_ders(issued.chain_pem.as_bytes())
         .map_err(|e| internal(format!("the CA's answer: {e}")))?;
     let mut certs = Vec::new();
     for d in &ders {
@@ -1026,7 +1201,7 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
         .ok_or_else(|| internal("the CA returned no certificate"))?
         .facts
         .clone();
-    check_policy(state, &leaf_facts)?;
+    check_policy(state, r.team.as_deref(), &leaf_facts)?;
     let sha = leaf_facts.sha256;
     let key = open_request_key(state, &r)?;
     let sealed = seal_for(state, &key, sha.to_string().as_bytes())?;
@@ -1043,7 +1218,27 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
         )
         .await?;
     state.store.set_issued_by(&r.id, "acme").await?;
-    tracing::info!(request = %r.id, certificate = %sha, "certificate ordered over ACME");
+    // The CA's suggested window (ARI) sets the renewal time; else two thirds through.
+    let renew_at = issued.renewal_window.and_then(|(start, end)| {
+        certkeeper_core::expiry::ari_renewal_time(
+            start,
+            end,
+            leaf_facts.not_after,
+            random_fraction(),
+        )
+        .inspect_err(
+            |e| tracing::warn!(certificate = %sha, error = %e, "ignoring the CA's renewal window"),
+        )
+        .ok()
+    });
+    state
+        .store
+        .set_acme_details(&r.id, &challenge.to_string(), renew_at)
+        .await?;
+    let renewal_time = renew_at.unwrap_or_else(|| {
+        certkeeper_core::expiry::renewal_time(leaf_facts.not_before, leaf_facts.not_after)
+    });
+    tracing::info!(request = %r.id, certificate = %sha, %challenge, "certificate ordered over ACME");
     Ok(json!({
             "sha256": sha.to_string(),
             "certificate": certkeeper_pki::to_pem(&ders[0]),
@@ -1051,12 +1246,19 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
             "not_after": views::rfc3339(leaf_facts.not_after),
             "request": r.id,
             "key_stored": true,
+            "challenge": challenge.to_string(),
+            "renewal_time": views::rfc3339(renewal_time),
+            "renewal_time_source": if renew_at.is_some() { "ari" } else { "two_thirds" },
     }))
 }
 
 /// Renew the certificate of an issued request: the same names and key type, a new
 /// key, the same issuer (the internal CA or the ACME CA that issued it).
-async fn renew(state: &AppState, old: &certkeeper_store::CertRequest) -> Result<Value, ApiError> {
+async fn renew(
+    state: &AppState,
+    old: &certkeeper_store::CertRequest,
+    actor: &str,
+) -> Result<Value, ApiError> {
     let issuer = old.issued_by.clone().ok_or_else(|| {
         ApiError::bad_request(
             "not_renewable",
@@ -1073,7 +1275,8 @@ async fn renew(state: &AppState, old: &certkeeper_store::CertRequest) -> Result<
         org_unit: None,
         key_type: Some(old.key_type.clone()),
     };
-    let new = make_request(state, spec).await?;
+    // The renewal belongs to the same team and follows its policy as it is now.
+    let new = make_request(state, spec, old.team.as_deref(), actor).await?;
     let issued = match issuer.strip_prefix("ca:") {
         Some(ca) => {
             issue_from_ca(
@@ -1084,13 +1287,28 @@ async fn renew(state: &AppState, old: &certkeeper_store::CertRequest) -> Result<
                     request_id: Some(new.id.clone()),
                     validity_days: None,
                 },
+                old.team.as_deref(),
             )
             .await?
         }
-        None if issuer == "acme" => order_acme_for(state, &new.id).await?,
+        None if issuer == "acme" => {
+            // The same challenge as the first order, and ARI's `replaces`.
+            let (challenge, _) = state.store.acme_details(&old.id).await?;
+            let challenge = challenge.and_then(|c| c.parse::<ChallengeKind>().ok());
+            let old_der = match &old.certificate_sha256 {
+                Some(sha) => Some(
+                    stored_certificate(state, &fingerprint_param(sha)?)
+                        .await?
+                        .der,
+                ),
+                None => None,
+            };
+            order_acme_for(state, &new.id, challenge, old_der.as_deref()).await?
+        }
         None => return Err(internal(format!("unknown issuer {issuer}"))),
     };
     state.store.set_renewed_by(&old.id, &new.id).await?;
+    crate::deploy::redeploy_renewed(state, old.certificate_sha256.as_deref(), &issued).await;
     tracing::info!(old = ?old.certificate_sha256, new = %issued["sha256"], "certificate renewed");
     Ok(json!({"renewed": old.certificate_sha256, "request": new.id, "certificate": issued}))
 }
@@ -1098,7 +1316,7 @@ async fn renew(state: &AppState, old: &certkeeper_store::CertRequest) -> Result<
 /// `POST /api/v1/certificates/{sha256}/renew`: renew now, whatever the renewal time.
 pub async fn renew_certificate(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(sha): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let fp = fingerprint_param(&sha)?;
@@ -1112,7 +1330,18 @@ pub async fn renew_certificate(
                 "no request of this server produced that certificate",
             )
         })?;
-    Ok((StatusCode::CREATED, Json(renew(&state, &old).await?)))
+    caller.require_team(&format!("certificate {fp}"), old.team.as_deref())?;
+    if old
+        .issued_by
+        .as_deref()
+        .is_some_and(|i| i.starts_with("ca:"))
+    {
+        caller.require(Permission::Issue)?;
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(renew(&state, &old, &caller.actor()).await?),
+    ))
 }
 
 /// Renew everything due at `now` (two thirds through its validity), once across replicas.
@@ -1121,7 +1350,7 @@ pub(crate) async fn renewal_pass(state: &AppState, now: OffsetDateTime) -> Resul
     let mut renewed = Vec::new();
     let mut failed = Vec::new();
     for old in &due {
-        match renew(state, old).await {
+        match renew(state, old, "renewal").await {
             Ok(v) => renewed.push(v),
             Err(e) => {
                 tracing::warn!(request = %old.id, error = %e.message, "renewal failed; retried after the claim expires");
@@ -1162,10 +1391,21 @@ async fn pending_request(
     state: &AppState,
     id: &str,
 ) -> Result<certkeeper_store::CertRequest, ApiError> {
+    pending_request_in(state, id, None).await
+}
+
+/// A request that `scope` (a team, or `None`: server-wide) may act on and that is
+/// still pending, or 404 / 403 / 409.
+async fn pending_request_in(
+    state: &AppState,
+    id: &str,
+    scope: Option<&str>,
+) -> Result<certkeeper_store::CertRequest, ApiError> {
     let r = state.store.request(id).await.map_err(|e| match e {
         certkeeper_store::StoreError::NotFound => ApiError::not_found("request"),
         other => other.into(),
     })?;
+    team_check(scope, &format!("request {id}"), r.team.as_deref())?;
     if r.status != "pending" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -1,43 +1,144 @@
-//! ACME issuance against Debian's pebble and pebble-challtestsrv (dns-01 through a
-//! hook script). Pebble's ports are fixed: this binary holds this one test.
+//! ACME issuance against Debian's pebble and pebble-challtestsrv: dns-01 through a hook
+//! script or an RFC 2136 update to a real BIND9, http-01 answered by the server itself,
+//! external account binding, and pebble's nonce rejection. Pebble's ports are fixed:
+//! each test starts its own pebble, and `Pebble::start_with` runs them one at a time.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use certkeeper_connect::acme::AcmeConfig;
+use certkeeper_connect::acme::{AcmeConfig, ChallengeKind, DnsPublisher, ExternalAccount};
+use certkeeper_connect::rfc2136::{self, Rfc2136Config, TsigAlgorithm};
 use certkeeper_server::{ServerConfig, prepare};
-use certkeeper_testkit::pebble::Pebble;
+use certkeeper_testkit::bind::Bind;
+use certkeeper_testkit::db::{self, TestDb};
+use certkeeper_testkit::pebble::{Pebble, PebbleOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn orders_a_certificate_from_an_acme_ca() {
+fn start_pebble(opts: &PebbleOptions) -> Pebble {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let pebble = Pebble::start()
-        .expect("pebble (Debian package `pebble`) must be installed; .ci/run installs it");
+    Pebble::start_with(opts)
+        .expect("pebble (Debian package `pebble`) must be installed; .ci/run installs it")
+}
+
+/// dns-01 through the testkit's hook script (challtestsrv), as before.
+fn hook_config(pebble: &Pebble) -> AcmeConfig {
+    let mut cfg = AcmeConfig::with_hook(pebble.directory.clone(), pebble.dns_hook.clone());
+    cfg.root_ca_file = Some(pebble.listener_ca.clone());
+    cfg.contact = vec!["mailto:pki@example.com".into()];
+    cfg.dns = Some(DnsPublisher::Hook {
+        command: pebble.dns_hook.clone(),
+        timeout: Duration::from_secs(10),
+    });
+    cfg
+}
+
+/// A server on a free port with `acme`, stopped when the test ends.
+struct Server {
+    base: String,
+    admin: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _db: Option<TestDb>,
+}
+
+async fn serve(acme: AcmeConfig, db: Option<TestDb>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ServerConfig::new(dir.path());
     cfg.http = true;
-    cfg.acme = Some(AcmeConfig {
-        directory_url: pebble.directory.clone(),
-        root_ca_file: Some(pebble.listener_ca.clone()),
-        contact: vec!["mailto:pki@example.com".into()],
-        dns_hook: pebble.dns_hook.clone(),
-        hook_timeout: Duration::from_secs(10),
-        attempts: 3,
-    });
+    cfg.database_url = db.as_ref().map(|d| d.url.clone());
+    cfg.acme = Some(acme);
     let prepared = prepare(cfg).await.unwrap();
     let admin = prepared.created_admin_token.clone().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { prepared.launch(listener, std::future::pending()).await });
-    let client = reqwest::Client::new();
-    let post = |path: String, body: Value| {
-        client
-            .post(format!("{base}{path}"))
-            .bearer_auth(&admin)
+    Server {
+        base,
+        admin,
+        client: reqwest::Client::new(),
+        _dir: dir,
+        _db: db,
+    }
+}
+
+impl Server {
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
             .json(&body)
             .send()
-    };
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A pending request (server-made key and CSR) for `names`.
+    async fn request(&self, names: &[&str]) -> String {
+        let r: Value = self
+            .post(
+                "/api/v1/requests",
+                json!({"common_name": names[0], "sans": names, "key_type": "p256"}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        r["id"].as_str().unwrap().to_string()
+    }
+
+    /// Order a request over ACME; the status and the body.
+    async fn order(&self, id: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .post(&format!("/api/v1/requests/{id}/acme"), body)
+            .await;
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Order and expect a certificate.
+    async fn issue(&self, names: &[&str], body: Value) -> Value {
+        let id = self.request(names).await;
+        let (status, v) = self.order(&id, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{names:?}: {v}");
+        assert_eq!(v["key_stored"], true);
+        v
+    }
+}
+
+/// The SANs of a PEM certificate, as openssl prints them.
+fn sans_of(pem: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.pem");
+    std::fs::write(&f, pem).unwrap();
+    String::from_utf8(
+        std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&f)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_a_certificate_from_an_acme_ca() {
+    let pebble = start_pebble(&PebbleOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(hook_config(&pebble), None).await;
 
     let root = pebble.issuing_root_pem().unwrap();
     let root_file = dir.path().join("pebble-root.pem");
@@ -49,27 +150,14 @@ async fn orders_a_certificate_from_an_acme_ca() {
     .into_iter()
     .enumerate()
     {
-        let req: Value = post(
-            "/api/v1/requests".into(),
-            json!({"common_name": names[0], "sans": names, "key_type": "p256"}),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-        let id = req["id"].as_str().unwrap().to_string();
-        let r = post(format!("/api/v1/requests/{id}/acme"), json!({}))
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::CREATED,
-            "order {i}: {}",
-            r.text().await.unwrap_or_default()
-        );
-        let issued: Value = r.json().await.unwrap();
+        let id = server.request(&names).await;
+        let (status, issued) = server.order(&id, json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "order {i}: {issued}");
         assert_eq!(issued["key_stored"], true);
+        assert_eq!(issued["challenge"], "dns-01");
+        // Debian's pebble 2.4 offers no renewal information (no `renewalInfo` in its
+        // directory): the renewal time is two thirds through the validity.
+        assert_eq!(issued["renewal_time_source"], "two_thirds", "{issued}");
         let leaf = dir.path().join(format!("leaf{i}.pem"));
         let chain = dir.path().join(format!("chain{i}.pem"));
         std::fs::write(&leaf, issued["certificate"].as_str().unwrap()).unwrap();
@@ -87,46 +175,22 @@ async fn orders_a_certificate_from_an_acme_ca() {
             "{}",
             String::from_utf8_lossy(&verify.stdout)
         );
-        let text = String::from_utf8(
-            std::process::Command::new("openssl")
-                .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-                .arg(&leaf)
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
+        let text = sans_of(issued["certificate"].as_str().unwrap());
         for n in &names {
             assert!(text.contains(&format!("DNS:{n}")), "{text}");
         }
-        let done: Value = client
-            .get(format!("{base}/api/v1/requests/{id}"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let done = server.get(&format!("/api/v1/requests/{id}")).await;
         assert_eq!(done["status"], "issued");
     }
-    // Renewal goes back to the same ACME CA, with a new key.
-    let first: Value = client
-        .get(format!("{base}/api/v1/requests"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Renewal goes back to the same ACME CA, with a new key (no `replaces`: no ARI).
+    let first = server.get("/api/v1/requests").await;
     let sha = first["items"][0]["certificate_sha256"]
         .as_str()
         .unwrap()
         .to_string();
-    let r = post(format!("/api/v1/certificates/{sha}/renew"), json!({}))
-        .await
-        .unwrap();
+    let r = server
+        .post(&format!("/api/v1/certificates/{sha}/renew"), json!({}))
+        .await;
     assert_eq!(
         r.status(),
         StatusCode::CREATED,
@@ -136,22 +200,249 @@ async fn orders_a_certificate_from_an_acme_ca() {
     let renewed: Value = r.json().await.unwrap();
     assert_eq!(renewed["renewed"], sha.as_str());
     assert_ne!(renewed["certificate"]["sha256"], sha.as_str());
+    assert_eq!(renewed["certificate"]["challenge"], "dns-01");
 
-    // Names ACME cannot validate here are refused before anything is ordered.
-    let req: Value = post(
-        "/api/v1/requests".into(),
-        json!({"common_name": "ip.acme.test", "sans": ["192.0.2.1"], "key_type": "p256"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let r = post(
-        format!("/api/v1/requests/{}/acme", req["id"].as_str().unwrap()),
-        json!({}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Names dns-01 cannot prove are refused before anything is ordered.
+    let id = server.request(&["ip.acme.test", "192.0.2.1"]).await;
+    let (status, v) = server.order(&id, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    // http-01 is not configured on this server; unknown challenges are refused.
+    let (status, v) = server.order(&id, json!({"challenge": "http-01"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "acme_challenge_unavailable", "{v}");
+    let (status, v) = server.order(&id, json!({"challenge": "tls-alpn-01"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http01_is_answered_by_the_server_only_for_orders_in_flight() {
+    let pebble = start_pebble(&PebbleOptions::default());
+    let mut cfg = hook_config(&pebble);
+    cfg.challenge = ChallengeKind::Http01;
+    // Pebble validates http-01 on port 5002 (its httpPort); challtestsrv answers DNS
+    // with 127.0.0.1 and serves no http-01 itself.
+    let responder = SocketAddr::from(([127, 0, 0, 1], 5002));
+    cfg.http01_listen = Some(responder);
+    // PostgreSQL when configured: the tokens live in the database, for every replica.
+    let pg = db::postgres().unwrap();
+    let server = serve(cfg, pg).await;
+    let plain = reqwest::Client::new();
+    let status_of = |path: &'static str| {
+        let plain = plain.clone();
+        async move {
+            plain
+                .get(format!("http://{responder}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Nothing but challenge tokens on that listener, and none before an order.
+    assert_eq!(status_of("/").await, StatusCode::NOT_FOUND);
+    assert_eq!(status_of("/api/v1/requests").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        status_of("/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0").await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status_of("/.well-known/acme-challenge/..%2f..%2fetc%2fpasswd").await,
+        StatusCode::NOT_FOUND
+    );
+
+    let issued = server
+        .issue(
+            &["web.acme.test", "www.web.acme.test", "127.0.0.1"],
+            json!({}),
+        )
+        .await;
+    assert_eq!(issued["challenge"], "http-01");
+    let sans = sans_of(issued["certificate"].as_str().unwrap());
+    assert!(
+        sans.contains("DNS:web.acme.test") && sans.contains("IP Address:127.0.0.1"),
+        "{sans}"
+    );
+    // The request may ask for the other challenge.
+    let by_dns = server
+        .issue(&["dns.acme.test"], json!({"challenge": "dns-01"}))
+        .await;
+    assert_eq!(by_dns["challenge"], "dns-01");
+    // A wildcard cannot be proved over http-01.
+    let id = server.request(&["*.web.acme.test"]).await;
+    let (status, v) = server.order(&id, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("wildcard"),
+        "{v}"
+    );
+    // Renewal uses the challenge of the first order.
+    let sha = issued["sha256"].as_str().unwrap();
+    let r = server
+        .post(&format!("/api/v1/certificates/{sha}/renew"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let renewed: Value = r.json().await.unwrap();
+    assert_eq!(renewed["certificate"]["challenge"], "http-01", "{renewed}");
+    // Tokens are withdrawn after their order: the pebble log names the tokens it
+    // fetched, and none of them is answered any more.
+    let log = pebble.log();
+    let tokens: Vec<&str> = log
+        .split("/.well-known/acme-challenge/")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .next()
+        })
+        .filter(|t| t.len() >= 16)
+        .collect();
+    assert!(tokens.len() >= 3, "pebble fetched our tokens: {log}");
+    for t in &tokens {
+        let s = plain
+            .get(format!("http://{responder}/.well-known/acme-challenge/{t}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(s, StatusCode::NOT_FOUND, "token {t} still answered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_account_binding_is_required_and_used() {
+    // Pebble hands out EAB keys base64url-encoded.
+    let kid = "kid-certkeeper";
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = start_pebble(&PebbleOptions {
+        eab_keys: vec![(kid.into(), key.into())],
+        ..Default::default()
+    });
+    // Without EAB the CA refuses to register the account.
+    let without = serve(hook_config(&pebble), None).await;
+    let id = without.request(&["eab.acme.test"]).await;
+    let started = Instant::now();
+    let (status, v) = without.order(&id, json!({})).await;
+    // Not retried: another attempt cannot change that (retries wait 0.5 s, then 1 s).
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(v["error"]["code"], "acme_failed");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("externalAccountRequired"),
+        "{v}"
+    );
+    // A wrong HMAC key is refused too, and the key appears in no message.
+    let mut wrong = hook_config(&pebble);
+    wrong.eab = Some(ExternalAccount {
+        kid: kid.into(),
+        hmac_key: b"not the key pebble knows, not at all".to_vec(),
+    });
+    assert!(
+        !format!("{wrong:?}").contains("not the key"),
+        "Debug redacts"
+    );
+    let wrong = serve(wrong, None).await;
+    let id = wrong.request(&["eab.acme.test"]).await;
+    let (status, v) = wrong.order(&id, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    // With the binding the account is created and the order goes through.
+    let mut with = hook_config(&pebble);
+    with.eab = Some(ExternalAccount {
+        kid: kid.into(),
+        hmac_key: base64_url(key),
+    });
+    let with = serve(with, None).await;
+    with.issue(&["eab.acme.test"], json!({})).await;
+    // The account is kept (sealed): a second order needs no new registration.
+    with.issue(&["eab2.acme.test"], json!({})).await;
+}
+
+fn base64_url(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_survive_a_high_bad_nonce_rate() {
+    // 40% of good nonces rejected: instant-acme's own three tries per request are not
+    // enough for a whole order (account, order, authorizations, challenges, finalize,
+    // certificate); the job-level retries are.
+    let pebble = start_pebble(&PebbleOptions {
+        nonce_reject_percent: Some(40),
+        ..Default::default()
+    });
+    let mut cfg = hook_config(&pebble);
+    cfg.attempts = 12;
+    let server = serve(cfg, None).await;
+    for n in ["nonce1.acme.test", "nonce2.acme.test", "nonce3.acme.test"] {
+        server.issue(&[n], json!({})).await;
+    }
+    let log = pebble.log();
+    assert!(
+        log.contains("reject 40% of good nonces"),
+        "pebble runs with the rejection rate: {log}"
+    );
+    // New orders sent, retries included (pebble does not log its rejections).
+    let orders = log.matches("POST /order-plz").count();
+    eprintln!("{orders} new-order requests for 3 certificates at 40% nonce rejection");
+    assert!(orders >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dns01_by_rfc2136_update_to_bind() {
+    const SECRET: &str = "T2jT3qUbG9l1KZ2yQd0gZp2kq6D3Xo7v7cY1m1b6VZk=";
+    let bind = Bind::start("rfc.test", "certkeeper", SECRET)
+        .expect("named (Debian package bind9) must be installed; .ci/run installs it");
+    // Pebble resolves the TXT records (and the names) through BIND.
+    let pebble = start_pebble(&PebbleOptions {
+        dns_server: Some(bind.addr),
+        ..Default::default()
+    });
+    let rfc = |secret: &str| {
+        DnsPublisher::Rfc2136(Rfc2136Config {
+            server: bind.addr,
+            zone: "rfc.test".into(),
+            key_name: "certkeeper".into(),
+            algorithm: TsigAlgorithm::HmacSha256,
+            secret: rfc2136::read_secret(secret).unwrap(),
+            ttl: 60,
+            timeout: Duration::from_secs(5),
+        })
+    };
+    let mut cfg = hook_config(&pebble);
+    cfg.dns = Some(rfc(SECRET));
+    let server = serve(cfg, None).await;
+    let issued = server
+        .issue(&["www.rfc.test", "*.rfc.test"], json!({}))
+        .await;
+    let sans = sans_of(issued["certificate"].as_str().unwrap());
+    assert!(sans.contains("DNS:*.rfc.test"), "{sans}");
+    // The records are removed after the order.
+    assert_eq!(
+        bind.dig("_acme-challenge.www.rfc.test.", "TXT").unwrap(),
+        ""
+    );
+    assert_eq!(bind.dig("_acme-challenge.rfc.test.", "TXT").unwrap(), "");
+
+    // A wrong TSIG key: BIND's BADSIG is the error, at once (no retries of a config error).
+    let mut bad = hook_config(&pebble);
+    bad.dns = Some(rfc("d3Jvbmcgc2VjcmV0IGZvciB0aGUga2V5IQ=="));
+    let bad = serve(bad, None).await;
+    let id = bad.request(&["bad.rfc.test"]).await;
+    let started = Instant::now();
+    let (status, v) = bad.order(&id, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("BADSIG") && msg.contains("TSIG"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(20), "not retried");
+    assert!(!msg.contains(SECRET));
 }

@@ -63,10 +63,12 @@ async fn start(config: impl FnOnce(&mut ServerConfig)) -> Result<Running> {
     cfg.http = true;
     config(&mut cfg);
     let http = cfg.http;
+    let preset = cfg.admin_token.clone();
     let prepared: Prepared = prepare(cfg).await?;
-    let admin = match &prepared.created_admin_token {
-        Some(t) => t.clone(),
-        None => std::fs::read_to_string(dir.path().join("admin.token"))?,
+    let admin = match (&prepared.created_admin_token, preset) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => p,
+        (None, None) => std::fs::read_to_string(dir.path().join("admin.token"))?,
     };
     let fingerprint = prepared.certificate_fingerprint.map(|f| f.to_string());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -1045,6 +1047,8 @@ async fn every_route_checks_who_calls() {
         "/api/v1/openapi.json",
         "/api/v1/reports",
         "/api/v1/agents/enroll",
+        "/api/v1/agent/jobs/claim",
+        "/api/v1/agent/jobs/{id}/result",
     ];
     for (method, path) in certkeeper_server::ROUTES {
         let url = format!(
@@ -1091,6 +1095,9 @@ async fn every_route_checks_who_calls() {
         }
         match *path {
             "/api/v1/reports" => assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents report"),
+            "/api/v1/agent/jobs/claim" | "/api/v1/agent/jobs/{id}/result" => {
+                assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents take jobs")
+            }
             "/api/v1/agents/enroll" => assert_eq!(
                 as_admin,
                 StatusCode::UNAUTHORIZED,
@@ -1371,4 +1378,930 @@ async fn rotating_the_kek_rewraps_every_key_while_the_server_runs() {
     );
     let _ = stop.send(());
     task.await.unwrap();
+}
+
+/// Create a scoped token as the administrator; returns (id, secret).
+async fn scoped_token(
+    s: &Running,
+    name: &str,
+    team: Option<&str>,
+    perms: &[&str],
+) -> (String, String) {
+    let r = s
+        .admin_post(
+            "/api/v1/tokens",
+            &json!({"name": name, "team": team, "permissions": perms}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED, "token {name}");
+    let v: Value = r.json().await.unwrap();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    )
+}
+
+impl Running {
+    /// `METHOD base+path` with a JSON body and `token`.
+    async fn call(&self, method: &str, token: &str, path: &str, body: &Value) -> reqwest::Response {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        self.client
+            .request(m, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[test]
+fn every_route_declares_what_it_needs() {
+    let served: BTreeSet<(&str, &str)> = certkeeper_server::ROUTES.iter().copied().collect();
+    let declared: BTreeSet<(&str, &str)> = certkeeper_server::ROUTE_NEEDS
+        .iter()
+        .map(|(m, p, _)| (*m, *p))
+        .collect();
+    assert_eq!(served, declared);
+    assert_eq!(
+        declared.len(),
+        certkeeper_server::ROUTE_NEEDS.len(),
+        "declared once"
+    );
+}
+
+#[tokio::test]
+async fn every_route_needs_its_permission() {
+    use certkeeper_core::access::Permission;
+    use certkeeper_server::Need;
+    for tdb in db::all().unwrap() {
+        let url = tdb.url.clone();
+        let s = start(move |c| {
+            c.auth_failures_per_minute = 10_000;
+            c.database_url = Some(url);
+        })
+        .await
+        .unwrap();
+        // For each permission, a token holding only it and one holding all the others.
+        let mut holding = std::collections::HashMap::new();
+        let mut lacking = std::collections::HashMap::new();
+        for p in Permission::ALL {
+            let (_, has) = scoped_token(&s, &format!("has-{p}"), None, &[p.as_str()]).await;
+            let others: Vec<&str> = Permission::ALL
+                .iter()
+                .filter(|q| **q != p && **q != Permission::Admin)
+                .map(|q| q.as_str())
+                .collect();
+            let (_, lacks) = scoped_token(&s, &format!("lacks-{p}"), None, &others).await;
+            holding.insert(p, has);
+            lacking.insert(p, lacks);
+        }
+        for (method, path, need) in certkeeper_server::ROUTE_NEEDS {
+            let concrete = path
+                .replace("{sha256}", &"00".repeat(32))
+                .replace("{id}", "x")
+                .replace("{name}", "x");
+            let m = method.to_uppercase();
+            match need {
+                Need::Permission(p) => {
+                    let r = s.call(&m, &lacking[p], &concrete, &json!({})).await;
+                    assert_eq!(
+                        error_code(r).await,
+                        (StatusCode::FORBIDDEN, "missing_permission".into()),
+                        "{method} {path} without {p} ({})",
+                        tdb.label
+                    );
+                    let r = s.call(&m, &holding[p], &concrete, &json!({})).await;
+                    let st = r.status();
+                    assert!(
+                        st != StatusCode::UNAUTHORIZED && st != StatusCode::FORBIDDEN,
+                        "{method} {path} with {p}: {st} {}",
+                        r.text().await.unwrap()
+                    );
+                }
+                Need::Authenticated => {
+                    let r = s
+                        .call(&m, &holding[&Permission::Read], &concrete, &json!({}))
+                        .await;
+                    assert_eq!(r.status(), StatusCode::OK, "{method} {path}");
+                }
+                Need::Public | Need::Enrollment | Need::Agent => {
+                    // Checked by `every_route_checks_who_calls`: not a scoped token's business.
+                    let r = s
+                        .call(&m, &holding[&Permission::Admin], &concrete, &json!({}))
+                        .await;
+                    assert_ne!(
+                        r.status(),
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "{method} {path}"
+                    );
+                }
+            }
+        }
+        // Refusals are audited with who tried.
+        let audit: Value = s.admin_get("/api/v1/audit").await.json().await.unwrap();
+        assert!(
+            audit["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == "denied"
+                    && e["actor"] == "token:lacks-admin"
+                    && e["subject"] == "admin GET /api/v1/tokens"),
+            "{audit}"
+        );
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn scoped_tokens_are_shown_once_and_revoked_at_once_on_every_replica() {
+    for tdb in db::all().unwrap() {
+        let kek = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let admin = "ck_admin_preset_for_two_replicas_000000".to_string();
+        let cfg = |c: &mut ServerConfig| {
+            c.database_url = Some(tdb.url.clone());
+            c.kek = Some(kek.clone());
+            c.admin_token = Some(admin.clone());
+        };
+        let a = start(cfg).await.unwrap();
+        let b = start(cfg).await.unwrap();
+        let r = a
+            .admin_post(
+                "/api/v1/tokens",
+                &json!({"name": "ci-web", "team": "web", "permissions": ["read", "import"]}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let created: Value = r.json().await.unwrap();
+        let secret = created["token"].as_str().unwrap().to_string();
+        assert!(secret.starts_with("ck_token_"));
+        assert_eq!(created["permissions"], json!(["read", "import"]));
+        assert_eq!(created["team"], "web");
+        assert!(
+            created["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("[policy.teams.web]"),
+            "a team without a policy of its own is pointed out"
+        );
+        let id = created["id"].as_str().unwrap().to_string();
+        // Listed on the other replica, never with the secret.
+        let listed = b.admin_get("/api/v1/tokens").await.text().await.unwrap();
+        assert!(
+            listed.contains("ci-web") && !listed.contains(&secret),
+            "{listed}"
+        );
+        assert!(!listed.contains("token_hash") && !listed.contains("\"token\""));
+        // It works on both; it may read but not manage tokens.
+        for s in [&a, &b] {
+            let r = s
+                .call("GET", &secret, "/api/v1/certificates", &json!({}))
+                .await;
+            assert_eq!(r.status(), StatusCode::OK);
+            let r = s.call("GET", &secret, "/api/v1/tokens", &json!({})).await;
+            assert_eq!(
+                error_code(r).await,
+                (StatusCode::FORBIDDEN, "missing_permission".into())
+            );
+        }
+        // Bad requests, each with its code; nothing is created.
+        for (body, code, status) in [
+            (
+                json!({"name": "x", "permissions": ["read", "write"]}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"name": "x", "permissions": []}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"name": "x", "team": "web", "permissions": ["admin"]}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"name": "a b", "permissions": ["read"]}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"name": "ci-web", "permissions": ["read"]}),
+                "already_exists",
+                StatusCode::CONFLICT,
+            ),
+            (
+                json!({"name": "x", "permissions": ["read"], "extra": 1}),
+                "invalid_request",
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let r = a.admin_post("/api/v1/tokens", &body).await;
+            assert_eq!(error_code(r).await, (status, code.into()), "{body}");
+        }
+        let listed: Value = a.admin_get("/api/v1/tokens").await.json().await.unwrap();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+        // Revoked on one replica: refused on the other with the next request.
+        let r = a
+            .call(
+                "DELETE",
+                &admin,
+                &format!("/api/v1/tokens/{id}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let r = b
+            .call("GET", &secret, "/api/v1/certificates", &json!({}))
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::UNAUTHORIZED, "unauthorized".into())
+        );
+        let r = b
+            .call(
+                "DELETE",
+                &admin,
+                &format!("/api/v1/tokens/{id}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::NOT_FOUND, "not_found".into())
+        );
+        // The bootstrap administrator token keeps working; the log says who did what.
+        let audit: Value = b.admin_get("/api/v1/audit").await.json().await.unwrap();
+        let actions: Vec<(&str, &str)> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            &actions[..4],
+            [
+                ("admin", "revoke_token"),
+                ("token:ci-web (team web)", "denied"),
+                ("token:ci-web (team web)", "denied"),
+                ("admin", "create_token")
+            ]
+        );
+        assert!(!audit.to_string().contains(&secret));
+        a.stop().await;
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn team_tokens_follow_their_team_policy_and_act_on_their_own_certificates() {
+    use certkeeper_core::policy::PolicyOverride;
+    let pki = TestPki::new().unwrap();
+    let web_leaf = pki
+        .leaf(&LeafSpec::new("a.web.example", KeyKind::EcdsaP256).valid_days(-1, 90))
+        .unwrap();
+    let other_leaf = pki
+        .leaf(&LeafSpec::new("www.other.example", KeyKind::EcdsaP256).valid_days(-1, 90))
+        .unwrap();
+    let long_leaf = pki
+        .leaf(&LeafSpec::new("b.web.example", KeyKind::EcdsaP256).valid_days(-1, 200))
+        .unwrap();
+    for tdb in db::all().unwrap() {
+        let url = tdb.url.clone();
+        let s = start(move |c| {
+            c.database_url = Some(url);
+            c.policy.teams.insert(
+                "web".into(),
+                PolicyOverride {
+                    max_validity_days: Some(100),
+                    allowed_names: Some(vec!["*.web.example".into()]),
+                    ..Default::default()
+                },
+            );
+        })
+        .await
+        .unwrap();
+        let all = ["read", "import", "request", "issue", "export_key"];
+        let (_, web) = scoped_token(&s, "web", Some("web"), &all).await;
+        let (_, web_ro) = scoped_token(&s, "web-ro", Some("web"), &["read"]).await;
+        let (_, db_team) = scoped_token(&s, "db", Some("db"), &all).await;
+        let (_, ops) = scoped_token(&s, "ops", None, &["read", "export_key"]).await;
+        let sr = &s;
+        let import = |token: &str, leaf: &certkeeper_testkit::Issued, key: bool| {
+            let mut body =
+                json!({"certificate": leaf.cert_pem, "chain": [pki.intermediate.cert_pem]});
+            if key {
+                body["private_key"] = json!(leaf.key_pem);
+            }
+            let token = token.to_string();
+            async move {
+                sr.call("POST", &token, "/api/v1/certificates/import", &body)
+                    .await
+            }
+        };
+
+        // Imports are judged by the team's policy; the refusal names rule and team.
+        let r = import(&web, &other_leaf, true).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "policy_violation");
+        assert_eq!(v["error"]["team"], "web");
+        assert_eq!(v["error"]["violations"][0]["rule"], "name");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("team web"),
+            "{v}"
+        );
+        let r = import(&web, &long_leaf, false).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["violations"][0]["rule"], "max_validity", "{v}");
+        // Other teams and the server-wide policy are not bound by web's rules.
+        let r = import(&db_team, &long_leaf, false).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(r.json::<Value>().await.unwrap()["team"], "db");
+        let r = import(&web, &web_leaf, true).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let imported: Value = r.json().await.unwrap();
+        assert_eq!(imported["team"], "web");
+        let sha = imported["sha256"].as_str().unwrap().to_string();
+        // Everyone who reads sees whose it is.
+        let shown: Value = s
+            .call(
+                "GET",
+                &db_team,
+                &format!("/api/v1/certificates/{sha}"),
+                &json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (shown["managed"].as_bool(), shown["team"].as_str()),
+            (Some(true), Some("web"))
+        );
+        // Another team cannot take it over, nor can the read-only token import.
+        let r = import(&db_team, &web_leaf, false).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let r = import(&web_ro, &web_leaf, false).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "missing_permission".into())
+        );
+
+        // Export: the key needs export_key, and a team exports its own certificates only.
+        let export = |token: &str, with_key: bool| {
+            let (token, path) = (
+                token.to_string(),
+                format!("/api/v1/certificates/{sha}/export"),
+            );
+            async move {
+                sr.call(
+                    "POST",
+                    &token,
+                    &path,
+                    &json!({"format": "pem", "with_key": with_key}),
+                )
+                .await
+            }
+        };
+        let pem = export(&web, true).await.text().await.unwrap();
+        assert!(pem.contains("BEGIN PRIVATE KEY"), "{pem}");
+        let r = export(&web_ro, false).await;
+        assert_eq!(r.status(), StatusCode::OK, "the certificate alone is read");
+        let r = export(&web_ro, true).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "missing_permission".into())
+        );
+        let r = export(&db_team, true).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let r = export(&db_team, false).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let r = export(&ops, true).await;
+        assert_eq!(r.status(), StatusCode::OK, "server-wide tokens export any");
+        // Every key export is audited, the refused ones with who tried; no key material.
+        let audit: Value = s.admin_get("/api/v1/audit").await.json().await.unwrap();
+        let of_sha: Vec<(String, String)> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["subject"] == sha.as_str()
+                    && e["action"].as_str().unwrap().starts_with("export_key")
+            })
+            .map(|e| {
+                (
+                    e["actor"].as_str().unwrap().into(),
+                    e["action"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("token:ops", "export_key"),
+            ("token:db (team db)", "export_key_denied"),
+            ("token:web-ro (team web)", "export_key_denied"),
+            ("token:web (team web)", "export_key"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(of_sha, want);
+        let key_body: String = web_leaf
+            .key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let text = audit.to_string();
+        assert!(!text.contains("PRIVATE KEY") && !text.contains(&key_body[..40]));
+
+        // Server-kept requests: the team's names; seen and completed by the team only.
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/requests",
+                &json!({"common_name": "x.other.example", "key_type": "p256"}),
+            )
+            .await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "policy_violation", "{v}");
+        assert_eq!(v["error"]["team"], "web");
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/requests",
+                &json!({"common_name": "svc.web.example", "key_type": "p256"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let req: Value = r.json().await.unwrap();
+        assert_eq!(req["team"], "web");
+        let id = req["id"].as_str().unwrap().to_string();
+        let listed: Value = s
+            .call("GET", &db_team, "/api/v1/requests", &json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
+        let listed: Value = s
+            .call("GET", &web_ro, "/api/v1/requests", &json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+        let listed: Value = s.admin_get("/api/v1/requests").await.json().await.unwrap();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+        let r = s
+            .call(
+                "GET",
+                &db_team,
+                &format!("/api/v1/requests/{id}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::NOT_FOUND, "not_found".into())
+        );
+
+        // Internal-CA issuance: within the team's validity, for the team's request only.
+        let r = s.admin_post("/api/v1/cas", &json!({"name": "corp", "common_name": "Corp Root", "profile": {"validity_days": 120}})).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = s
+            .call(
+                "POST",
+                &db_team,
+                "/api/v1/cas/corp/issue",
+                &json!({"request_id": id, "validity_days": 60}),
+            )
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/cas/corp/issue",
+                &json!({"request_id": id}),
+            )
+            .await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "policy_violation");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("team web's policy's 100 days"),
+            "{v}"
+        );
+        // Someone else's certificate for web's pending key cannot pick that key up.
+        let csr = req["csr"].as_str().unwrap();
+        let r = s
+            .admin_post(
+                "/api/v1/cas/corp/issue",
+                &json!({"csr": csr, "validity_days": 60}),
+            )
+            .await;
+        let stray: Value = r.json().await.unwrap();
+        assert_eq!(stray["key_stored"], false, "{stray}");
+        let r = s
+            .call(
+                "POST",
+                &db_team,
+                "/api/v1/certificates/import",
+                &json!({"certificate": stray["certificate"]}),
+            )
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/cas/corp/issue",
+                &json!({"request_id": id, "validity_days": 60}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let issued: Value = r.json().await.unwrap();
+        assert_eq!(
+            (issued["team"].as_str(), issued["key_stored"].as_bool()),
+            (Some("web"), Some(true))
+        );
+        let isha = issued["sha256"].as_str().unwrap().to_string();
+
+        // Renewal: the owning team only, and from a CA it needs issue; the new request
+        // belongs to the team too.
+        let renew = |token: &str| {
+            let (token, path) = (
+                token.to_string(),
+                format!("/api/v1/certificates/{isha}/renew"),
+            );
+            async move { sr.call("POST", &token, &path, &json!({})).await }
+        };
+        let r = renew(&db_team).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let (_, web_req) = scoped_token(&s, "web-req", Some("web"), &["request"]).await;
+        let r = renew(&web_req).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "missing_permission".into())
+        );
+        // The CA's 120 days exceed web's 100 without a validity_days: renewal follows
+        // the policy as it is now and says so.
+        let r = renew(&web).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "policy_violation", "{v}");
+        let r = s.admin_post("/api/v1/cas", &json!({"name": "short", "common_name": "Short Root", "profile": {"validity_days": 30}})).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/requests",
+                &json!({"common_name": "api.web.example", "key_type": "p256"}),
+            )
+            .await;
+        let req2: Value = r.json().await.unwrap();
+        // ACME orders too: another team's request is refused before anything else.
+        let acme = format!("/api/v1/requests/{}/acme", req2["id"].as_str().unwrap());
+        let r = s.call("POST", &db_team, &acme, &json!({})).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "other_team".into())
+        );
+        let r = s.call("POST", &web, &acme, &json!({})).await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::CONFLICT, "acme_not_configured".into())
+        );
+        let r = s
+            .call(
+                "POST",
+                &web,
+                "/api/v1/cas/short/issue",
+                &json!({"request_id": req2["id"]}),
+            )
+            .await;
+        let issued2: Value = r.json().await.unwrap();
+        let r = s
+            .call(
+                "POST",
+                &web,
+                &format!(
+                    "/api/v1/certificates/{}/renew",
+                    issued2["sha256"].as_str().unwrap()
+                ),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let renewed: Value = r.json().await.unwrap();
+        assert_eq!(renewed["certificate"]["team"], "web");
+        let r = s
+            .call(
+                "GET",
+                &web_ro,
+                &format!("/api/v1/requests/{}", renewed["request"].as_str().unwrap()),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(r.json::<Value>().await.unwrap()["team"], "web");
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn deployments_check_their_input_and_count_only_what_the_inventory_shows_served() {
+    let s = start(|_| {}).await.unwrap();
+    let (agent, credential) = enroll(&s).await;
+    let pki = TestPki::new().unwrap();
+    let leaf = |n: &str| pki.leaf(&LeafSpec::new(n, KeyKind::EcdsaP256)).unwrap();
+    let (new, old, keyless) = (leaf("web.test"), leaf("web.test"), leaf("bare.test"));
+    let mut shas = Vec::new();
+    for (c, with_key) in [(&new, true), (&old, true), (&keyless, false)] {
+        let mut body = json!({"certificate": c.cert_pem, "chain": [pki.intermediate.cert_pem]});
+        if with_key {
+            body["private_key"] = json!(c.key_pem);
+        }
+        let r = s.admin_post("/api/v1/certificates/import", &body).await;
+        assert!(r.status().is_success());
+        shas.push(
+            r.json::<Value>().await.unwrap()["sha256"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let good = json!({"agent_id": agent, "fullchain_path": "/etc/tls/web.pem", "key_path": "/etc/tls/web.key",
+                      "reload_command": "systemctl reload nginx", "endpoint": "web.test:8443"});
+    let with = |k: &str, v: Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b
+    };
+    let url = |sha: &str| format!("/api/v1/certificates/{sha}/deployments");
+    let ca_sha = certkeeper_pki::sha256(&pki.intermediate.der).to_string();
+    let cases = [
+        (
+            url("nothex"),
+            good.clone(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&"00".repeat(32)),
+            good.clone(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            url(&shas[2]),
+            good.clone(),
+            StatusCode::CONFLICT,
+            "no_private_key",
+        ),
+        (
+            url(&ca_sha),
+            good.clone(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            json!({"agent_id": agent, "endpoint": "web.test:8443"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("key_path", json!("tls/web.key")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("key_path", json!("/etc/tls/../../shadow")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("key_path", json!("/etc/tls/web.pem")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("endpoint", json!("https://web.test/")),
+            StatusCode::BAD_REQUEST,
+            "invalid_endpoint",
+        ),
+        (
+            url(&shas[0]),
+            with("endpoint", json!("web.test:0")),
+            StatusCode::BAD_REQUEST,
+            "invalid_endpoint",
+        ),
+        (
+            url(&shas[0]),
+            with("agent_id", json!("no-such-agent")),
+            StatusCode::BAD_REQUEST,
+            "unknown_agent",
+        ),
+        (
+            url(&shas[0]),
+            with("mode", json!("4755")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("mode", json!("rw-r--r--")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("owner", json!("root; rm")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            url(&shas[0]),
+            with("surprise", json!(1)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (path, body, status, code) in &cases {
+        let r = s.admin_post(path, body).await;
+        assert_eq!(
+            error_code(r).await,
+            (*status, code.to_string()),
+            "{path} {body}"
+        );
+    }
+    assert_eq!(
+        s.admin_get("/api/v1/deployments")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["items"],
+        json!([]),
+        "nothing created by a refused request"
+    );
+
+    let r = s.admin_post(&url(&shas[0]), &good).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            d["status"].as_str(),
+            d["mode"].as_str(),
+            d["key_mode"].as_str()
+        ),
+        (Some("pending"), Some("0644"), Some("0600"))
+    );
+    let id = d["id"].as_str().unwrap().to_string();
+
+    let agent_post = |path: String, body: Value| {
+        s.client
+            .post(format!("{}{path}", s.base))
+            .bearer_auth(&credential)
+            .json(&body)
+            .send()
+    };
+    let claim = || agent_post("/api/v1/agent/jobs/claim".into(), json!({}));
+    let jobs: Value = claim().await.unwrap().json().await.unwrap();
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["kind"], "deploy");
+    let files = job["deploy"]["files"].as_array().unwrap();
+    let parts: Vec<&str> = files.iter().map(|f| f["part"].as_str().unwrap()).collect();
+    assert_eq!(parts, ["fullchain", "key"]);
+    assert!(files[0]["pem"].as_str().unwrap().starts_with(&new.cert_pem));
+    assert!(files[1]["pem"].as_str().unwrap().contains("PRIVATE KEY"));
+    assert_eq!(files[1]["mode"], "0600");
+    assert_eq!(
+        job["deploy"]["reload"],
+        json!(["systemctl", "reload", "nginx"])
+    );
+    let (job_id, lease) = (
+        job["id"].as_str().unwrap().to_string(),
+        job["lease"].as_str().unwrap().to_string(),
+    );
+    let result = |body: Value| agent_post(format!("/api/v1/agent/jobs/{job_id}/result"), body);
+    for bad in [
+        json!({"lease": lease, "status": "failed", "error": {"code": "made_up", "message": "x"}}),
+        json!({"lease": lease, "status": "failed"}),
+        json!({"lease": lease, "status": "maybe"}),
+    ] {
+        assert_eq!(
+            error_code(result(bad.clone()).await.unwrap()).await,
+            (StatusCode::BAD_REQUEST, "invalid_request".into()),
+            "{bad}"
+        );
+    }
+    // The agent says it worked, but no sighting reached the server: not done.
+    let v: Value = result(json!({"lease": lease, "status": "succeeded"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["deployment"]["status"], "retrying", "{v}");
+    assert_eq!(v["deployment"]["last_error"]["code"], "not_served");
+
+    // A sighting of the old certificate: still not done.
+    let now = time::OffsetDateTime::now_utc();
+    let seen = |der: &[u8]| {
+        let mut o = tls_obs("web.test", 8443, &[der]);
+        o["seen_at"] = json!(
+            now.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        );
+        o
+    };
+    let push =
+        |id: &str, der: &[u8]| agent_post("/api/v1/reports".into(), report(id, vec![seen(der)]));
+    let retry_path = format!("/api/v1/deployments/{id}/retry");
+    let empty = json!({});
+    let retry = || s.admin_post(&retry_path, &empty);
+    for (i, (der, expect)) in [(&old.der, "old_certificate_served"), (&new.der, "")]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(retry().await.status(), StatusCode::OK);
+        let jobs: Value = claim().await.unwrap().json().await.unwrap();
+        let job = &jobs["jobs"][0];
+        let jid = job["id"].as_str().unwrap();
+        assert!(
+            push(&format!("r{i}"), der)
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+        let v: Value = agent_post(
+            format!("/api/v1/agent/jobs/{jid}/result"),
+            json!({"lease": job["lease"], "status": "succeeded"}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        if expect.is_empty() {
+            assert_eq!(v["deployment"]["status"], "done", "{v}");
+            assert_eq!(v["deployment"]["deployed_sha256"], shas[0].as_str());
+        } else {
+            assert_eq!(v["deployment"]["last_error"]["code"], expect, "{v}");
+            assert!(
+                v["deployment"]["last_error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&shas[1])
+            );
+        }
+    }
+    // A done deployment has no job left to claim.
+    let jobs: Value = claim().await.unwrap().json().await.unwrap();
+    assert_eq!(jobs["jobs"], json!([]));
+    assert_eq!(
+        error_code(s.admin_get("/api/v1/deployments/nope").await).await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    assert_eq!(
+        error_code(s.admin_get("/api/v1/deployments?certificate=zz").await).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
+    let listed: Value = s
+        .admin_get(&format!("/api/v1/deployments?certificate={}", shas[0]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    s.stop().await;
 }

@@ -3,8 +3,10 @@
 //! migrations. Domain types carry no database derives: rows are mapped here.
 
 mod ingest;
+mod jobs;
 mod managed;
 mod queries;
+mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +17,9 @@ use sqlx::{AnyPool, Executor, Row, SqlStr};
 use time::OffsetDateTime;
 
 pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
+pub use jobs::{ClaimedJob, Deployment, Job, JobOutcome, NewDeployment};
 pub use managed::{CertRequest, ImportOutcome, KeyHolder, StoredKey};
+pub use tokens::{NewScopedToken, ScopedToken};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,9 @@ pub enum StoreError {
     /// Migrating the schema failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A job's result came from an agent whose lease on it has ended.
+    #[error("the lease on this job has ended")]
+    LeaseLost,
     /// Any other database error (connection lost, disk full, constraint…).
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -59,8 +66,12 @@ pub enum StoreError {
 /// Who an API token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
+    /// The bootstrap administrator token (first start or `CERTKEEPER_ADMIN_TOKEN`).
     Admin,
+    /// An enrolled agent's credential.
     Agent { id: String },
+    /// A named token with permissions, perhaps for a team.
+    Token(ScopedToken),
 }
 
 /// The inventory.
@@ -109,6 +120,21 @@ macro_rules! migrations {
                 5,
                 "0005_renewal",
                 include_str!(concat!("../migrations/", $dir, "/0005_renewal.sql")),
+            ),
+            (
+                6,
+                "0006_deploy",
+                include_str!(concat!("../migrations/", $dir, "/0006_deploy.sql")),
+            ),
+            (
+                7,
+                "0007_acme",
+                include_str!(concat!("../migrations/", $dir, "/0007_acme.sql")),
+            ),
+            (
+                9,
+                "0009_teams",
+                include_str!(concat!("../migrations/", $dir, "/0009_teams.sql")),
             ),
         ]
     };
@@ -257,10 +283,12 @@ impl Store {
         Ok(())
     }
 
-    /// Who holds the token with this hash; revoked agents hold nothing.
+    /// Who holds the token with this hash; revoked agents and revoked (deleted)
+    /// tokens hold nothing. Read on every request, so a revocation takes effect at
+    /// once on every replica of the database.
     pub async fn principal(&self, token_hash: &str) -> Result<Option<Principal>, StoreError> {
         let row = sqlx::query(
-            "SELECT t.kind, t.agent_id, a.revoked_at FROM api_tokens t LEFT JOIN agents a ON a.id = t.agent_id WHERE t.token_hash = $1",
+            "SELECT t.kind, t.agent_id, a.revoked_at, t.id, t.name, t.permissions, t.team, t.created_at FROM api_tokens t LEFT JOIN agents a ON a.id = t.agent_id WHERE t.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
@@ -277,6 +305,7 @@ impl Store {
                     _ => None,
                 }
             }
+            "scoped" => Some(Principal::Token(tokens::scoped_from_row(&row, 3)?)),
             _ => None,
         })
     }

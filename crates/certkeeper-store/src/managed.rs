@@ -38,6 +38,8 @@ pub struct CertRequest {
     pub created_at: OffsetDateTime,
     /// `acme` or `ca:NAME` once issued through the server.
     pub issued_by: Option<String>,
+    /// The team owning the request (and the certificate it becomes); `None`: no team.
+    pub team: Option<String>,
 }
 
 fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
@@ -58,10 +60,11 @@ fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
         certificate_sha256: r.try_get("certificate_sha256")?,
         created_at: crate::ts(r.try_get("created_at")?)?,
         issued_by: r.try_get("issued_by")?,
+        team: r.try_get("team")?,
     })
 }
 
-const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, issued_by";
+const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, issued_by, team";
 
 /// Where a sealed key is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +89,7 @@ impl Store {
     /// one transaction with the sealed key and an audit entry.
     /// When `completes` names a pending request, it is marked issued in the same
     /// transaction.
-    #[allow(clippy::too_many_arguments)] // one call site; each argument is one fact of the import
+    /// The certificate belongs to the team of the request it completes, if any.
     pub async fn save_import(
         &self,
         certs: &[ParsedCert],
@@ -94,6 +97,23 @@ impl Store {
         key: Option<&StoredKey>,
         completes: Option<&str>,
         actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<ImportOutcome, StoreError> {
+        self.save_import_for(certs, chain_complete, key, completes, actor, None, now)
+            .await
+    }
+
+    /// [`Store::save_import`] for `team` (else the completed request's team). A
+    /// certificate managed already keeps the team it has.
+    #[allow(clippy::too_many_arguments)] // each argument is one fact of the import
+    pub async fn save_import_for(
+        &self,
+        certs: &[ParsedCert],
+        chain_complete: bool,
+        key: Option<&StoredKey>,
+        completes: Option<&str>,
+        actor: &str,
+        team: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<ImportOutcome, StoreError> {
         let leaf = certs
@@ -145,12 +165,16 @@ impl Store {
         .execute(&mut tx)
         .await?;
         sqlx::query(
-            "INSERT INTO managed_certificates (sha256, source, chain_complete, imported_at) VALUES ($1, 'import', $2, $3) \
-             ON CONFLICT (sha256) DO UPDATE SET chain_complete = excluded.chain_complete",
+            "INSERT INTO managed_certificates (sha256, source, chain_complete, imported_at, team) \
+             VALUES ($1, 'import', $2, $3, COALESCE($4, (SELECT team FROM cert_requests WHERE id = $5))) \
+             ON CONFLICT (sha256) DO UPDATE SET chain_complete = excluded.chain_complete, \
+             team = COALESCE(managed_certificates.team, excluded.team)",
         )
         .bind(&leaf)
         .bind(i64::from(chain_complete))
         .bind(now.unix_timestamp())
+        .bind(team)
+        .bind(completes)
         .execute(&mut *tx)
         .await?;
         let mut key_stored = false;
@@ -247,13 +271,13 @@ impl Store {
             .collect()
     }
 
-    /// Record a new pending request.
-    pub async fn create_request(&self, r: &CertRequest) -> Result<(), StoreError> {
+    /// Record a new pending request, audited as made by `actor`.
+    pub async fn create_request(&self, r: &CertRequest, actor: &str) -> Result<(), StoreError> {
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO cert_requests (id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, completed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', NULL, $10, NULL)",
+            "INSERT INTO cert_requests (id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, completed_at, team) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', NULL, $10, NULL, $11)",
         )
         .bind(&r.id)
         .bind(&r.common_name)
@@ -265,9 +289,10 @@ impl Store {
         .bind(r.key.wrapped_dek.clone())
         .bind(r.key.ciphertext.clone())
         .bind(r.created_at.unix_timestamp())
+        .bind(r.team.as_deref())
         .execute(&mut *tx)
         .await?;
-        audit(&mut tx, "admin", "request", &r.id, r.created_at).await?;
+        audit(&mut tx, actor, "request", &r.id, r.created_at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -283,8 +308,8 @@ impl Store {
         Ok(())
     }
 
-    /// Issued requests whose certificate is due for renewal at `now` (its not_after
-    /// minus a third of its validity) and not renewed yet, each claimed for `lease`
+    /// Issued requests whose certificate is due for renewal at `now` (the CA's ARI
+    /// time when there is one, else two thirds through its validity) and not renewed yet, each claimed for `lease`
     /// seconds so that replicas do not renew the same certificate twice.
     pub async fn claim_due_renewals(
         &self,
@@ -296,7 +321,7 @@ impl Store {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS} FROM cert_requests r WHERE r.status = 'issued' AND r.issued_by IS NOT NULL AND r.renewed_by IS NULL \
              AND (r.renewal_claimed_until IS NULL OR r.renewal_claimed_until < $1) \
-             AND EXISTS (SELECT 1 FROM certificates c WHERE c.sha256 = r.certificate_sha256 AND c.not_before + (c.not_after - c.not_before) * 2 / 3 <= $1) \
+             AND (r.ari_renew_at <= $1 OR r.ari_renew_at IS NULL AND EXISTS (SELECT 1 FROM certificates c WHERE c.sha256 = r.certificate_sha256 AND c.not_before + (c.not_after - c.not_before) * 2 / 3 <= $1)) \
              ORDER BY r.created_at LIMIT $2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -437,6 +462,20 @@ impl Store {
         rows.iter().map(|r| get::<Vec<u8>>(r, "der")).collect()
     }
 
+    /// Whether a certificate is managed, and by which team: `None` when it is not
+    /// managed (discovered only, or unknown), `Some(None)` when managed by no team.
+    pub async fn managed_team(
+        &self,
+        cert: &certkeeper_core::Fingerprint,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let row = sqlx::query("SELECT team FROM managed_certificates WHERE sha256 = $1")
+            .bind(cert.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get::<Option<String>, _>(0).map_err(StoreError::from))
+            .transpose()
+    }
+
     /// The sealed private key of a certificate, if one is stored.
     pub async fn sealed_key(
         &self,
@@ -553,7 +592,7 @@ fn stored_key(r: &sqlx::any::AnyRow, first: usize) -> Result<StoredKey, StoreErr
     })
 }
 
-async fn audit(
+pub(crate) async fn audit(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     actor: &str,
     action: &str,
@@ -568,4 +607,95 @@ async fn audit(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// ACME details of requests, and http-01 tokens in flight.
+impl Store {
+    /// Record how a request was ordered over ACME and, when the CA gave one, its
+    /// renewal time (ARI), which then replaces the two-thirds rule.
+    pub async fn set_acme_details(
+        &self,
+        id: &str,
+        challenge: &str,
+        renew_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query(
+            "UPDATE cert_requests SET acme_challenge = $2, ari_renew_at = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(challenge)
+        .bind(renew_at.map(OffsetDateTime::unix_timestamp))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The challenge a request was ordered with and its ARI renewal time, if any.
+    pub async fn acme_details(
+        &self,
+        id: &str,
+    ) -> Result<(Option<String>, Option<OffsetDateTime>), StoreError> {
+        let row =
+            sqlx::query("SELECT acme_challenge, ari_renew_at FROM cert_requests WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        let at: Option<i64> = row.try_get("ari_renew_at")?;
+        Ok((
+            row.try_get("acme_challenge")?,
+            at.map(crate::ts).transpose()?,
+        ))
+    }
+
+    /// Keep an http-01 key authorization until `expires_at` (or until withdrawn).
+    pub async fn put_http01_token(
+        &self,
+        token: &str,
+        key_authorization: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("DELETE FROM acme_http01_tokens WHERE token = $1 OR expires_at < $2")
+            .bind(token)
+            .bind(OffsetDateTime::now_utc().unix_timestamp())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO acme_http01_tokens (token, key_authorization, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token)
+        .bind(key_authorization)
+        .bind(expires_at.unix_timestamp())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The key authorization of a token in flight at `now`.
+    pub async fn http01_token(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT key_authorization FROM acme_http01_tokens WHERE token = $1 AND expires_at >= $2",
+        )
+        .bind(token)
+        .bind(now.unix_timestamp())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("key_authorization")).transpose()?)
+    }
+
+    /// Forget a token once its order no longer needs it.
+    pub async fn delete_http01_token(&self, token: &str) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("DELETE FROM acme_http01_tokens WHERE token = $1")
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }

@@ -500,3 +500,244 @@ async fn two_servers_ingesting_the_same_certificates_at_once_keep_one_row_each()
         s2.close().await;
     }
 }
+
+#[tokio::test]
+async fn scoped_tokens_are_listed_without_secrets_and_revoked_everywhere_at_once() {
+    use certkeeper_core::access::{Permission, Permissions};
+    use certkeeper_store::NewScopedToken;
+    for tdb in db::all().unwrap() {
+        // Two stores on one database: two replicas.
+        let a = Store::open(&tdb.url).await.unwrap();
+        let b = Store::open(&tdb.url).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let perms = Permissions::parse_list("read,import").unwrap();
+        let new = NewScopedToken {
+            id: "t1",
+            name: "ci-web",
+            team: Some("web"),
+            permissions: &perms,
+            token_hash: "h1",
+        };
+        a.create_scoped_token(&new, "admin", now).await.unwrap();
+        let same_name = NewScopedToken {
+            id: "t2",
+            token_hash: "h2",
+            ..new.clone()
+        };
+        assert!(matches!(
+            a.create_scoped_token(&same_name, "admin", now).await,
+            Err(StoreError::Exists(_))
+        ));
+        let Some(Principal::Token(t)) = b.principal("h1").await.unwrap() else {
+            panic!("a scoped token");
+        };
+        assert_eq!((t.id.as_str(), t.name.as_str()), ("t1", "ci-web"));
+        assert_eq!(t.team.as_deref(), Some("web"));
+        assert!(t.permissions.allows(Permission::Import));
+        assert!(!t.permissions.allows(Permission::ExportKey));
+        assert_eq!(b.principal("h2").await.unwrap(), None);
+        let listed = a.scoped_tokens().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0], t);
+        let revoked = a.revoke_scoped_token("t1", "admin", now).await.unwrap();
+        assert_eq!(revoked.name, "ci-web");
+        assert_eq!(
+            b.principal("h1").await.unwrap(),
+            None,
+            "at once on the other"
+        );
+        assert!(matches!(
+            b.revoke_scoped_token("t1", "admin", now).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(a.scoped_tokens().await.unwrap().is_empty());
+        let log = a.audit_log(10).await.unwrap();
+        let actions: Vec<&str> = log.iter().map(|e| e.2.as_str()).collect();
+        assert_eq!(actions, ["revoke_token", "create_token"]);
+        assert_eq!(log[0].3, "t1 ci-web (team web)");
+        assert!(
+            log.iter().all(|e| !e.3.contains("h1")),
+            "no hash in the log"
+        );
+        a.close().await;
+        b.close().await;
+    }
+}
+
+fn deployment(id: &str, agent: &str) -> certkeeper_store::NewDeployment {
+    certkeeper_store::NewDeployment {
+        id: id.into(),
+        certificate_sha256: "ab".repeat(32),
+        agent_id: agent.into(),
+        cert_path: None,
+        chain_path: None,
+        fullchain_path: Some("/etc/tls/site.pem".into()),
+        key_path: Some("/etc/tls/site.key".into()),
+        owner: None,
+        group: Some("www-data".into()),
+        mode: 0o644,
+        key_mode: 0o600,
+        reload: vec!["systemctl".into(), "reload".into(), "nginx".into()],
+        endpoint_host: "web.test".into(),
+        endpoint_port: 443,
+    }
+}
+
+#[tokio::test]
+async fn jobs_are_claimed_by_their_agent_once_and_given_back_when_the_lease_ends() {
+    use certkeeper_core::jobs::JobState;
+    use certkeeper_store::JobOutcome;
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        // A second replica of the same database.
+        let replica = Store::open(&tdb.url).await.unwrap();
+        with_agent(&store, "a1").await;
+        with_agent(&store, "a2").await;
+        let t0 = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        store
+            .create_deployment(&deployment("d1", "a1"), "j1", 3, t0)
+            .await
+            .unwrap();
+        let d = store.deployment("d1").await.unwrap();
+        assert_eq!(d.spec, deployment("d1", "a1"), "{}", tdb.label);
+        assert_eq!((d.job.state, d.job.attempts), (JobState::Queued, 0));
+
+        // Another agent sees nothing of it.
+        assert!(
+            store
+                .claim_jobs("a2", "l0", t0, 60, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Two replicas claiming at once hand it out once.
+        let (a, b) = tokio::join!(
+            store.claim_jobs("a1", "la", t0, 60, 10),
+            replica.claim_jobs("a1", "lb", t0, 60, 10)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.len() + b.len(), 1, "{}: {a:?} {b:?}", tdb.label);
+        let first = a.into_iter().chain(b).next().unwrap();
+        assert_eq!((first.job.id.as_str(), first.job.attempts), ("j1", 1));
+        assert_eq!(first.job.lease_until, Some(t0 + Duration::seconds(60)));
+        assert!(
+            store
+                .claim_jobs("a1", "lc", t0, 60, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Only the lease holder reports.
+        let failed = JobOutcome::Failed {
+            code: "reload_failed".into(),
+            message: "exit status 1".into(),
+            retry_at: Some(t0 + Duration::seconds(120)),
+        };
+        assert!(matches!(
+            store
+                .finish_job("j1", "a2", &first.lease_id, &failed, t0)
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store
+                .finish_job("j1", "a1", "not-the-lease", &failed, t0)
+                .await,
+            Err(StoreError::LeaseLost)
+        ));
+
+        // The agent dies: after the lease the job is claimed again, the lost attempt
+        // recorded, and the dead agent's late result refused.
+        let later = t0 + Duration::seconds(61);
+        let again = store.claim_jobs("a1", "ld", later, 60, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{}", tdb.label);
+        assert_eq!(again[0].job.attempts, 2);
+        assert_eq!(
+            again[0].job.last_error_code.as_deref(),
+            Some("lease_expired")
+        );
+        assert!(matches!(
+            store
+                .finish_job("j1", "a1", &first.lease_id, &failed, later)
+                .await,
+            Err(StoreError::LeaseLost)
+        ));
+
+        // A failed attempt waits for its retry time.
+        let j = store
+            .finish_job("j1", "a1", "ld", &failed, later)
+            .await
+            .unwrap();
+        assert_eq!(
+            (j.state, j.last_error_code.as_deref()),
+            (JobState::Queued, Some("reload_failed"))
+        );
+        assert!(
+            store
+                .claim_jobs("a1", "le", later, 60, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let due = t0 + Duration::seconds(120);
+        let third = store.claim_jobs("a1", "lf", due, 60, 10).await.unwrap();
+        assert_eq!(third[0].job.attempts, 3);
+        // The last attempt's lease ends too: given up, not dropped.
+        store
+            .expire_leases(due + Duration::seconds(61))
+            .await
+            .unwrap();
+        let d = store.deployment("d1").await.unwrap();
+        assert_eq!(d.job.state, JobState::Failed, "{}", tdb.label);
+        assert_eq!(d.job.last_error_code.as_deref(), Some("lease_expired"));
+        assert!(d.job.finished_at.is_some());
+
+        // Restarting (a retry, or a renewed certificate) makes a fresh job.
+        let t1 = due + Duration::seconds(100);
+        store
+            .restart_deployment("d1", &"cd".repeat(32), "j2", 3, t1)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.deployments_of(&"cd".repeat(32)).await.unwrap(),
+            ["d1"]
+        );
+        let claimed = store.claim_jobs("a1", "lg", t1, 60, 10).await.unwrap();
+        assert_eq!(claimed[0].job.id, "j2");
+        assert_eq!(
+            store
+                .deployment_of_job("j2")
+                .await
+                .unwrap()
+                .unwrap()
+                .spec
+                .id,
+            "d1"
+        );
+        assert!(store.deployment_of_job("j1").await.unwrap().is_none());
+        let j = store
+            .finish_job("j2", "a1", "lg", &JobOutcome::Succeeded, t1)
+            .await
+            .unwrap();
+        assert_eq!(j.state, JobState::Succeeded);
+        // A queued job replaced by a restart is closed as superseded.
+        store
+            .restart_deployment("d1", &"cd".repeat(32), "j3", 3, t1)
+            .await
+            .unwrap();
+        store
+            .restart_deployment("d1", &"cd".repeat(32), "j4", 3, t1)
+            .await
+            .unwrap();
+        let j3 = store.job("j3").await.unwrap();
+        assert_eq!(
+            (j3.state, j3.last_error_code.as_deref()),
+            (JobState::Failed, Some("superseded"))
+        );
+        assert_eq!(store.deployments(None).await.unwrap().len(), 1);
+        assert_eq!(store.deployments(Some("ff")).await.unwrap().len(), 0);
+        replica.close().await;
+        store.close().await;
+    }
+}

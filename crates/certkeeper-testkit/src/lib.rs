@@ -1,6 +1,7 @@
 //! Test-only helpers: a throwaway PKI made with rcgen, and real TLS servers
 //! (`openssl s_server`) on loopback ports.
 
+pub mod bind;
 pub mod db;
 pub mod flawed;
 pub mod pebble;

@@ -1,10 +1,12 @@
 //! Debian's pebble ACME test CA and pebble-challtestsrv on loopback, as
 //! `shared/stack.md` §4 describes. Ports are fixed by pebble's config, so tests using it
-//! must not run at the same time (one test per binary does).
+//! must not run at the same time: [`Pebble::start_with`] takes a process-wide lock
+//! held until the pebble is dropped, and cargo runs test binaries one after another.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,9 +14,23 @@ use anyhow::{Context, Result};
 use crate::pki::{KeyKind, LeafSpec, TestPki};
 use crate::servers::wait_for_port;
 
+/// How to run pebble.
+#[derive(Debug, Clone, Default)]
+pub struct PebbleOptions {
+    /// `externalAccountBindingRequired` with these key ids and base64url HMAC keys.
+    pub eab_keys: Vec<(String, String)>,
+    /// `PEBBLE_WFE_NONCEREJECT`: percentage of good nonces rejected (pebble's default 5).
+    pub nonce_reject_percent: Option<u8>,
+    /// The DNS server pebble resolves with (default: challtestsrv on 127.0.0.1:8053).
+    pub dns_server: Option<SocketAddr>,
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// A running pebble and challtestsrv, killed on drop.
 pub struct Pebble {
     children: Vec<Child>,
+    _serial: MutexGuard<'static, ()>,
     pub dir: tempfile::TempDir,
     /// The directory URL.
     pub directory: String,
@@ -35,6 +51,12 @@ impl Drop for Pebble {
 
 impl Pebble {
     pub fn start() -> Result<Pebble> {
+        Self::start_with(&PebbleOptions::default())
+    }
+
+    pub fn start_with(opts: &PebbleOptions) -> Result<Pebble> {
+        // A test that panicked while holding the lock has still stopped its pebble.
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir()?;
         let pki = TestPki::new()?;
         let listener = pki.leaf(
@@ -46,9 +68,15 @@ impl Pebble {
         std::fs::write(
             &cfg,
             format!(
-                r#"{{"pebble":{{"listenAddress":"127.0.0.1:14000","managementListenAddress":"127.0.0.1:15000","certificate":"{}","privateKey":"{}","httpPort":5002,"tlsPort":5001,"ocspResponderURL":"","externalAccountBindingRequired":false,"certificateValidityPeriod":7776000}}}}"#,
+                r#"{{"pebble":{{"listenAddress":"127.0.0.1:14000","managementListenAddress":"127.0.0.1:15000","certificate":"{}","privateKey":"{}","httpPort":5002,"tlsPort":5001,"ocspResponderURL":"","externalAccountBindingRequired":{},"externalAccountMACKeys":{{{}}},"certificateValidityPeriod":7776000}}}}"#,
                 listener.chain_path.display(),
-                listener.key_path.display()
+                listener.key_path.display(),
+                !opts.eab_keys.is_empty(),
+                opts.eab_keys
+                    .iter()
+                    .map(|(kid, key)| format!("\"{kid}\":\"{key}\""))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         )?;
         let challtestsrv = Command::new("pebble-challtestsrv")
@@ -72,17 +100,28 @@ impl Pebble {
             .stderr(Stdio::null())
             .spawn()
             .context("starting pebble-challtestsrv (Debian package pebble)")?;
-        let pebble_process = Command::new("pebble")
+        let dns = opts
+            .dns_server
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8053)));
+        let log = std::fs::File::create(dir.path().join("pebble.log"))?;
+        let mut pebble_cmd = Command::new("pebble");
+        pebble_cmd
             .arg("-config")
             .arg(&cfg)
-            .args(["-dnsserver", "127.0.0.1:8053"])
+            .arg("-dnsserver")
+            .arg(dns.to_string())
             .env("PEBBLE_VA_NOSLEEP", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(p) = opts.nonce_reject_percent {
+            pebble_cmd.env("PEBBLE_WFE_NONCEREJECT", p.to_string());
+        }
+        let pebble_process = pebble_cmd
             .spawn()
             .context("starting pebble (Debian package pebble)")?;
         let mut pebble = Pebble {
             children: vec![challtestsrv, pebble_process],
+            _serial: serial,
             dir,
             directory: "https://127.0.0.1:14000/dir".into(),
             listener_ca,
@@ -110,6 +149,11 @@ impl Pebble {
         }
         pebble.dns_hook = hook;
         Ok(pebble)
+    }
+
+    /// What pebble logged so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
     }
 
     /// The root that signs pebble's issued certificates (regenerated at every start).

@@ -161,6 +161,9 @@ pub enum AdminCommand {
     /// Enrolled agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Scoped API tokens: permissions and perhaps a team.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The audit log: imports and key exports.
     Audit {
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
@@ -182,6 +185,44 @@ pub enum EnrollmentTokenCommand {
         uses: u32,
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once (stdout), only its hash is kept.
+    Create {
+        /// A name for the token (letters, digits, - _ .), shown in the audit log.
+        #[arg(long, env = "CERTKEEPER_NAME")]
+        name: String,
+        /// The team the token acts for (its policy, its certificates and requests).
+        #[arg(long, env = "CERTKEEPER_TEAM")]
+        team: Option<String>,
+        /// Comma-separated: read, import, request, issue, export_key, admin.
+        #[arg(
+            long,
+            env = "CERTKEEPER_PERMISSIONS",
+            value_delimiter = ',',
+            required = true
+        )]
+        permissions: Vec<String>,
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a token by id: it stops working at once.
+    Revoke {
+        id: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -321,6 +362,62 @@ pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
                 )
             });
         }
+        AdminCommand::Token(TokenCommand::Create {
+            name,
+            team,
+            permissions,
+            output,
+            remote,
+        }) => {
+            let api = remote.connect()?;
+            let v = api
+                .post(
+                    "/api/v1/tokens",
+                    &json!({"name": name, "team": team, "permissions": permissions}),
+                )
+                .await?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                eprintln!(
+                    "Token {} ({}), permissions {}{}; shown only now:",
+                    t(&v["name"], ""),
+                    t(&v["id"], ""),
+                    display(&v["permissions"]),
+                    v["team"]
+                        .as_str()
+                        .map(|team| format!(", team {}", clean(team)))
+                        .unwrap_or_default()
+                );
+                for w in v["warnings"].as_array().into_iter().flatten() {
+                    eprintln!("warning: {}", display(w));
+                }
+                println!("{}", v["token"].as_str().unwrap_or_default());
+            }
+        }
+        AdminCommand::Token(TokenCommand::List { output, remote }) => {
+            let api = remote.connect()?;
+            let v = api.get("/api/v1/tokens", &[]).await?;
+            let header = format!(
+                "{:<36}  {:<20}  {:<12}  {:<20}  PERMISSIONS",
+                "ID", "NAME", "TEAM", "CREATED"
+            );
+            print_items(&v, output, Some(&header), |tok| {
+                format!(
+                    "{:<36}  {:<20}  {:<12}  {:<20}  {}",
+                    t(&tok["id"], ""),
+                    t(&tok["name"], ""),
+                    t(&tok["team"], "-"),
+                    t(&tok["created_at"], ""),
+                    display(&tok["permissions"])
+                )
+            });
+        }
+        AdminCommand::Token(TokenCommand::Revoke { id, remote }) => {
+            let api = remote.connect()?;
+            api.delete(&format!("/api/v1/tokens/{id}")).await?;
+            eprintln!("token {id} revoked");
+        }
         AdminCommand::Agents(AgentsCommand::Revoke { id, remote }) => {
             let api = remote.connect()?;
             api.delete(&format!("/api/v1/agents/{id}")).await?;
@@ -454,6 +551,8 @@ pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
                     "signature_algorithm",
                     "self_signed",
                     "is_ca",
+                    "managed",
+                    "team",
                 ] {
                     println!("{key:>20}: {}", display(&c[key]));
                 }
@@ -754,6 +853,9 @@ pub enum RequestCommand {
     /// Order a pending request's certificate from the server's ACME CA.
     Acme {
         id: String,
+        /// http-01 or dns-01 [default: the server's `[acme] challenge`].
+        #[arg(long, value_parser = ["http-01", "dns-01"])]
+        challenge: Option<String>,
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
@@ -855,18 +957,28 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
                 print!("{}", pem(&v["csr"]));
             }
         }
-        RequestCommand::Acme { id, output, remote } => {
+        RequestCommand::Acme {
+            id,
+            challenge,
+            output,
+            remote,
+        } => {
             let api = remote.connect()?;
+            let body = match challenge {
+                Some(c) => json!({ "challenge": c }),
+                None => json!({}),
+            };
             let v = api
-                .post(&format!("/api/v1/requests/{id}/acme"), &json!({}))
+                .post(&format!("/api/v1/requests/{id}/acme"), &body)
                 .await?;
             if output == Output::Json {
                 println!("{v}");
             } else {
                 eprintln!(
-                    "issued {} (valid until {})",
+                    "issued {} (valid until {}, renews at {})",
                     t(&v["sha256"], ""),
-                    t(&v["not_after"], "")
+                    t(&v["not_after"], ""),
+                    t(&v["renewal_time"], "")
                 );
                 print!("{}{}", pem(&v["certificate"]), pem(&v["chain"]));
             }
@@ -950,6 +1062,180 @@ pub async fn run_ca(cmd: CaCommand) -> Result<ExitCode> {
                 );
                 print!("{}{}", pem(&v["certificate"]), pem(&v["chain"]));
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct DeployCreateArgs {
+    /// SHA-256 of the certificate.
+    sha256: String,
+    /// The agent that writes the files (`certkeeper admin agents list`).
+    #[arg(long, env = "CERTKEEPER_AGENT")]
+    agent: String,
+    /// host:port where the new certificate must be seen served.
+    #[arg(long, env = "CERTKEEPER_ENDPOINT")]
+    endpoint: String,
+    /// File for the certificate alone.
+    #[arg(long, env = "CERTKEEPER_CERT_PATH")]
+    cert_path: Option<String>,
+    /// File for the chain (intermediates) alone.
+    #[arg(long, env = "CERTKEEPER_CHAIN_PATH")]
+    chain_path: Option<String>,
+    /// File for the certificate followed by its chain.
+    #[arg(long, env = "CERTKEEPER_FULLCHAIN_PATH")]
+    fullchain_path: Option<String>,
+    /// File for the private key (mode 0600 unless --key-mode says otherwise).
+    #[arg(long, env = "CERTKEEPER_KEY_PATH")]
+    key_path: Option<String>,
+    /// Owner of the files (user name or uid).
+    #[arg(long, env = "CERTKEEPER_OWNER")]
+    owner: Option<String>,
+    /// Group of the files (group name or gid).
+    #[arg(long, env = "CERTKEEPER_GROUP")]
+    group: Option<String>,
+    /// Mode of the certificate files, octal [default: 0644].
+    #[arg(long, env = "CERTKEEPER_MODE")]
+    mode: Option<String>,
+    /// Mode of the key file, octal [default: 0600].
+    #[arg(long, env = "CERTKEEPER_KEY_MODE")]
+    key_mode: Option<String>,
+    /// Run after writing, e.g. "systemctl reload nginx": split on spaces, no shell;
+    /// the agent runs it only if its agent.toml [deploy] allowed_commands lists it.
+    #[arg(long, env = "CERTKEEPER_RELOAD")]
+    reload: Option<String>,
+    #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+    output: Output,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Subcommand)]
+pub enum DeployCommand {
+    /// Deploy a managed certificate (one with a stored key) to files on an agent's host;
+    /// done once the certificate is seen served at the endpoint.
+    Create(Box<DeployCreateArgs>),
+    /// Deployments with their status, attempts and last error.
+    List {
+        /// Only those of this certificate.
+        #[arg(long, env = "CERTKEEPER_CERTIFICATE")]
+        certificate: Option<String>,
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One deployment.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Start a deployment again now (after a failure), with every attempt available.
+    Retry {
+        id: String,
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn deployment_line(d: &Value) -> String {
+    let err = match &d["last_error"] {
+        Value::Null => String::new(),
+        e => format!("  {}: {}", t(&e["code"], ""), t(&e["message"], "")),
+    };
+    let note = d["note"]
+        .as_str()
+        .map(|n| format!("  ({})", clean(n)))
+        .unwrap_or_default();
+    format!(
+        "{:<36}  {:<11}  {}/{}  {:<21}  {}{err}{note}",
+        t(&d["id"], ""),
+        t(&d["status"], ""),
+        d["attempts"],
+        d["max_attempts"],
+        t(&d["endpoint"], ""),
+        t(&d["certificate_sha256"], "")
+            .chars()
+            .take(16)
+            .collect::<String>(),
+    )
+}
+
+fn print_deployment(v: &Value, output: Output) {
+    if output == Output::Json {
+        println!("{v}");
+    } else {
+        println!("{}", deployment_line(v));
+    }
+}
+
+pub async fn run_deploy(cmd: DeployCommand) -> Result<ExitCode> {
+    match cmd {
+        DeployCommand::Create(args) => {
+            let DeployCreateArgs {
+                sha256,
+                agent,
+                endpoint,
+                cert_path,
+                chain_path,
+                fullchain_path,
+                key_path,
+                owner,
+                group,
+                mode,
+                key_mode,
+                reload,
+                output,
+                remote,
+            } = *args;
+            let api = remote.connect()?;
+            let v = api
+                .post(
+                    &format!("/api/v1/certificates/{sha256}/deployments"),
+                    &json!({"agent_id": agent, "endpoint": endpoint, "cert_path": cert_path, "chain_path": chain_path,
+                            "fullchain_path": fullchain_path, "key_path": key_path, "owner": owner, "group": group,
+                            "mode": mode, "key_mode": key_mode, "reload_command": reload}),
+                )
+                .await?;
+            if output != Output::Json {
+                eprintln!(
+                    "deployment {} queued for agent {}",
+                    t(&v["id"], ""),
+                    t(&v["agent_id"], "")
+                );
+            }
+            print_deployment(&v, output);
+        }
+        DeployCommand::List {
+            certificate,
+            output,
+            remote,
+        } => {
+            let api = remote.connect()?;
+            let query: Vec<(&str, String)> = certificate
+                .into_iter()
+                .map(|c| ("certificate", c))
+                .collect();
+            let v = api.get("/api/v1/deployments", &query).await?;
+            print_items(&v, output, None, deployment_line);
+        }
+        DeployCommand::Show { id, output, remote } => {
+            let api = remote.connect()?;
+            let v = api.get(&format!("/api/v1/deployments/{id}"), &[]).await?;
+            print_deployment(&v, output);
+        }
+        DeployCommand::Retry { id, output, remote } => {
+            let api = remote.connect()?;
+            let v = api
+                .post(&format!("/api/v1/deployments/{id}/retry"), &json!({}))
+                .await?;
+            print_deployment(&v, output);
         }
     }
     Ok(ExitCode::SUCCESS)

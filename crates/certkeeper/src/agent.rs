@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::Output;
 use crate::client::{self, ApiCallError, Trust, call};
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Observations per pushed report (a report must stay well under the server's body limit).
 const REPORT_CHUNK: usize = 1000;
 
@@ -90,13 +90,23 @@ pub enum AgentCommand {
     Scan(ScanArgs),
     /// A vulnerability scan of endpoints, run here and printed (nothing is sent).
     Vulnscan(crate::vulnscan::VulnscanArgs),
-    /// Stay running and scan on a schedule.
+    /// Stay running: scan on a schedule, and do the jobs the server gives this agent.
     Run {
         /// Time between scans: 30m, 6h, 1d…
         #[arg(long, default_value = "6h", value_parser = crate::admin::parse_duration, env = "CERTKEEPER_INTERVAL")]
         interval: Duration,
+        /// Time between asking the server for jobs (deployments).
+        #[arg(long, default_value = "30s", value_parser = crate::admin::parse_duration, env = "CERTKEEPER_POLL")]
+        poll: Duration,
         #[command(flatten)]
         scan: ScanArgs,
+    },
+    /// Do the jobs the server has for this agent now (deployments), once; for cron.
+    Jobs {
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        dir: ConfigDir,
     },
 }
 
@@ -153,18 +163,24 @@ pub struct ScanArgs {
 /// `agent.toml`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AgentConfig {
+pub(crate) struct AgentConfig {
     server: Option<String>,
     agent_id: Option<String>,
     ca_fingerprint: Option<String>,
     ca_file: Option<PathBuf>,
     #[serde(default)]
-    scan: ScanSettings,
+    pub(crate) scan: ScanSettings,
+    /// What deployments may touch on this host (nothing unless listed).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::jobs::DeploySettings::is_default"
+    )]
+    pub(crate) deploy: crate::jobs::DeploySettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct ScanSettings {
+pub(crate) struct ScanSettings {
     concurrency: usize,
     rate_per_second: u32,
     connect_timeout_ms: u64,
@@ -254,18 +270,124 @@ pub async fn run(cmd: AgentCommand) -> Result<ExitCode> {
         AgentCommand::Vulnscan(args) => crate::vulnscan::run(args).await,
         AgentCommand::Run {
             interval,
+            poll,
             scan: args,
-        } => loop {
-            match scan(&args).await {
-                Ok(_) => {}
-                Err(e) => eprintln!("error: {e:#}"),
+        } => {
+            let dir = args.dir.path();
+            let mut next_scan = tokio::time::Instant::now();
+            loop {
+                if tokio::time::Instant::now() >= next_scan {
+                    if let Err(e) = scan(&args).await {
+                        eprintln!("error: {e:#}");
+                    }
+                    next_scan = tokio::time::Instant::now() + interval;
+                }
+                if let Err(e) = jobs_once(&dir).await {
+                    eprintln!("error: jobs: {e:#}");
+                }
+                let wait =
+                    poll.min(next_scan.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+        AgentCommand::Jobs { output, dir } => {
+            let reports = jobs_once(&dir.path()).await?;
+            if output == Output::Json {
+                println!("{}", json!({"jobs": reports}));
+            } else {
+                for r in &reports {
+                    let verdict = r.state.as_deref().unwrap_or("not reported");
+                    let why = r
+                        .error
+                        .as_ref()
+                        .or(r.server_error.as_ref())
+                        .map(|e| {
+                            format!(
+                                ": {}: {}",
+                                e["code"].as_str().unwrap_or(""),
+                                e["message"].as_str().unwrap_or("")
+                            )
+                        })
+                        .unwrap_or_default();
+                    println!("{}  {}  {}{why}", r.id, r.kind, verdict);
+                }
+                if reports.is_empty() {
+                    eprintln!("no jobs for this agent now");
+                }
             }
-        },
+            let all_done = reports
+                .iter()
+                .all(|r| r.state.as_deref() == Some("succeeded"));
+            Ok(if all_done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
+}
+
+/// Claim and do this agent's due jobs once.
+async fn jobs_once(dir: &Path) -> Result<Vec<crate::jobs::JobReport>> {
+    let cfg: AgentConfig = load_toml(&dir.join("agent.toml"))?;
+    crate::jobs::check_settings(&cfg.deploy)?;
+    let link = link(dir, &cfg)?;
+    crate::jobs::run_once(dir, &cfg, &link).await
+}
+
+/// Probe limits from the `[scan]` settings.
+pub(crate) fn probe_config(s: &ScanSettings) -> ProbeConfig {
+    ProbeConfig {
+        limiter: None,
+        connect_timeout: Duration::from_millis(s.connect_timeout_ms.max(1)),
+        handshake_timeout: Duration::from_millis(s.handshake_timeout_ms.max(1)),
+        concurrency: s.concurrency.max(1),
+        rate_per_second: Some(s.rate_per_second).filter(|r| *r > 0),
+        legacy_fallback: s.legacy_fallback,
+    }
+}
+
+/// Push observations made outside a scan (a deployment's rescan) through the usual
+/// path: spooled first, then sent with whatever else is spooled.
+pub(crate) async fn deliver(dir: &Path, link: &Link, observations: &[Observation]) -> Result<()> {
+    let watch: Watchlist = load_toml(&dir.join("watchlist.toml"))?;
+    let spool = dir.join("spool");
+    let now = OffsetDateTime::now_utc();
+    spool_reports(&spool, observations, &watch, now, now)?;
+    let (_, left, _, err) = flush_spool(link, &spool).await?;
+    if let Some(e) = err {
+        bail!("{e} ({left} report(s) still spooled)");
+    }
+    Ok(())
+}
+
+/// Write observations as reports into the spool.
+fn spool_reports(
+    spool: &Path,
+    observations: &[Observation],
+    watch: &Watchlist,
+    started_at: OffsetDateTime,
+    finished_at: OffsetDateTime,
+) -> Result<()> {
+    ensure_dir(spool)?;
+    let run = uuid::Uuid::new_v4();
+    for (i, part) in report_chunks(observations).into_iter().enumerate() {
+        let report = ScanReport {
+            report_id: format!("{run}-{i}"),
+            agent_version: VERSION.into(),
+            hostname: hostname(),
+            started_at,
+            finished_at,
+            watched_endpoints: u64::try_from(watch.endpoint_count()).unwrap_or(u64::MAX),
+            observations: part.to_vec(),
+        };
+        let path = spool.join(format!("{}-{run}-{i:05}.json", started_at.unix_timestamp()));
+        write_atomic(&path, &serde_json::to_vec(&report)?, 0o600)?;
+    }
+    Ok(())
 }
 
 async fn enroll(
@@ -391,10 +513,10 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode> {
 }
 
 /// The agent's connection to its server.
-struct Link {
-    server: String,
-    credential: String,
-    http: reqwest::Client,
+pub(crate) struct Link {
+    pub(crate) server: String,
+    pub(crate) credential: String,
+    pub(crate) http: reqwest::Client,
 }
 
 fn link(dir: &Path, cfg: &AgentConfig) -> Result<Link> {
@@ -579,22 +701,13 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
     }
 
     let s = &cfg.scan;
-    let probe_cfg = ProbeConfig {
-        limiter: None,
-        connect_timeout: Duration::from_millis(
-            args.connect_timeout_ms
-                .unwrap_or(s.connect_timeout_ms)
-                .max(1),
-        ),
-        handshake_timeout: Duration::from_millis(
-            args.handshake_timeout_ms
-                .unwrap_or(s.handshake_timeout_ms)
-                .max(1),
-        ),
-        concurrency: args.concurrency.unwrap_or(s.concurrency).max(1),
-        rate_per_second: Some(args.rate.unwrap_or(s.rate_per_second)).filter(|r| *r > 0),
-        legacy_fallback: s.legacy_fallback,
-    };
+    let probe_cfg = probe_config(&ScanSettings {
+        connect_timeout_ms: args.connect_timeout_ms.unwrap_or(s.connect_timeout_ms),
+        handshake_timeout_ms: args.handshake_timeout_ms.unwrap_or(s.handshake_timeout_ms),
+        concurrency: args.concurrency.unwrap_or(s.concurrency),
+        rate_per_second: args.rate.unwrap_or(s.rate_per_second),
+        ..s.clone()
+    });
     let started_at = OffsetDateTime::now_utc();
     let expansion = certkeeper_probe::expand(&watch).await;
     let total = expansion.len();
@@ -657,22 +770,7 @@ async fn scan(args: &ScanArgs) -> Result<ExitCode> {
     // Spool first, then send: a crash or an unreachable server loses nothing.
     let mut spooled = 0usize;
     if let Some(l) = &link {
-        ensure_dir(&spool)?;
-        let run = uuid::Uuid::new_v4();
-        let chunks = report_chunks(&observations);
-        for (i, part) in chunks.into_iter().enumerate() {
-            let report = ScanReport {
-                report_id: format!("{run}-{i}"),
-                agent_version: VERSION.into(),
-                hostname: hostname(),
-                started_at,
-                finished_at,
-                watched_endpoints: u64::try_from(watch.endpoint_count()).unwrap_or(u64::MAX),
-                observations: part.to_vec(),
-            };
-            let path = spool.join(format!("{}-{run}-{i:05}.json", started_at.unix_timestamp()));
-            write_atomic(&path, &serde_json::to_vec(&report)?, 0o600)?;
-        }
+        spool_reports(&spool, &observations, &watch, started_at, finished_at)?;
         if delivery_error.is_none() {
             let (_, left, s, err) = flush_spool(l, &spool).await?;
             summaries.extend(s);

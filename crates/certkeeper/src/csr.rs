@@ -88,6 +88,13 @@ fn back_up(path: &Path) -> Result<Option<PathBuf>> {
     if !path.exists() {
         return Ok(None);
     }
+    let target = backup_name(path);
+    std::fs::rename(path, &target).with_context(|| format!("backing up {}", path.display()))?;
+    Ok(Some(target))
+}
+
+/// A free name beside `path` for its backup: `NAME.YYYYMMDDTHHMMSSZ.bak` (then `-1`, `-2`…).
+pub(crate) fn backup_name(path: &Path) -> PathBuf {
     let now = time::OffsetDateTime::now_utc();
     let stamp = format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
@@ -101,12 +108,11 @@ fn back_up(path: &Path) -> Result<Option<PathBuf>> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let mut target = path.with_file_name(format!("{name}.{stamp}.bak"));
     let mut n = 1;
-    while target.exists() {
+    while target.symlink_metadata().is_ok() {
         target = path.with_file_name(format!("{name}.{stamp}-{n}.bak"));
         n += 1;
     }
-    std::fs::rename(path, &target).with_context(|| format!("backing up {}", path.display()))?;
-    Ok(Some(target))
+    target
 }
 
 fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {

@@ -5,6 +5,7 @@ mod admin;
 mod agent;
 mod client;
 mod csr;
+mod jobs;
 mod server_cmd;
 mod vulnscan;
 
@@ -28,7 +29,7 @@ struct Cli {
 enum Command {
     /// Run the server: inventory, REST API.
     Server(server_cmd::ServerArgs),
-    /// Agent commands: enroll, configure discovery, scan.
+    /// Agent commands: enroll, configure discovery, scan, run, jobs.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
     /// Administration: enrollment tokens, agents.
@@ -47,6 +48,9 @@ enum Command {
     /// Internal certificate authorities.
     #[command(subcommand)]
     Ca(admin::CaCommand),
+    /// Deploy managed certificates to files on agents' hosts, reloaded and confirmed served.
+    #[command(subcommand)]
+    Deploy(admin::DeployCommand),
     /// Keys and certificate signing requests, locally.
     #[command(subcommand)]
     Csr(csr::CsrCommand),
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
             Command::Request(cmd) => admin::run_request(cmd).await,
             Command::Ca(cmd) => admin::run_ca(cmd).await,
             Command::Export(args) => admin::run_export(args).await,
+            Command::Deploy(cmd) => admin::run_deploy(cmd).await,
         }
     });
     match result {

@@ -64,12 +64,147 @@ struct AcmeFile {
     root_ca_file: Option<PathBuf>,
     #[serde(default)]
     contact: Vec<String>,
+    /// `http-01` or `dns-01` (default: dns-01 when a DNS publisher is configured).
+    challenge: Option<String>,
     /// `HOOK set|clear NAME VALUE` publishes dns-01 TXT records.
-    dns_hook: PathBuf,
+    dns_hook: Option<PathBuf>,
     #[serde(default = "default_hook_timeout")]
     hook_timeout_secs: u64,
+    /// Plain-HTTP listener answering http-01 challenges (port 80 of the names).
+    http01_listen: Option<SocketAddr>,
+    /// External account binding: the key id, and the HMAC key (base64url) from a file
+    /// or `CERTKEEPER_ACME_EAB_HMAC_KEY`.
+    eab_kid: Option<String>,
+    eab_hmac_key_file: Option<PathBuf>,
     #[serde(default = "default_attempts")]
     attempts: u32,
+    /// dns-01 through a TSIG-signed DNS UPDATE instead of the hook.
+    rfc2136: Option<Rfc2136File>,
+}
+
+/// `[acme.rfc2136]` in the server TOML.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rfc2136File {
+    /// The zone's primary, `IP` or `IP:PORT` (TCP).
+    server: String,
+    zone: String,
+    key_name: String,
+    #[serde(default = "default_tsig")]
+    algorithm: String,
+    /// The base64 secret, or a BIND key file (`tsig-keygen`); or `CERTKEEPER_ACME_RFC2136_SECRET`.
+    secret_file: Option<PathBuf>,
+    #[serde(default = "default_ttl")]
+    ttl: u32,
+    #[serde(default = "default_dns_timeout")]
+    timeout_secs: u64,
+}
+
+fn default_tsig() -> String {
+    "hmac-sha256".into()
+}
+
+fn default_ttl() -> u32 {
+    60
+}
+
+fn default_dns_timeout() -> u64 {
+    10
+}
+
+/// The `[acme]` section as the server takes it; secrets from files or the environment.
+fn acme_config(a: AcmeFile) -> Result<certkeeper_connect::acme::AcmeConfig> {
+    use certkeeper_connect::acme::{AcmeConfig, ChallengeKind, DnsPublisher, ExternalAccount};
+    use certkeeper_connect::rfc2136::{self, Rfc2136Config};
+    let dns = match (a.dns_hook, a.rfc2136) {
+        (Some(_), Some(_)) => bail!("[acme] takes dns_hook or [acme.rfc2136], not both"),
+        (Some(command), None) => Some(DnsPublisher::Hook {
+            command,
+            timeout: std::time::Duration::from_secs(a.hook_timeout_secs),
+        }),
+        (None, Some(r)) => {
+            let secret_text = match (
+                env_secret("CERTKEEPER_ACME_RFC2136_SECRET")?,
+                &r.secret_file,
+            ) {
+                (Some(s), _) => s,
+                (None, Some(p)) => read_secret(p)?,
+                (None, None) => {
+                    bail!("[acme.rfc2136] needs secret_file or CERTKEEPER_ACME_RFC2136_SECRET")
+                }
+            };
+            let server = match r.server.parse::<SocketAddr>() {
+                Ok(s) => s,
+                Err(_) => SocketAddr::new(
+                    r.server.parse().with_context(|| {
+                        format!("[acme.rfc2136] server {:?} is not IP or IP:PORT", r.server)
+                    })?,
+                    53,
+                ),
+            };
+            Some(DnsPublisher::Rfc2136(Rfc2136Config {
+                server,
+                zone: r.zone,
+                key_name: r.key_name,
+                algorithm: r.algorithm.parse()?,
+                secret: rfc2136::read_secret(&secret_text)?,
+                ttl: r.ttl,
+                timeout: std::time::Duration::from_secs(r.timeout_secs),
+            }))
+        }
+        (None, None) => None,
+    };
+    let challenge = match a.challenge.as_deref() {
+        Some(c) => c.parse::<ChallengeKind>().map_err(anyhow::Error::msg)?,
+        None if dns.is_none() && a.http01_listen.is_some() => ChallengeKind::Http01,
+        None => ChallengeKind::Dns01,
+    };
+    let key = match (
+        env_secret("CERTKEEPER_ACME_EAB_HMAC_KEY")?,
+        &a.eab_hmac_key_file,
+    ) {
+        (Some(k), _) => Some(k),
+        (None, Some(p)) => Some(read_secret(p)?),
+        (None, None) => None,
+    };
+    let eab = match (a.eab_kid, key) {
+        (Some(kid), Some(key)) => Some(ExternalAccount {
+            kid,
+            hmac_key: decode_eab_key(&key)?,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            bail!("[acme] eab_kid needs eab_hmac_key_file or CERTKEEPER_ACME_EAB_HMAC_KEY")
+        }
+        (None, Some(_)) => bail!("[acme] an EAB HMAC key needs eab_kid"),
+    };
+    let cfg = AcmeConfig {
+        directory_url: a.directory_url,
+        root_ca_file: a.root_ca_file,
+        contact: a.contact,
+        challenge,
+        dns,
+        http01_listen: a.http01_listen,
+        eab,
+        attempts: a.attempts,
+    };
+    cfg.check(challenge).map_err(anyhow::Error::msg)?;
+    Ok(cfg)
+}
+
+/// An EAB HMAC key as CAs hand it out: base64url, with or without padding.
+fn decode_eab_key(text: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let t = text.trim();
+    let key = URL_SAFE_NO_PAD
+        .decode(t.trim_end_matches('='))
+        .or_else(|_| STANDARD.decode(t))
+        .map_err(|_| anyhow::anyhow!("the EAB HMAC key is not base64url"))?;
+    if key.is_empty() {
+        bail!("the EAB HMAC key is empty");
+    }
+    Ok(key)
 }
 
 fn default_hook_timeout() -> u64 {
@@ -160,14 +295,7 @@ fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
     if let Some(p) = file.policy {
         cfg.policy = p;
     }
-    cfg.acme = file.acme.map(|a| certkeeper_connect::acme::AcmeConfig {
-        directory_url: a.directory_url,
-        root_ca_file: a.root_ca_file,
-        contact: a.contact,
-        dns_hook: a.dns_hook,
-        hook_timeout: std::time::Duration::from_secs(a.hook_timeout_secs),
-        attempts: a.attempts,
-    });
+    cfg.acme = file.acme.map(acme_config).transpose()?;
     if !listen.ip().is_unspecified() {
         cfg.tls_names.push(listen.ip().to_string());
     }
@@ -247,5 +375,95 @@ mod tests {
         let parsed: FileConfig = toml::from_str(&text).unwrap();
         assert_eq!(parsed.listen, Some("127.0.0.1:8443".parse().unwrap()));
         assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 5").is_err());
+    }
+
+    fn acme(toml_text: &str) -> Result<certkeeper_connect::acme::AcmeConfig> {
+        let file: FileConfig = toml::from_str(toml_text)?;
+        acme_config(file.acme.expect("an [acme] section"))
+    }
+
+    #[test]
+    fn acme_section_challenges_eab_and_rfc2136() {
+        use certkeeper_connect::acme::{ChallengeKind, DnsPublisher};
+        let dir = tempfile::tempdir().unwrap();
+        let eab = dir.path().join("eab.key");
+        std::fs::write(
+            &eab,
+            "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W\n",
+        )
+        .unwrap();
+        let tsig = dir.path().join("tsig.key");
+        std::fs::write(
+            &tsig,
+            "key \"ck\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0\";\n};\n",
+        )
+        .unwrap();
+        let d = "directory_url = \"https://ca.test/dir\"\n";
+
+        // http01_listen alone: http-01.
+        let c = acme(&format!("[acme]\n{d}http01_listen = \"127.0.0.1:80\"\n")).unwrap();
+        assert_eq!(c.challenge, ChallengeKind::Http01);
+        assert!(c.dns.is_none() && c.eab.is_none());
+        // A hook: dns-01 unless asked otherwise.
+        let c = acme(&format!("[acme]\n{d}dns_hook = \"/bin/true\"\n")).unwrap();
+        assert_eq!(c.challenge, ChallengeKind::Dns01);
+        // EAB from a file; the key never shows in Debug output.
+        let c = acme(&format!(
+            "[acme]\n{d}dns_hook = \"/bin/true\"\neab_kid = \"kid-1\"\neab_hmac_key_file = {:?}\n",
+            eab.display().to_string()
+        ))
+        .unwrap();
+        let e = c.eab.as_ref().unwrap();
+        assert_eq!(e.kid, "kid-1");
+        assert_eq!(e.hmac_key.len(), 48);
+        assert!(!format!("{c:?}").contains("zWNDZM6"));
+        // RFC 2136 with a BIND key file and a default port.
+        let c = acme(&format!(
+            "[acme]\n{d}[acme.rfc2136]\nserver = \"192.0.2.53\"\nzone = \"example.com\"\nkey_name = \"ck\"\nsecret_file = {:?}\n",
+            tsig.display().to_string()
+        ))
+        .unwrap();
+        match &c.dns {
+            Some(DnsPublisher::Rfc2136(r)) => {
+                assert_eq!(r.server, "192.0.2.53:53".parse().unwrap());
+                assert_eq!(r.secret, b"secret");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("c2VjcmV0"));
+
+        // Each mistake is its own error.
+        let err = |t: String| acme(&t).unwrap_err().to_string();
+        assert!(
+            err(format!(
+                "[acme]\n{d}challenge = \"http-01\"\ndns_hook = \"/bin/true\"\n"
+            ))
+            .contains("http01_listen")
+        );
+        assert!(err(format!("[acme]\n{d}")).contains("dns-01 needs"));
+        assert!(
+            err(format!("[acme]\n{d}challenge = \"tls-alpn-01\"\n")).contains("http-01 or dns-01")
+        );
+        assert!(
+            err(format!(
+                "[acme]\n{d}dns_hook = \"/bin/true\"\neab_kid = \"k\"\n"
+            ))
+            .contains("eab_hmac_key_file")
+        );
+        assert!(err(format!(
+            "[acme]\n{d}dns_hook = \"/bin/true\"\n[acme.rfc2136]\nserver = \"192.0.2.53\"\nzone = \"z\"\nkey_name = \"k\"\nsecret_file = {:?}\n",
+            tsig.display().to_string()
+        ))
+        .contains("not both"));
+        assert!(err(format!(
+            "[acme]\n{d}[acme.rfc2136]\nserver = \"ns.example.com\"\nzone = \"z\"\nkey_name = \"k\"\nsecret_file = {:?}\n",
+            tsig.display().to_string()
+        ))
+        .contains("not IP or IP:PORT"));
+        assert!(err(format!(
+            "[acme]\n{d}[acme.rfc2136]\nserver = \"192.0.2.53\"\nzone = \"z\"\nkey_name = \"k\"\nalgorithm = \"hmac-md5\"\nsecret_file = {:?}\n",
+            tsig.display().to_string()
+        ))
+        .contains("TSIG algorithm"));
     }
 }

@@ -498,3 +498,210 @@ fn request_and_internal_ca_from_the_command_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("name_not_allowed"));
 }
+
+#[test]
+fn team_tokens_from_the_command_line() {
+    for tdb in certkeeper_testkit::db::all().unwrap() {
+        let work = tempfile::tempdir().unwrap();
+        let config = work.path().join("server.toml");
+        std::fs::write(
+            &config,
+            "[policy]\nmax_validity_days = 398\n\n[policy.teams.web]\nmax_validity_days = 100\nallowed_names = [\"*.web.example\"]\n",
+        )
+        .unwrap();
+        let data = work.path().join("data");
+        let server = start_server_env(
+            &data,
+            free_port().unwrap(),
+            Some(&tdb.url),
+            &[("CERTKEEPER_CONFIG", s(&config))],
+        );
+        let pki = TestPki::new().unwrap();
+        let as_token = |token: &str, args: &[&str]| {
+            let mut full: Vec<&str> = args.to_vec();
+            full.extend([
+                "--server",
+                server.url.as_str(),
+                "--token",
+                token,
+                "--ca-fingerprint",
+                server.fingerprint.as_str(),
+            ]);
+            ck(&full)
+        };
+        let admin = server.admin.trim().to_string();
+        let created: Value = serde_json::from_str(&ok(as_token(
+            &admin,
+            &[
+                "admin",
+                "token",
+                "create",
+                "--name",
+                "web",
+                "--team",
+                "web",
+                "--permissions",
+                "read,import,export_key",
+                "--output",
+                "json",
+            ],
+        )))
+        .unwrap();
+        let web = created["token"].as_str().unwrap().to_string();
+        assert_eq!(
+            created["permissions"],
+            serde_json::json!(["read", "import", "export_key"])
+        );
+        // Text output: the secret alone on stdout, the rest on stderr.
+        let out = as_token(
+            &admin,
+            &[
+                "admin",
+                "token",
+                "create",
+                "--name",
+                "web-ro",
+                "--team",
+                "web",
+                "--permissions",
+                "read",
+            ],
+        );
+        let web_ro = ok(out).trim().to_string();
+        assert!(web_ro.starts_with("ck_token_") && !web_ro.contains(' '));
+        let out = as_token(
+            &admin,
+            &[
+                "admin",
+                "token",
+                "create",
+                "--name",
+                "bad",
+                "--permissions",
+                "read,write",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unknown permission \"write\""));
+        let listed = ok(as_token(&admin, &["admin", "token", "list"]));
+        assert!(
+            listed.contains("web-ro") && listed.contains("read, import, export_key"),
+            "{listed}"
+        );
+        assert!(!listed.contains(&web) && !listed.contains(&web_ro));
+        let listed: Value = serde_json::from_str(&ok(as_token(
+            &admin,
+            &["admin", "token", "list", "--output", "json"],
+        )))
+        .unwrap();
+        let ro_id = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "web-ro")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        // web's policy applies to web's imports, and the refusal says so.
+        let file = |name: &str, content: &str| {
+            let p = work.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p
+        };
+        let other = pki
+            .leaf(&LeafSpec::new("www.other.example", KeyKind::EcdsaP256))
+            .unwrap();
+        let other_crt = file("other.crt", &other.cert_pem);
+        let out = as_token(&web, &["import", "--cert", s(&other_crt)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("policy_violation") && err.contains("team web"),
+            "{err}"
+        );
+        let mine = pki
+            .leaf(&LeafSpec::new("a.web.example", KeyKind::EcdsaP256).valid_days(-1, 90))
+            .unwrap();
+        let (crt, key, chain) = (
+            file("mine.crt", &mine.cert_pem),
+            file("mine.key", &mine.key_pem),
+            file("chain.pem", &pki.intermediate.cert_pem),
+        );
+        let imported: Value = serde_json::from_str(&ok(as_token(
+            &web,
+            &[
+                "import",
+                "--cert",
+                s(&crt),
+                "--key",
+                s(&key),
+                "--chain",
+                s(&chain),
+                "--output",
+                "json",
+            ],
+        )))
+        .unwrap();
+        assert_eq!(imported["team"], "web");
+        let sha = imported["sha256"].as_str().unwrap().to_string();
+
+        // Export with the key: export_key, or refused and audited with who tried.
+        let out = as_token(&web_ro, &["export", &sha, "--format", "pem", "--with-key"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            err.contains("missing_permission") && err.contains("export_key"),
+            "{err}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"));
+        let pem = ok(as_token(&web_ro, &["export", &sha, "--format", "pem"]));
+        assert!(pem.contains("BEGIN CERTIFICATE") && !pem.contains("PRIVATE KEY"));
+        let pem = ok(as_token(
+            &web,
+            &["export", &sha, "--format", "pem", "--with-key"],
+        ));
+        assert!(pem.contains("BEGIN PRIVATE KEY"));
+        let audit = ok(as_token(&admin, &["admin", "audit", "--output", "json"]));
+        let v: Value = serde_json::from_str(&audit).unwrap();
+        let actions: Vec<(String, String)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["subject"] == sha.as_str())
+            .map(|e| {
+                (
+                    e["actor"].as_str().unwrap().into(),
+                    e["action"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("token:web (team web)".to_string(), "export_key".to_string()),
+                ("token:web-ro (team web)".into(), "export_key_denied".into()),
+                ("token:web (team web)".into(), "import_with_key".into()),
+            ]
+        );
+        let key_line = mine.key_pem.lines().nth(1).unwrap();
+        assert!(!audit.contains("PRIVATE KEY") && !audit.contains(key_line));
+        let log = std::fs::read_to_string(log_path(&data)).unwrap();
+        assert!(!log.contains(key_line) && !log.contains(&web) && !log.contains(&web_ro));
+
+        // Revoked: refused at once; the bootstrap administrator token still works.
+        ok(as_token(&admin, &["admin", "token", "revoke", &ro_id]));
+        let out = as_token(&web_ro, &["export", &sha, "--format", "pem"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+        let out = as_token(&admin, &["admin", "token", "revoke", &ro_id]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+        let listed: Value = serde_json::from_str(&ok(as_token(
+            &admin,
+            &["admin", "token", "list", "--output", "json"],
+        )))
+        .unwrap();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    }
+}
