@@ -820,6 +820,110 @@ pub fn cert_findings(c: &CertCheck<'_>) -> Vec<Finding> {
     out
 }
 
+impl std::str::FromStr for FindingKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ALL_KINDS
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown finding kind {s:?}"))
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Severity::Info,
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or_else(|| format!("unknown severity {s:?} (info, low, medium, high, critical)"))
+    }
+}
+
+/// Every kind, for parsing and listings.
+pub const ALL_KINDS: &[FindingKind] = {
+    use FindingKind::*;
+    &[
+        ProtocolSsl2,
+        ProtocolSsl3,
+        ProtocolTls10,
+        ProtocolTls11,
+        NoTls12,
+        NoTls13,
+        CipherNull,
+        CipherAnonymous,
+        CipherExport,
+        CipherDes,
+        Cipher3des,
+        CipherRc4,
+        CipherMd5Mac,
+        CipherCbcLegacy,
+        CipherStaticRsa,
+        WeakDhParams,
+        Poodle,
+        NoFallbackScsv,
+        NoSecureRenegotiation,
+        ClientRenegotiation,
+        TlsCompression,
+        Heartbleed,
+        CcsInjection,
+        Robot,
+        CertExpired,
+        CertNotYetValid,
+        CertExpiringSoon,
+        CertSelfSigned,
+        CertUntrusted,
+        ChainIncomplete,
+        ChainMisordered,
+        HostnameMismatch,
+        WeakSignature,
+        WeakKey,
+        ValidityTooLong,
+    ]
+};
+
+/// What changed for one endpoint between its open findings and a new scan's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingChanges {
+    /// In this scan, not open before (first seen, or back after a fix).
+    pub new: Vec<FindingKind>,
+    /// Open before, found again.
+    pub still: Vec<FindingKind>,
+    /// Open before, gone now.
+    pub fixed: Vec<FindingKind>,
+}
+
+/// Compare the kinds open before a scan with the kinds it found.
+pub fn finding_changes(open_before: &[FindingKind], found: &[FindingKind]) -> FindingChanges {
+    let mut c = FindingChanges::default();
+    for k in found {
+        let list = if open_before.contains(k) {
+            &mut c.still
+        } else {
+            &mut c.new
+        };
+        if !list.contains(k) {
+            list.push(*k);
+        }
+    }
+    for k in open_before {
+        if !found.contains(k) && !c.fixed.contains(k) {
+            c.fixed.push(*k);
+        }
+    }
+    c.new.sort();
+    c.still.sort();
+    c.fixed.sort();
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,6 +989,25 @@ mod tests {
         let mut k: Vec<&str> = cert_findings(&c).iter().map(|f| f.kind.as_str()).collect();
         k.sort();
         k
+    }
+
+    #[test]
+    fn changes_between_scans_are_new_still_and_fixed() {
+        use FindingKind::*;
+        let c = finding_changes(
+            &[Heartbleed, CipherRc4],
+            &[CipherRc4, ProtocolTls10, ProtocolTls10],
+        );
+        assert_eq!(c.new, [ProtocolTls10]);
+        assert_eq!(c.still, [CipherRc4]);
+        assert_eq!(c.fixed, [Heartbleed]);
+        assert_eq!(finding_changes(&[], &[]), FindingChanges::default());
+        for k in ALL_KINDS {
+            assert_eq!(k.as_str().parse::<FindingKind>().unwrap(), *k);
+        }
+        assert_eq!(ALL_KINDS.len(), Robot as usize + 12);
+        assert_eq!("high".parse::<Severity>().unwrap(), Severity::High);
+        assert!("severe".parse::<Severity>().is_err());
     }
 
     #[test]

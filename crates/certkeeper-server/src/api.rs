@@ -58,6 +58,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/deployments"),
     ("get", "/api/v1/deployments/{id}"),
     ("post", "/api/v1/deployments/{id}/retry"),
+    ("post", "/api/v1/scans"),
+    ("get", "/api/v1/scans/{id}"),
+    ("get", "/api/v1/findings"),
     ("post", "/api/v1/agent/jobs/claim"),
     ("post", "/api/v1/agent/jobs/{id}/result"),
 ];
@@ -146,6 +149,9 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
         "/api/v1/deployments/{id}/retry",
         Need::Permission(P::Admin),
     ),
+    ("post", "/api/v1/scans", Need::Permission(P::Admin)),
+    ("get", "/api/v1/scans/{id}", Need::Permission(P::Read)),
+    ("get", "/api/v1/findings", Need::Permission(P::Read)),
     ("post", "/api/v1/agent/jobs/claim", Need::Agent),
     ("post", "/api/v1/agent/jobs/{id}/result", Need::Agent),
 ];
@@ -223,6 +229,9 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/deployments/{id}/retry",
             post(crate::deploy::retry_deployment),
         )
+        .route("/api/v1/scans", post(crate::vulnscans::create_scan))
+        .route("/api/v1/scans/{id}", get(crate::vulnscans::show_scan))
+        .route("/api/v1/findings", get(crate::vulnscans::list_findings))
         .route("/api/v1/agent/jobs/claim", post(crate::deploy::claim_jobs))
         .route(
             "/api/v1/agent/jobs/{id}/result",

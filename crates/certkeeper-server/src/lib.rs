@@ -11,6 +11,7 @@ mod identity;
 mod manage;
 mod tokens;
 mod views;
+pub mod vulnscans;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub policy: certkeeper_core::policy::CertificatePolicy,
     /// An ACME CA to order certificates from (dns-01 through a hook).
     pub acme: Option<certkeeper_connect::acme::AcmeConfig>,
+    /// Limits and trust of the vulnerability scans the server runs.
+    pub vulnscan: vulnscans::VulnScanSettings,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -83,6 +86,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("previous_kek_files", &self.previous_kek_files)
             .field("policy", &self.policy)
             .field("acme", &self.acme)
+            .field("vulnscan", &self.vulnscan)
             .finish()
     }
 }
@@ -105,6 +109,7 @@ impl ServerConfig {
             previous_kek_files: Vec::new(),
             policy: Default::default(),
             acme: None,
+            vulnscan: Default::default(),
         }
     }
 }

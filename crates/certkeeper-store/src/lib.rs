@@ -7,6 +7,7 @@ mod jobs;
 mod managed;
 mod queries;
 mod tokens;
+mod vuln;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
 pub use jobs::{ClaimedJob, Deployment, Job, JobOutcome, NewDeployment};
 pub use managed::{CertRequest, ImportOutcome, KeyHolder, StoredKey};
 pub use tokens::{NewScopedToken, ScopedToken};
+pub use vuln::{FindingFilter, FindingRow, ScanEndpoint, ScanResult, VulnScan};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +137,11 @@ macro_rules! migrations {
                 9,
                 "0009_teams",
                 include_str!(concat!("../migrations/", $dir, "/0009_teams.sql")),
+            ),
+            (
+                10,
+                "0010_vulnscans",
+                include_str!(concat!("../migrations/", $dir, "/0010_vulnscans.sql")),
             ),
         ]
     };

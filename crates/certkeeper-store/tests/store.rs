@@ -741,3 +741,119 @@ async fn jobs_are_claimed_by_their_agent_once_and_given_back_when_the_lease_ends
         store.close().await;
     }
 }
+
+#[tokio::test]
+async fn findings_open_fix_and_come_back_per_endpoint_and_a_failed_scan_changes_nothing() {
+    use certkeeper_core::findings::{Finding, FindingKind, Severity};
+    use certkeeper_store::{FindingFilter, ScanEndpoint};
+    let f = |kind: FindingKind| Finding {
+        kind,
+        severity: Severity::High,
+        title: kind.as_str().into(),
+        evidence: "seen".into(),
+        fix: "fix it".into(),
+        suites: vec![],
+    };
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        let e = ScanEndpoint {
+            host: "www.test".into(),
+            ip: "192.0.2.1".into(),
+            port: 443,
+        };
+        let t0 = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        let kinds = |fs: &[certkeeper_store::FindingRow]| -> Vec<(FindingKind, bool)> {
+            let mut k: Vec<_> = fs.iter().map(|r| (r.finding.kind, r.open)).collect();
+            k.sort();
+            k
+        };
+        let all = FindingFilter {
+            all: true,
+            ..Default::default()
+        };
+        for (i, (error, found, new, fixed)) in [
+            (
+                None,
+                vec![FindingKind::Heartbleed, FindingKind::CipherRc4],
+                vec![FindingKind::CipherRc4, FindingKind::Heartbleed],
+                vec![],
+            ),
+            (
+                None,
+                vec![FindingKind::CipherRc4],
+                vec![],
+                vec![FindingKind::Heartbleed],
+            ),
+            // Unreachable: nothing fixed, nothing new.
+            (Some("timed out"), vec![], vec![], vec![]),
+            (
+                None,
+                vec![FindingKind::CipherRc4, FindingKind::Heartbleed],
+                vec![FindingKind::Heartbleed],
+                vec![],
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = format!("s{i}");
+            let at = t0 + Duration::hours(i as i64);
+            store.create_scan(&id, "admin", 1, at).await.unwrap();
+            let findings: Vec<Finding> = found.iter().map(|k| f(*k)).collect();
+            let c = store
+                .record_scan_result(&id, &e, at, error, None, &findings)
+                .await
+                .unwrap();
+            assert_eq!((c.new, c.fixed), (new, fixed), "scan {i} ({})", tdb.label);
+            store.finish_scan(&id, at).await.unwrap();
+            let (scan, results) = store.scan(&id).await.unwrap();
+            assert_eq!((scan.status.as_str(), results.len()), ("done", 1));
+            assert_eq!(results[0].error.as_deref(), error);
+            if i == 1 {
+                assert_eq!(
+                    kinds(&store.findings(&all).await.unwrap()),
+                    [
+                        (FindingKind::CipherRc4, true),
+                        (FindingKind::Heartbleed, false)
+                    ]
+                );
+                let fixed = FindingFilter {
+                    fixed: Some(true),
+                    ..Default::default()
+                };
+                assert_eq!(store.findings(&fixed).await.unwrap()[0].fixed_at, Some(at));
+            }
+        }
+        // Heartbleed came back: open again, first seen at its return.
+        let open = store.findings(&FindingFilter::default()).await.unwrap();
+        assert_eq!(
+            kinds(&open),
+            [
+                (FindingKind::CipherRc4, true),
+                (FindingKind::Heartbleed, true)
+            ]
+        );
+        let hb = open
+            .iter()
+            .find(|r| r.finding.kind == FindingKind::Heartbleed)
+            .unwrap();
+        assert_eq!(hb.first_seen, t0 + Duration::hours(3));
+        let rc4 = open
+            .iter()
+            .find(|r| r.finding.kind == FindingKind::CipherRc4)
+            .unwrap();
+        assert_eq!(rc4.first_seen, t0);
+        let by_kind = FindingFilter {
+            kind: Some(FindingKind::Heartbleed),
+            host: Some("www.test".into()),
+            port: Some(443),
+            ..Default::default()
+        };
+        assert_eq!(store.findings(&by_kind).await.unwrap().len(), 1);
+        let other = FindingFilter {
+            host: Some("other.test".into()),
+            ..Default::default()
+        };
+        assert!(store.findings(&other).await.unwrap().is_empty());
+    }
+}

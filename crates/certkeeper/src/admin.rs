@@ -1240,3 +1240,162 @@ pub async fn run_deploy(cmd: DeployCommand) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `certkeeper scan …`: vulnerability scans run by the server, and their findings.
+#[derive(Subcommand)]
+pub enum ScanCommand {
+    /// Scan now: the named endpoints (every address the inventory has for each), or all.
+    Now {
+        /// HOST:PORT of an inventory endpoint; repeatable. None: every endpoint.
+        #[arg(long = "endpoint", env = "CERTKEEPER_ENDPOINTS", value_delimiter = ',')]
+        endpoints: Vec<String>,
+        /// Wait until the scan is done and print its results.
+        #[arg(long, env = "CERTKEEPER_WAIT")]
+        wait: bool,
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A scan's status and results.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Findings of the inventory's endpoints (open ones unless --status says otherwise).
+    Findings {
+        /// HOST:PORT
+        #[arg(long, env = "CERTKEEPER_ENDPOINT")]
+        endpoint: Option<String>,
+        /// This severity or worse: info, low, medium, high, critical.
+        #[arg(long, env = "CERTKEEPER_SEVERITY")]
+        severity: Option<String>,
+        /// A finding kind, e.g. heartbleed, cipher_rc4, cert_expired.
+        #[arg(long, env = "CERTKEEPER_KIND")]
+        kind: Option<String>,
+        /// open, fixed or all.
+        #[arg(long, env = "CERTKEEPER_STATUS")]
+        status: Option<String>,
+        #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
+        output: Output,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn print_scan(v: &Value, output: Output) {
+    if output == Output::Json {
+        println!("{v}");
+        return;
+    }
+    println!(
+        "scan {}: {} ({} of {} endpoints)",
+        t(&v["id"], ""),
+        t(&v["status"], ""),
+        v["endpoints_done"],
+        v["endpoints"]
+    );
+    for r in v["results"].as_array().into_iter().flatten() {
+        println!("{}@{}:{}", t(&r["host"], ""), t(&r["ip"], ""), r["port"]);
+        if let Some(e) = r["error"].as_str() {
+            println!("  error: {}", clean(e));
+        }
+        for f in r["findings"].as_array().into_iter().flatten() {
+            let new = r["new"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|k| k == &f["kind"]));
+            println!(
+                "  [{}] {}{}: {}",
+                t(&f["severity"], ""),
+                t(&f["title"], ""),
+                if new { " (new)" } else { "" },
+                t(&f["evidence"], "")
+            );
+        }
+        for k in r["fixed"].as_array().into_iter().flatten() {
+            println!("  fixed: {}", t(k, ""));
+        }
+    }
+}
+
+pub async fn run_scan(cmd: ScanCommand) -> Result<ExitCode> {
+    match cmd {
+        ScanCommand::Now {
+            endpoints,
+            wait,
+            output,
+            remote,
+        } => {
+            let api = remote.connect()?;
+            let v = api
+                .post("/api/v1/scans", &json!({ "endpoints": endpoints }))
+                .await?;
+            let id = t(&v["id"], "");
+            if !wait {
+                if output == Output::Json {
+                    println!("{v}");
+                } else {
+                    println!("scan {id} started over {} endpoints", v["endpoints"]);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            loop {
+                let s = api.get(&format!("/api/v1/scans/{id}"), &[]).await?;
+                if s["status"] == "done" {
+                    print_scan(&s, output);
+                    let failed = s["results"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| !r["error"].is_null()));
+                    return Ok(if failed {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        ScanCommand::Show { id, output, remote } => {
+            let api = remote.connect()?;
+            let s = api.get(&format!("/api/v1/scans/{id}"), &[]).await?;
+            print_scan(&s, output);
+        }
+        ScanCommand::Findings {
+            endpoint,
+            severity,
+            kind,
+            status,
+            output,
+            remote,
+        } => {
+            let api = remote.connect()?;
+            let mut q = Vec::new();
+            for (k, v) in [
+                ("endpoint", endpoint),
+                ("severity", severity),
+                ("kind", kind),
+                ("status", status),
+            ] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            }
+            let v = api.get("/api/v1/findings", &q).await?;
+            print_items(&v, output, None, |f| {
+                format!(
+                    "{:<8}  {:<24}  {}:{} ({})  {}",
+                    t(&f["severity"], ""),
+                    t(&f["kind"], ""),
+                    t(&f["host"], ""),
+                    f["port"],
+                    t(&f["ip"], ""),
+                    t(&f["evidence"], "")
+                )
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

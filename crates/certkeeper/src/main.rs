@@ -51,6 +51,9 @@ enum Command {
     /// Deploy managed certificates to files on agents' hosts, reloaded and confirmed served.
     #[command(subcommand)]
     Deploy(admin::DeployCommand),
+    /// Vulnerability scans run by the server, and their findings.
+    #[command(subcommand)]
+    Scan(admin::ScanCommand),
     /// Keys and certificate signing requests, locally.
     #[command(subcommand)]
     Csr(csr::CsrCommand),
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
             Command::Admin(cmd) => admin::run_admin(cmd).await,
             Command::Certs(cmd) => admin::run_certs(cmd).await,
             Command::Csr(cmd) => csr::run(cmd),
+            Command::Scan(cmd) => admin::run_scan(cmd).await,
             Command::Import(args) => admin::run_import(*args).await,
             Command::Request(cmd) => admin::run_request(cmd).await,
             Command::Ca(cmd) => admin::run_ca(cmd).await,

@@ -54,6 +54,58 @@ struct FileConfig {
     policy: Option<certkeeper_core::policy::CertificatePolicy>,
     /// An ACME CA to order from.
     acme: Option<AcmeFile>,
+    /// Limits and trust of the vulnerability scans the server runs.
+    vulnscan: Option<VulnScanFile>,
+}
+
+/// `[vulnscan]` in the server TOML.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VulnScanFile {
+    timeout_ms: Option<u64>,
+    per_host_connections: Option<usize>,
+    concurrency: Option<usize>,
+    rate_per_second: Option<u32>,
+    /// Trust the operating system's roots (default true).
+    system_roots: Option<bool>,
+    /// CA certificates (PEM files) trusted besides the system roots.
+    #[serde(default)]
+    ca_files: Vec<PathBuf>,
+    expiring_within_days: Option<u32>,
+}
+
+fn vulnscan_settings(v: VulnScanFile) -> Result<certkeeper_server::vulnscans::VulnScanSettings> {
+    let mut s = certkeeper_server::vulnscans::VulnScanSettings::default();
+    if let Some(t) = v.timeout_ms {
+        s.timeout = std::time::Duration::from_millis(t);
+    }
+    if let Some(n) = v.per_host_connections {
+        s.per_host_connections = n.max(1);
+    }
+    if let Some(n) = v.concurrency {
+        s.concurrency = n.max(1);
+    }
+    if let Some(n) = v.rate_per_second {
+        s.rate_per_second = n;
+    }
+    if let Some(b) = v.system_roots {
+        s.roots.system = b;
+    }
+    for f in &v.ca_files {
+        let pem = std::fs::read(f)
+            .with_context(|| format!("[vulnscan] ca_files: reading {}", f.display()))?;
+        let ders = certkeeper_pki::pem_to_ders(&pem).with_context(|| {
+            format!(
+                "[vulnscan] ca_files: {} holds no PEM certificate",
+                f.display()
+            )
+        })?;
+        s.roots.extra.extend(ders);
+    }
+    if let Some(d) = v.expiring_within_days {
+        s.expiring_within_days = d;
+    }
+    Ok(s)
 }
 
 /// `[acme]` in the server TOML.
@@ -296,6 +348,9 @@ fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
         cfg.policy = p;
     }
     cfg.acme = file.acme.map(acme_config).transpose()?;
+    if let Some(v) = file.vulnscan {
+        cfg.vulnscan = vulnscan_settings(v)?;
+    }
     if !listen.ip().is_unspecified() {
         cfg.tls_names.push(listen.ip().to_string());
     }

@@ -9,13 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use certkeeper_core::findings::{
-    CertCheck, ChainTrust, Finding, Severity, TlsFacts, cert_findings, tls_findings,
-};
-use certkeeper_probe::{ProbeConfig, Target, VulnConfig, vulnscan};
+use certkeeper_core::findings::Severity;
+use certkeeper_probe::{Target, VulnConfig};
+use certkeeper_server::vulnscans::{CertJudgement, EndpointReport, scan_endpoint};
 use clap::Args;
 use futures_util::future::join_all;
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::admin::clean;
@@ -78,32 +76,6 @@ impl FailOn {
             FailOn::Critical => Severity::Critical,
         }
     }
-}
-
-/// One endpoint's report: `domain@IP:port` with what was seen and found.
-#[derive(Debug, Serialize)]
-struct EndpointReport {
-    host: String,
-    ip: IpAddr,
-    port: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    facts: Option<TlsFacts>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trust: Option<ChainTrust>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    chain: Vec<ChainEntry>,
-    findings: Vec<Finding>,
-}
-
-#[derive(Debug, Serialize)]
-struct ChainEntry {
-    sha256: String,
-    subject: String,
-    issuer: String,
-    not_after: String,
-    signature_algorithm: String,
 }
 
 /// Split `HOST:PORT`, `[v6]:PORT` or `HOST`.
@@ -180,14 +152,14 @@ pub async fn run(args: VulnscanArgs) -> Result<ExitCode> {
         ))),
         limiter: (args.rate > 0).then(|| Arc::new(certkeeper_probe::RateLimiter::new(args.rate))),
     };
-    let now = OffsetDateTime::now_utc();
+    let judge = CertJudgement {
+        roots: &roots,
+        expiring_within_days: args.expiring_within_days,
+        max_validity_days: args.max_validity_days,
+        now: OffsetDateTime::now_utc(),
+    };
     // All endpoints together; the limits in `cfg` bound the connections.
-    let reports = join_all(
-        targets
-            .iter()
-            .map(|t| scan_one(t, &cfg, &roots, &args, now)),
-    )
-    .await;
+    let reports = join_all(targets.iter().map(|t| scan_endpoint(t, &cfg, &judge))).await;
     let worst = reports
         .iter()
         .flat_map(|r| r.findings.iter().map(|f| f.severity))
@@ -212,97 +184,6 @@ pub async fn run(args: VulnscanArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-async fn scan_one(
-    t: &Target,
-    cfg: &VulnConfig,
-    roots: &certkeeper_pki::trust::TrustRoots,
-    args: &VulnscanArgs,
-    now: OffsetDateTime,
-) -> EndpointReport {
-    let mut report = EndpointReport {
-        host: t.host.clone(),
-        ip: t.ip,
-        port: t.port,
-        error: None,
-        facts: None,
-        trust: None,
-        chain: Vec::new(),
-        findings: Vec::new(),
-    };
-    let scan = match vulnscan(t, cfg).await {
-        Ok(s) => s,
-        Err(e) => {
-            report.error = Some(e.to_string());
-            return report;
-        }
-    };
-    let mut chain = scan.chain.clone();
-    if chain.is_empty() {
-        // TLS 1.3 only: the certificate is encrypted; a real handshake (rustls,
-        // recording verifier) fetches it.
-        let pc = ProbeConfig {
-            connect_timeout: cfg.timeout,
-            handshake_timeout: cfg.timeout,
-            legacy_fallback: false,
-            ..ProbeConfig::default()
-        };
-        if let certkeeper_core::Outcome::Tls { chain: c, .. } =
-            certkeeper_probe::probe(t, &pc).await.outcome
-        {
-            chain = c.into_iter().map(|d| d.0).collect();
-        }
-    }
-    let mut findings = tls_findings(&scan.facts);
-    let facts: Vec<_> = chain
-        .iter()
-        .filter_map(|d| certkeeper_pki::parse_der(d).ok())
-        .collect();
-    if !facts.is_empty() && facts.len() == chain.len() {
-        let trust = match certkeeper_pki::trust::evaluate(&chain, roots) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                report.error = Some(format!("trust not evaluated: {e}"));
-                None
-            }
-        };
-        let name = if t.sni.is_some() {
-            Some(t.host.as_str())
-        } else {
-            None
-        };
-        let ip_text = t.ip.to_string();
-        let check = CertCheck {
-            chain: &facts,
-            name: name.or(Some(ip_text.as_str())),
-            now,
-            expiring_within_days: args.expiring_within_days,
-            max_validity_days: args.max_validity_days,
-            trust: trust.clone(),
-        };
-        findings.extend(cert_findings(&check));
-        report.trust = trust;
-        report.chain = facts
-            .iter()
-            .map(|f| ChainEntry {
-                sha256: f.sha256.to_string(),
-                subject: f.subject.clone(),
-                issuer: f.issuer.clone(),
-                not_after: f
-                    .not_after
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                signature_algorithm: f.signature_algorithm.clone(),
-            })
-            .collect();
-    } else if !chain.is_empty() {
-        report.error = Some("the server's certificate could not be decoded".into());
-    }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
-    report.findings = findings;
-    report.facts = Some(scan.facts);
-    report
 }
 
 fn print_text(r: &EndpointReport) {

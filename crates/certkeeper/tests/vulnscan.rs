@@ -243,3 +243,181 @@ fn unreachable_endpoints_fail_with_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn scan_now(s: &common::Server, endpoint: &str) -> Value {
+    let mut args = vec![
+        "scan",
+        "now",
+        "--endpoint",
+        endpoint,
+        "--wait",
+        "--output",
+        "json",
+    ];
+    args.extend(common::admin_args(s));
+    let out = common::ck(&args);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn result_kinds(v: &Value, field: &str) -> Vec<String> {
+    let r = &v["results"][0];
+    let mut k: Vec<String> = match field {
+        "findings" => r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap().to_string())
+            .collect(),
+        _ => r[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect(),
+    };
+    k.sort();
+    k
+}
+
+/// The server scans an endpoint of its inventory on request, stores the findings,
+/// and a later scan tells what was fixed and what is still there.
+#[test]
+fn scans_from_the_server_store_findings_and_tell_what_was_fixed() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("127.0.0.1", KeyKind::Rsa2048).names(&["127.0.0.1"]))
+        .unwrap();
+    let legacy = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        Some(&pki.intermediate.cert_path),
+        &["-min_protocol", "TLSv1", "-cipher", "ALL:@SECLEVEL=0"],
+    )
+    .unwrap();
+    let port = legacy.port;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vulnscan]\nsystem_roots = false\nca_files = [\"{}\"]\ntimeout_ms = 2000\n",
+            pki.root.cert_path.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let s = common::start_server_env(
+        &data,
+        certkeeper_testkit::free_port().unwrap(),
+        None,
+        &[("CERTKEEPER_CONFIG", config.to_str().unwrap())],
+    );
+    let agent = dir.path().join("agent");
+    common::enroll(&s, &agent);
+    let a = agent.to_str().unwrap();
+    common::ok(common::ck(&[
+        "agent",
+        "discover",
+        "--ips",
+        "127.0.0.1",
+        "--ports",
+        &port.to_string(),
+        "--config-dir",
+        a,
+    ]));
+    common::ok(common::ck(&["agent", "scan", "--config-dir", a]));
+
+    let endpoint = format!("127.0.0.1:{port}");
+    let first = scan_now(&s, &endpoint);
+    assert_eq!(first["status"], "done", "{first:#}");
+    assert_eq!(first["endpoints"], 1);
+    let found = result_kinds(&first, "findings");
+    for k in [
+        "protocol_tls10",
+        "protocol_tls11",
+        "cipher_static_rsa",
+        "cipher_cbc_legacy",
+    ] {
+        assert!(found.contains(&k.to_string()), "{k} missing from {found:?}");
+    }
+    assert!(!found.contains(&"cert_untrusted".to_string()), "{found:?}");
+    assert_eq!(result_kinds(&first, "new"), found);
+    assert_eq!(result_kinds(&first, "fixed"), Vec::<String>::new());
+
+    // The same port, now a TLS 1.2+ server: the old protocols are fixed, RSA key
+    // exchange (in OpenSSL's default list) is still there.
+    drop(legacy);
+    let _modern = OpensslServer::start_at(
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        &leaf.cert_path,
+        &leaf.key_path,
+        Some(&pki.intermediate.cert_path),
+        &[],
+    )
+    .unwrap();
+    let second = scan_now(&s, &endpoint);
+    let fixed = result_kinds(&second, "fixed");
+    for k in ["protocol_tls10", "protocol_tls11", "cipher_cbc_legacy"] {
+        assert!(fixed.contains(&k.to_string()), "{k} not fixed: {second:#}");
+    }
+    assert!(result_kinds(&second, "findings").contains(&"cipher_static_rsa".to_string()));
+    assert_eq!(result_kinds(&second, "new"), Vec::<String>::new());
+
+    let list = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "scan",
+            "findings",
+            "--output",
+            "json",
+            "--endpoint",
+            &endpoint,
+        ];
+        args.extend(extra);
+        args.extend(common::admin_args(&s));
+        let v: Value = serde_json::from_str(&common::ok(common::ck(&args))).unwrap();
+        let mut k: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}:{}",
+                    f["kind"].as_str().unwrap(),
+                    f["status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    let open = list(&[]);
+    assert!(
+        open.contains(&"cipher_static_rsa:open".to_string()),
+        "{open:?}"
+    );
+    assert!(
+        !open.iter().any(|k| k.starts_with("protocol_tls10")),
+        "{open:?}"
+    );
+    assert_eq!(
+        list(&["--kind", "protocol_tls10", "--status", "all"]),
+        ["protocol_tls10:fixed"]
+    );
+    assert_eq!(list(&["--severity", "critical"]), Vec::<String>::new());
+
+    // Bad requests: an endpoint not in the inventory, a severity that does not exist.
+    let mut args = vec!["scan", "now", "--endpoint", "nowhere.test:443"];
+    args.extend(common::admin_args(&s));
+    let out = common::ck(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not_found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut args = vec!["scan", "findings", "--severity", "severe"];
+    args.extend(common::admin_args(&s));
+    let out = common::ck(&args);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_request"));
+}

@@ -1,0 +1,419 @@
+//! Vulnerability scans: one endpoint scanned end to end ([`scan_endpoint`], shared
+//! with `certkeeper agent vulnscan`), and the API that runs scans from the server
+//! (`POST /api/v1/scans`), shows them (`GET /api/v1/scans/{id}`) and lists findings
+//! (`GET /api/v1/findings`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use certkeeper_core::findings::{
+    CertCheck, ChainTrust, Finding, FindingKind, Severity, TlsFacts, cert_findings, tls_findings,
+};
+use certkeeper_pki::trust::TrustRoots;
+use certkeeper_probe::{ProbeConfig, RateLimiter, Target, VulnConfig, vulnscan};
+use certkeeper_store::{FindingFilter, ScanEndpoint};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::{AppState, views};
+
+/// Limits and judgement of scans the server runs (`[vulnscan]`).
+#[derive(Debug, Clone)]
+pub struct VulnScanSettings {
+    pub timeout: Duration,
+    pub per_host_connections: usize,
+    /// Connections at once over one scan.
+    pub concurrency: usize,
+    /// New connections per second over one scan; 0 for no limit.
+    pub rate_per_second: u32,
+    pub roots: TrustRoots,
+    pub expiring_within_days: u32,
+}
+
+impl Default for VulnScanSettings {
+    fn default() -> Self {
+        VulnScanSettings {
+            timeout: Duration::from_secs(3),
+            per_host_connections: 4,
+            concurrency: 32,
+            rate_per_second: 0,
+            roots: TrustRoots {
+                system: true,
+                extra: Vec::new(),
+            },
+            expiring_within_days: 30,
+        }
+    }
+}
+
+/// One endpoint's scan: `domain@IP:port` with what was seen and found.
+#[derive(Debug, Serialize)]
+pub struct EndpointReport {
+    pub host: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<TlsFacts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<ChainTrust>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<ChainEntry>,
+    pub findings: Vec<Finding>,
+}
+
+/// A certificate of the presented chain, as reported.
+#[derive(Debug, Serialize)]
+pub struct ChainEntry {
+    pub sha256: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_after: String,
+    pub signature_algorithm: String,
+}
+
+/// What judges the certificate side of a scan.
+#[derive(Debug, Clone)]
+pub struct CertJudgement<'a> {
+    pub roots: &'a TrustRoots,
+    pub expiring_within_days: u32,
+    pub max_validity_days: u32,
+    pub now: OffsetDateTime,
+}
+
+/// Scan one endpoint: the wire checks, then the chain (from the first flight, or a
+/// real TLS 1.3 handshake when the server offers nothing older) and its findings.
+pub async fn scan_endpoint(
+    t: &Target,
+    cfg: &VulnConfig,
+    judge: &CertJudgement<'_>,
+) -> EndpointReport {
+    let mut report = EndpointReport {
+        host: t.host.clone(),
+        ip: t.ip,
+        port: t.port,
+        error: None,
+        facts: None,
+        trust: None,
+        chain: Vec::new(),
+        findings: Vec::new(),
+    };
+    let scan = match vulnscan(t, cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    let mut chain = scan.chain.clone();
+    if chain.is_empty() {
+        let pc = ProbeConfig {
+            connect_timeout: cfg.timeout,
+            handshake_timeout: cfg.timeout,
+            legacy_fallback: false,
+            ..ProbeConfig::default()
+        };
+        if let certkeeper_core::Outcome::Tls { chain: c, .. } =
+            certkeeper_probe::probe(t, &pc).await.outcome
+        {
+            chain = c.into_iter().map(|d| d.0).collect();
+        }
+    }
+    let mut findings = tls_findings(&scan.facts);
+    let facts: Vec<_> = chain
+        .iter()
+        .filter_map(|d| certkeeper_pki::parse_der(d).ok())
+        .collect();
+    if !facts.is_empty() && facts.len() == chain.len() {
+        let trust = match certkeeper_pki::trust::evaluate(&chain, judge.roots) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                report.error = Some(format!("trust not evaluated: {e}"));
+                None
+            }
+        };
+        let ip_text = t.ip.to_string();
+        let name = if t.sni.is_some() {
+            t.host.as_str()
+        } else {
+            ip_text.as_str()
+        };
+        let check = CertCheck {
+            chain: &facts,
+            name: Some(name),
+            now: judge.now,
+            expiring_within_days: judge.expiring_within_days,
+            max_validity_days: judge.max_validity_days,
+            trust: trust.clone(),
+        };
+        findings.extend(cert_findings(&check));
+        report.trust = trust;
+        report.chain = facts
+            .iter()
+            .map(|f| ChainEntry {
+                sha256: f.sha256.to_string(),
+                subject: f.subject.clone(),
+                issuer: f.issuer.clone(),
+                not_after: views::rfc3339(f.not_after),
+                signature_algorithm: f.signature_algorithm.clone(),
+            })
+            .collect();
+    } else if !chain.is_empty() {
+        report.error = Some("the server's certificate could not be decoded".into());
+    }
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
+    report.findings = findings;
+    report.facts = Some(scan.facts);
+    report
+}
+
+/// The probe limits of one scan run.
+pub fn vuln_config(s: &VulnScanSettings) -> VulnConfig {
+    VulnConfig {
+        timeout: s.timeout,
+        per_host_connections: s.per_host_connections,
+        global: Some(Arc::new(tokio::sync::Semaphore::new(s.concurrency.max(1)))),
+        limiter: (s.rate_per_second > 0).then(|| Arc::new(RateLimiter::new(s.rate_per_second))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewScan {
+    /// `HOST:PORT` of inventory endpoints (every address seen for that name); none:
+    /// every endpoint of the inventory.
+    #[serde(default)]
+    endpoints: Vec<String>,
+}
+
+fn endpoint_key(s: &str) -> Result<(String, u16), ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_endpoint",
+            format!("endpoint {s:?}: expected HOST:PORT"),
+        )
+    };
+    let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    if h.is_empty() {
+        return Err(bad());
+    }
+    Ok((h.to_ascii_lowercase(), p.parse().map_err(|_| bad())?))
+}
+
+/// `POST /api/v1/scans`: scan now, from the server. Answers at once with the scan's
+/// id; results arrive endpoint by endpoint (`GET /api/v1/scans/{id}`).
+pub async fn create_scan(
+    State(state): State<AppState>,
+    caller: Caller,
+    req: Result<Json<NewScan>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req = match req {
+        Err(JsonRejection::MissingJsonContentType(_)) => NewScan::default(),
+        other => other
+            .map(|Json(r)| r)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?,
+    };
+    let mut endpoints: Vec<ScanEndpoint> = Vec::new();
+    if req.endpoints.is_empty() {
+        endpoints = state.store.all_endpoints().await?;
+    } else {
+        for e in &req.endpoints {
+            let (host, port) = endpoint_key(e)?;
+            let found = state.store.endpoints_named(&host, port).await?;
+            if found.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no endpoint {host}:{port} in the inventory"),
+                ));
+            }
+            for f in found {
+                if !endpoints.contains(&f) {
+                    endpoints.push(f);
+                }
+            }
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = OffsetDateTime::now_utc();
+    state
+        .store
+        .create_scan(&id, &caller.actor(), endpoints.len(), now)
+        .await?;
+    let total = endpoints.len();
+    let task_state = state.clone();
+    let scan_id = id.clone();
+    tokio::spawn(async move { run_scan(task_state, scan_id, endpoints).await });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "running", "endpoints": total})),
+    ))
+}
+
+async fn run_scan(state: AppState, id: String, endpoints: Vec<ScanEndpoint>) {
+    let settings = &state.config.vulnscan;
+    let cfg = vuln_config(settings);
+    let judge = CertJudgement {
+        roots: &settings.roots,
+        expiring_within_days: settings.expiring_within_days,
+        max_validity_days: state.config.policy.max_validity_days,
+        now: OffsetDateTime::now_utc(),
+    };
+    let work = endpoints.iter().map(|e| {
+        let (cfg, judge, state, id) = (&cfg, &judge, &state, &id);
+        async move {
+            let Ok(ip) = e.ip.parse::<IpAddr>() else {
+                return;
+            };
+            let named = e.host.parse::<IpAddr>().is_err();
+            let t = Target {
+                host: e.host.clone(),
+                ip,
+                port: e.port,
+                sni: named.then(|| e.host.clone()),
+                named: true,
+            };
+            let r = scan_endpoint(&t, cfg, judge).await;
+            let facts = r.facts.as_ref().and_then(|f| serde_json::to_value(f).ok());
+            if let Err(err) = state
+                .store
+                .record_scan_result(id, e, OffsetDateTime::now_utc(), r.error.as_deref(), facts.as_ref(), &r.findings)
+                .await
+            {
+                tracing::error!(scan = %id, endpoint = %format!("{}:{}", e.host, e.port), error = %err, "scan result not stored");
+            }
+        }
+    });
+    futures_util::future::join_all(work).await;
+    if let Err(e) = state
+        .store
+        .finish_scan(&id, OffsetDateTime::now_utc())
+        .await
+    {
+        tracing::error!(scan = %id, error = %e, "scan not marked done");
+    }
+}
+
+fn finding_view(f: &Finding) -> Value {
+    json!({
+        "kind": f.kind.as_str(),
+        "severity": f.severity.as_str(),
+        "title": f.title,
+        "evidence": f.evidence,
+        "fix": f.fix,
+        "suites": f.suites,
+    })
+}
+
+/// `GET /api/v1/scans/{id}`
+pub async fn show_scan(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (scan, results) = state.store.scan(&id).await?;
+    let results: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            json!({
+                "host": r.endpoint.host,
+                "ip": r.endpoint.ip,
+                "port": r.endpoint.port,
+                "scanned_at": views::rfc3339(r.scanned_at),
+                "error": r.error,
+                "findings": r.findings.iter().map(finding_view).collect::<Vec<_>>(),
+                "new": r.changes.new.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                "fixed": r.changes.fixed.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                "facts": r.facts,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": scan.id,
+        "status": scan.status,
+        "requested_by": scan.requested_by,
+        "created_at": views::rfc3339(scan.created_at),
+        "finished_at": scan.finished_at.map(views::rfc3339),
+        "endpoints": scan.endpoints_total,
+        "endpoints_done": results.len(),
+        "results": results,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindingQuery {
+    endpoint: Option<String>,
+    severity: Option<String>,
+    kind: Option<String>,
+    /// `open` (default), `fixed` or `all`.
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/findings?endpoint=HOST:PORT&severity=high&kind=…&status=open|fixed|all`
+pub async fn list_findings(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(q): Query<FindingQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let mut f = FindingFilter {
+        limit: q.limit.unwrap_or(1000).min(state.config.max_page_size),
+        ..FindingFilter::default()
+    };
+    if let Some(e) = &q.endpoint {
+        let (h, p) = endpoint_key(e)?;
+        f.host = Some(h);
+        f.port = Some(p);
+    }
+    if let Some(s) = &q.severity {
+        f.min_severity = Some(
+            s.parse::<Severity>()
+                .map_err(|e| ApiError::bad_request("invalid_request", e))?,
+        );
+    }
+    if let Some(k) = &q.kind {
+        f.kind = Some(
+            k.parse::<FindingKind>()
+                .map_err(|e| ApiError::bad_request("invalid_request", e))?,
+        );
+    }
+    match q.status.as_deref() {
+        None | Some("open") => {}
+        Some("fixed") => f.fixed = Some(true),
+        Some("all") => f.all = true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("status {other:?}: expected open, fixed or all"),
+            ));
+        }
+    }
+    let rows = state.store.findings(&f).await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = finding_view(&r.finding);
+            v["host"] = json!(r.endpoint.host);
+            v["ip"] = json!(r.endpoint.ip);
+            v["port"] = json!(r.endpoint.port);
+            v["status"] = json!(if r.open { "open" } else { "fixed" });
+            v["first_seen"] = json!(views::rfc3339(r.first_seen));
+            v["last_seen"] = json!(views::rfc3339(r.last_seen));
+            v["fixed_at"] = json!(r.fixed_at.map(views::rfc3339));
+            v["scan_id"] = json!(r.scan_id);
+            v
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
