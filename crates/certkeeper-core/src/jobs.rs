@@ -13,12 +13,15 @@ use time::{Duration, OffsetDateTime};
 pub enum JobKind {
     /// Write a certificate (and key) to files, reload, rescan the endpoint.
     Deploy,
+    /// Run a vulnerability scan of endpoints this agent discovered and send the results.
+    VulnScan,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Deploy => "deploy",
+            JobKind::VulnScan => "vulnscan",
         }
     }
 }
@@ -39,6 +42,7 @@ impl FromStr for JobKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "deploy" => Ok(JobKind::Deploy),
+            "vulnscan" => Ok(JobKind::VulnScan),
             other => Err(UnknownJobKind(other.to_string())),
         }
     }

@@ -61,6 +61,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/scans"),
     ("get", "/api/v1/scans/{id}"),
     ("get", "/api/v1/findings"),
+    ("post", "/api/v1/agent/scans/{id}/results"),
     ("post", "/api/v1/agent/jobs/claim"),
     ("post", "/api/v1/agent/jobs/{id}/result"),
 ];
@@ -152,6 +153,7 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
     ("post", "/api/v1/scans", Need::Permission(P::Admin)),
     ("get", "/api/v1/scans/{id}", Need::Permission(P::Read)),
     ("get", "/api/v1/findings", Need::Permission(P::Read)),
+    ("post", "/api/v1/agent/scans/{id}/results", Need::Agent),
     ("post", "/api/v1/agent/jobs/claim", Need::Agent),
     ("post", "/api/v1/agent/jobs/{id}/result", Need::Agent),
 ];
@@ -232,6 +234,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/scans", post(crate::vulnscans::create_scan))
         .route("/api/v1/scans/{id}", get(crate::vulnscans::show_scan))
         .route("/api/v1/findings", get(crate::vulnscans::list_findings))
+        .route(
+            "/api/v1/agent/scans/{id}/results",
+            post(crate::vulnscans::agent_results),
+        )
         .route("/api/v1/agent/jobs/claim", post(crate::deploy::claim_jobs))
         .route(
             "/api/v1/agent/jobs/{id}/result",

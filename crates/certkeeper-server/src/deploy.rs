@@ -388,7 +388,7 @@ pub(crate) async fn redeploy_renewed(state: &AppState, old: Option<&str>, new: &
 }
 
 /// The caller's agent id; administrators do not take agent jobs.
-fn agent_of(caller: &Caller) -> Result<&str, ApiError> {
+pub(crate) fn agent_of(caller: &Caller) -> Result<&str, ApiError> {
     match &caller.0 {
         Principal::Agent { id } => Ok(id),
         Principal::Admin | Principal::Token(_) => Err(ApiError::new(
@@ -486,6 +486,9 @@ async fn job_payload(state: &AppState, c: &ClaimedJob) -> Result<Value, ApiError
                 )
             })?;
             v["deploy"] = deploy_payload(state, &d).await?;
+        }
+        JobKind::VulnScan => {
+            v["vulnscan"] = crate::vulnscans::job_payload(state, j).await?;
         }
     }
     Ok(v)
@@ -589,6 +592,8 @@ pub async fn job_result(
     };
     let deployment = match job.kind {
         JobKind::Deploy => state.store.deployment_of_job(&id).await?,
+        // The results came through POST /api/v1/agent/scans/{id}/results.
+        JobKind::VulnScan => None,
     };
     let outcome = match (req.status.as_str(), req.error) {
         ("failed", Some(e)) => {

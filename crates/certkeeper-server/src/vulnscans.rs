@@ -55,24 +55,24 @@ impl Default for VulnScanSettings {
 }
 
 /// One endpoint's scan: `domain@IP:port` with what was seen and found.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct EndpointReport {
     pub host: String,
     pub ip: IpAddr,
     pub port: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<TlsFacts>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<ChainTrust>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<ChainEntry>,
     pub findings: Vec<Finding>,
 }
 
 /// A certificate of the presented chain, as reported.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ChainEntry {
     pub sha256: String,
     pub subject: String,
@@ -251,12 +251,40 @@ pub async fn create_scan(
         .create_scan(&id, &caller.actor(), endpoints.len(), now)
         .await?;
     let total = endpoints.len();
+    // Each endpoint is scanned by the agent that saw it (from where it is reachable),
+    // or by the server when no active agent owns it.
+    let mut by_agent: std::collections::BTreeMap<String, Vec<ScanEndpoint>> = Default::default();
+    let mut here = Vec::new();
+    for e in endpoints {
+        match &e.agent_id {
+            Some(a) if state.store.agent_active(a).await? => {
+                by_agent.entry(a.clone()).or_default().push(e)
+            }
+            _ => here.push(e),
+        }
+    }
+    let mut agents = Vec::new();
+    for (agent, list) in &by_agent {
+        let job = uuid::Uuid::new_v4().to_string();
+        state
+            .store
+            .create_scan_job(&id, &job, agent, list, now)
+            .await?;
+        agents.push(json!({"agent": agent, "job": job, "endpoints": list.len()}));
+    }
+    let by_server = here.len();
     let task_state = state.clone();
     let scan_id = id.clone();
-    tokio::spawn(async move { run_scan(task_state, scan_id, endpoints).await });
+    tokio::spawn(async move { run_scan(task_state, scan_id, here).await });
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "running", "endpoints": total})),
+        Json(json!({
+            "id": id,
+            "status": "running",
+            "endpoints": total,
+            "by_server": by_server,
+            "by_agents": agents,
+        })),
     ))
 }
 
@@ -313,6 +341,113 @@ fn finding_view(f: &Finding) -> Value {
         "fix": f.fix,
         "suites": f.suites,
     })
+}
+
+/// What an agent needs to run its part of a scan.
+pub(crate) async fn job_payload(
+    state: &AppState,
+    j: &certkeeper_store::Job,
+) -> Result<Value, ApiError> {
+    let targets = state.store.scan_job_targets(&j.id).await?;
+    let s = &state.config.vulnscan;
+    let cas: Vec<String> = s
+        .roots
+        .extra
+        .iter()
+        .map(|d| certkeeper_pki::to_pem(d))
+        .collect();
+    Ok(json!({
+        "scan_id": j.subject,
+        "endpoints": targets.iter().map(|t| json!({"host": t.host, "ip": t.ip, "port": t.port})).collect::<Vec<_>>(),
+        "timeout_ms": s.timeout.as_millis() as u64,
+        "per_host_connections": s.per_host_connections,
+        "concurrency": s.concurrency,
+        "rate_per_second": s.rate_per_second,
+        "system_roots": s.roots.system,
+        "ca_pems": cas,
+        "expiring_within_days": s.expiring_within_days,
+        "max_validity_days": state.config.policy.max_validity_days,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentResults {
+    /// The vulnscan job these results belong to.
+    job: String,
+    results: Vec<EndpointReport>,
+}
+
+/// Largest number of findings one endpoint result may carry, and longest text.
+const MAX_FINDINGS: usize = 200;
+const MAX_TEXT: usize = 8 * 1024;
+
+/// `POST /api/v1/agent/scans/{id}/results`: an agent's results for the endpoints of
+/// its job in scan `id` (only those), stored as the server's own are.
+pub async fn agent_results(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    req: Result<Json<AgentResults>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let agent = crate::deploy::agent_of(&caller)?.to_string();
+    let Json(req) = req.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let job = match state.store.job(&req.job).await {
+        Ok(j)
+            if j.agent_id == agent
+                && j.subject == id
+                && j.kind == certkeeper_core::jobs::JobKind::VulnScan =>
+        {
+            j
+        }
+        Ok(_) | Err(certkeeper_store::StoreError::NotFound) => {
+            return Err(ApiError::not_found("scan job"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let targets = state.store.scan_job_targets(&job.id).await?;
+    for r in &req.results {
+        let ip = r.ip.to_string();
+        if !targets
+            .iter()
+            .any(|t| t.host == r.host && t.ip == ip && t.port == r.port)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "{}@{}:{} is not an endpoint of this job",
+                    r.host, r.ip, r.port
+                ),
+            ));
+        }
+        let long = r
+            .findings
+            .iter()
+            .any(|f| f.title.len() + f.evidence.len() + f.fix.len() > MAX_TEXT)
+            || r.error.as_ref().is_some_and(|e| e.len() > MAX_TEXT);
+        if r.findings.len() > MAX_FINDINGS || long {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "a result carries too many or too long findings",
+            ));
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    for r in &req.results {
+        let e = targets
+            .iter()
+            .find(|t| t.host == r.host && t.ip == r.ip.to_string() && t.port == r.port)
+            .expect("checked above");
+        let facts = r.facts.as_ref().and_then(|f| serde_json::to_value(f).ok());
+        state
+            .store
+            .record_scan_result(&id, e, now, r.error.as_deref(), facts.as_ref(), &r.findings)
+            .await?;
+    }
+    let done = state.store.finish_scan(&id, now).await?;
+    Ok(Json(
+        json!({"stored": req.results.len(), "scan_done": done}),
+    ))
 }
 
 /// `GET /api/v1/scans/{id}`

@@ -1049,6 +1049,7 @@ async fn every_route_checks_who_calls() {
         "/api/v1/agents/enroll",
         "/api/v1/agent/jobs/claim",
         "/api/v1/agent/jobs/{id}/result",
+        "/api/v1/agent/scans/{id}/results",
     ];
     for (method, path) in certkeeper_server::ROUTES {
         let url = format!(
@@ -1095,7 +1096,9 @@ async fn every_route_checks_who_calls() {
         }
         match *path {
             "/api/v1/reports" => assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents report"),
-            "/api/v1/agent/jobs/claim" | "/api/v1/agent/jobs/{id}/result" => {
+            "/api/v1/agent/jobs/claim"
+            | "/api/v1/agent/jobs/{id}/result"
+            | "/api/v1/agent/scans/{id}/results" => {
                 assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents take jobs")
             }
             "/api/v1/agents/enroll" => assert_eq!(

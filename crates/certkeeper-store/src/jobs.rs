@@ -136,7 +136,7 @@ fn deployment_from_row(r: &AnyRow) -> Result<Deployment, StoreError> {
 }
 
 /// Insert a new queued job inside `tx`.
-async fn insert_job(
+pub(crate) async fn insert_job(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: &str,
     agent_id: &str,

@@ -4,6 +4,7 @@
 //! fixed. A scan that failed to reach an endpoint changes none of its findings.
 
 use certkeeper_core::findings::{Finding, FindingChanges, FindingKind, Severity, finding_changes};
+use sqlx::Row;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 
@@ -15,6 +16,8 @@ pub struct ScanEndpoint {
     pub host: String,
     pub ip: String,
     pub port: u16,
+    /// The agent that saw it last (it scans it), if any.
+    pub agent_id: Option<String>,
 }
 
 /// A scan as stored.
@@ -98,9 +101,10 @@ impl Store {
 
     /// Every endpoint of the inventory, for a scan of everything.
     pub async fn all_endpoints(&self) -> Result<Vec<ScanEndpoint>, StoreError> {
-        let rows = sqlx::query("SELECT host, ip, port FROM endpoints ORDER BY host, ip, port")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT host, ip, port, agent_id FROM endpoints ORDER BY host, ip, port")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(endpoint_of).collect()
     }
 
@@ -111,7 +115,7 @@ impl Store {
         port: u16,
     ) -> Result<Vec<ScanEndpoint>, StoreError> {
         let rows = sqlx::query(
-            "SELECT host, ip, port FROM endpoints WHERE host = $1 AND port = $2 ORDER BY ip",
+            "SELECT host, ip, port, agent_id FROM endpoints WHERE host = $1 AND port = $2 ORDER BY ip",
         )
         .bind(host)
         .bind(i64::from(port))
@@ -214,14 +218,69 @@ impl Store {
         Ok(changes)
     }
 
-    pub async fn finish_scan(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+    /// Mark the scan done once every endpoint it covers has a result (results come
+    /// from the server and from agents, in any order). Returns whether it is done.
+    pub async fn finish_scan(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
         let _w = self.writer().await;
-        sqlx::query("UPDATE vuln_scans SET status = 'done', finished_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now.unix_timestamp())
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE vuln_scans SET status = 'done', finished_at = $2 WHERE id = $1 AND status = 'running' \
+             AND (SELECT COUNT(*) FROM vuln_results WHERE scan_id = $1) >= endpoints_total",
+        )
+        .bind(id)
+        .bind(now.unix_timestamp())
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0;
+        Ok(done)
+    }
+
+    /// Hand `endpoints` of scan `scan_id` to their agent as one job.
+    pub async fn create_scan_job(
+        &self,
+        scan_id: &str,
+        job_id: &str,
+        agent_id: &str,
+        endpoints: &[ScanEndpoint],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let t = now.unix_timestamp();
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await?;
+        crate::jobs::insert_job(
+            &mut tx,
+            job_id,
+            agent_id,
+            certkeeper_core::jobs::JobKind::VulnScan,
+            scan_id,
+            3,
+            t,
+        )
+        .await?;
+        for e in endpoints {
+            sqlx::query("INSERT INTO vuln_scan_targets (job_id, scan_id, host, ip, port) VALUES ($1, $2, $3, $4, $5)")
+                .bind(job_id)
+                .bind(scan_id)
+                .bind(&e.host)
+                .bind(&e.ip)
+                .bind(i64::from(e.port))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// The endpoints a scan job covers.
+    pub async fn scan_job_targets(&self, job_id: &str) -> Result<Vec<ScanEndpoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.host, t.ip, t.port, j.agent_id FROM vuln_scan_targets t JOIN agent_jobs j ON j.id = t.job_id \
+             WHERE t.job_id = $1 ORDER BY t.host, t.ip, t.port",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(endpoint_of).collect()
     }
 
     pub async fn scan(&self, id: &str) -> Result<(VulnScan, Vec<ScanResult>), StoreError> {
@@ -323,5 +382,6 @@ fn endpoint_of(r: &AnyRow) -> Result<ScanEndpoint, StoreError> {
         host: get(r, "host")?,
         ip: get(r, "ip")?,
         port: u16::try_from(get::<i64>(r, "port")?).map_err(corrupt)?,
+        agent_id: r.try_get::<Option<String>, _>("agent_id").ok().flatten(),
     })
 }

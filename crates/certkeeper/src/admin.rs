@@ -1252,6 +1252,9 @@ pub enum ScanCommand {
         /// Wait until the scan is done and print its results.
         #[arg(long, env = "CERTKEEPER_WAIT")]
         wait: bool,
+        /// With --wait: give up after this many seconds (exit 1, partial results).
+        #[arg(long, default_value_t = 600, env = "CERTKEEPER_WAIT_SECONDS")]
+        wait_seconds: u64,
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
@@ -1326,6 +1329,7 @@ pub async fn run_scan(cmd: ScanCommand) -> Result<ExitCode> {
         ScanCommand::Now {
             endpoints,
             wait,
+            wait_seconds,
             output,
             remote,
         } => {
@@ -1338,12 +1342,25 @@ pub async fn run_scan(cmd: ScanCommand) -> Result<ExitCode> {
                 if output == Output::Json {
                     println!("{v}");
                 } else {
-                    println!("scan {id} started over {} endpoints", v["endpoints"]);
+                    println!(
+                        "scan {id} started over {} endpoints ({} by the server, the rest by {} agents)",
+                        v["endpoints"],
+                        v["by_server"],
+                        v["by_agents"].as_array().map_or(0, |a| a.len())
+                    );
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            let until = std::time::Instant::now() + Duration::from_secs(wait_seconds);
             loop {
                 let s = api.get(&format!("/api/v1/scans/{id}"), &[]).await?;
+                if s["status"] != "done" && std::time::Instant::now() > until {
+                    print_scan(&s, output);
+                    eprintln!(
+                        "error: scan {id} not done after {wait_seconds} s (agents that have not taken their jobs?)"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
                 if s["status"] == "done" {
                     print_scan(&s, output);
                     let failed = s["results"]

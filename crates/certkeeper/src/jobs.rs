@@ -61,6 +61,29 @@ struct ClaimedJob {
     kind: String,
     lease: String,
     deploy: Option<DeployJob>,
+    vulnscan: Option<ScanJob>,
+}
+
+/// A vulnerability scan of endpoints this agent discovered.
+#[derive(Debug, Deserialize)]
+struct ScanJob {
+    scan_id: String,
+    endpoints: Vec<ScanJobEndpoint>,
+    timeout_ms: u64,
+    per_host_connections: usize,
+    concurrency: usize,
+    rate_per_second: u32,
+    system_roots: bool,
+    ca_pems: Vec<String>,
+    expiring_within_days: u32,
+    max_validity_days: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct ScanJobEndpoint {
+    host: String,
+    ip: std::net::IpAddr,
+    port: u16,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +162,13 @@ pub async fn run_once(dir: &Path, cfg: &AgentConfig, link: &Link) -> Result<Vec<
     for job in jobs {
         let result = match (job.kind.parse::<JobKind>(), &job.deploy) {
             (Ok(JobKind::Deploy), Some(d)) => deploy(dir, cfg, link, d).await,
+            (Ok(JobKind::VulnScan), _) => match &job.vulnscan {
+                Some(v) => vulnscan(link, &job.id, v).await,
+                None => Err(StepError(
+                    DeployFailure::BadJob,
+                    "a vulnscan job without its endpoints".into(),
+                )),
+            },
             (Ok(JobKind::Deploy), None) => Err(StepError(
                 DeployFailure::BadJob,
                 "a deploy job without its deployment".into(),
@@ -210,6 +240,73 @@ pub async fn run_once(dir: &Path, cfg: &AgentConfig, link: &Link) -> Result<Vec<
         });
     }
     Ok(reports)
+}
+
+/// Scan the job's endpoints from here and send the results to the server.
+async fn vulnscan(link: &Link, job_id: &str, v: &ScanJob) -> Result<(), StepError> {
+    use certkeeper_server::vulnscans::{CertJudgement, scan_endpoint};
+    let mut extra = Vec::new();
+    for pem in &v.ca_pems {
+        let ders = certkeeper_pki::pem_to_ders(pem.as_bytes()).map_err(|e| {
+            StepError(
+                DeployFailure::BadJob,
+                format!("a trusted CA in the job is unreadable: {e}"),
+            )
+        })?;
+        extra.extend(ders);
+    }
+    let roots = certkeeper_pki::trust::TrustRoots {
+        system: v.system_roots,
+        extra,
+    };
+    let settings = certkeeper_server::vulnscans::VulnScanSettings {
+        timeout: Duration::from_millis(v.timeout_ms.clamp(100, 30_000)),
+        per_host_connections: v.per_host_connections.clamp(1, 16),
+        concurrency: v.concurrency.clamp(1, 256),
+        rate_per_second: v.rate_per_second,
+        roots: roots.clone(),
+        expiring_within_days: v.expiring_within_days,
+    };
+    let cfg = certkeeper_server::vulnscans::vuln_config(&settings);
+    let judge = CertJudgement {
+        roots: &roots,
+        expiring_within_days: v.expiring_within_days,
+        max_validity_days: v.max_validity_days,
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let targets: Vec<certkeeper_probe::Target> = v
+        .endpoints
+        .iter()
+        .map(|e| {
+            let named = e.host.parse::<std::net::IpAddr>().is_err();
+            certkeeper_probe::Target {
+                host: e.host.clone(),
+                ip: e.ip,
+                port: e.port,
+                sni: named.then(|| e.host.clone()),
+                named: true,
+            }
+        })
+        .collect();
+    let results =
+        futures_util::future::join_all(targets.iter().map(|t| scan_endpoint(t, &cfg, &judge)))
+            .await;
+    let url = format!("{}/api/v1/agent/scans/{}/results", link.server, v.scan_id);
+    call(
+        link.http
+            .post(&url)
+            .bearer_auth(&link.credential)
+            .json(&json!({"job": job_id, "results": results})),
+        &url,
+    )
+    .await
+    .map_err(|e| {
+        StepError(
+            DeployFailure::NotServed,
+            format!("the results could not be sent: {e}"),
+        )
+    })?;
+    Ok(())
 }
 
 /// A file of a deployment, checked and ready to write.

@@ -244,6 +244,30 @@ fn unreachable_endpoints_fail_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+fn json_of(out: std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `scan now` without waiting: the server's answer (id, who scans what).
+fn scan_start(s: &common::Server, endpoint: &str) -> Value {
+    let mut args = vec!["scan", "now", "--endpoint", endpoint, "--output", "json"];
+    args.extend(common::admin_args(s));
+    json_of(common::ck(&args))
+}
+
+fn scan_show(s: &common::Server, id: &str) -> Value {
+    let mut args = vec!["scan", "show", id, "--output", "json"];
+    args.extend(common::admin_args(s));
+    json_of(common::ck(&args))
+}
+
+/// `scan now --wait`: the finished scan.
 fn scan_now(s: &common::Server, endpoint: &str) -> Value {
     let mut args = vec![
         "scan",
@@ -251,13 +275,13 @@ fn scan_now(s: &common::Server, endpoint: &str) -> Value {
         "--endpoint",
         endpoint,
         "--wait",
+        "--wait-seconds",
+        "60",
         "--output",
         "json",
     ];
     args.extend(common::admin_args(s));
-    let out = common::ck(&args);
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    json_of(common::ck(&args))
 }
 
 fn result_kinds(v: &Value, field: &str) -> Vec<String> {
@@ -280,8 +304,9 @@ fn result_kinds(v: &Value, field: &str) -> Vec<String> {
     k
 }
 
-/// The server scans an endpoint of its inventory on request, stores the findings,
-/// and a later scan tells what was fixed and what is still there.
+/// An endpoint of the inventory is scanned on request by the agent that discovered it
+/// (a job it picks up), or by the server once no active agent owns it; the findings
+/// are stored and a later scan tells what was fixed and what is still there.
 #[test]
 fn scans_from_the_server_store_findings_and_tell_what_was_fixed() {
     let pki = TestPki::new().unwrap();
@@ -329,7 +354,14 @@ fn scans_from_the_server_store_findings_and_tell_what_was_fixed() {
     common::ok(common::ck(&["agent", "scan", "--config-dir", a]));
 
     let endpoint = format!("127.0.0.1:{port}");
-    let first = scan_now(&s, &endpoint);
+    let started = scan_start(&s, &endpoint);
+    assert_eq!(started["by_server"], 0, "{started:#}");
+    assert_eq!(started["by_agents"][0]["endpoints"], 1, "{started:#}");
+    let id = started["id"].as_str().unwrap().to_string();
+    assert_eq!(scan_show(&s, &id)["status"], "running");
+    // The agent takes its job, scans from where it stands, sends the results.
+    common::ok(common::ck(&["agent", "jobs", "--config-dir", a]));
+    let first = scan_show(&s, &id);
     assert_eq!(first["status"], "done", "{first:#}");
     assert_eq!(first["endpoints"], 1);
     let found = result_kinds(&first, "findings");
@@ -345,8 +377,15 @@ fn scans_from_the_server_store_findings_and_tell_what_was_fixed() {
     assert_eq!(result_kinds(&first, "new"), found);
     assert_eq!(result_kinds(&first, "fixed"), Vec::<String>::new());
 
-    // The same port, now a TLS 1.2+ server: the old protocols are fixed, RSA key
-    // exchange (in OpenSSL's default list) is still there.
+    // The agent is revoked: the next scan is the server's own. The same port is now a
+    // TLS 1.2+ server: the old protocols are fixed, RSA key exchange (in OpenSSL's
+    // default list) is still there.
+    let cfg: toml::Value =
+        toml::from_str(&std::fs::read_to_string(agent.join("agent.toml")).unwrap()).unwrap();
+    let agent_id = cfg["agent_id"].as_str().unwrap().to_string();
+    let mut args = vec!["admin", "agents", "revoke", &agent_id];
+    args.extend(common::admin_args(&s));
+    common::ok(common::ck(&args));
     drop(legacy);
     let _modern = OpensslServer::start_at(
         Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),

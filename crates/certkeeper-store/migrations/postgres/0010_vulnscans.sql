@@ -38,3 +38,12 @@ CREATE TABLE vuln_findings (
     PRIMARY KEY (host, ip, port, kind)
 );
 CREATE INDEX vuln_findings_status ON vuln_findings (status, severity);
+-- Endpoints handed to an agent as one 'vulnscan' job.
+CREATE TABLE vuln_scan_targets (
+    job_id TEXT NOT NULL,
+    scan_id TEXT NOT NULL,
+    host TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    port BIGINT NOT NULL,
+    PRIMARY KEY (job_id, host, ip, port)
+);
