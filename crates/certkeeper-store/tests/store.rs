@@ -760,6 +760,7 @@ async fn findings_open_fix_and_come_back_per_endpoint_and_a_failed_scan_changes_
             host: "www.test".into(),
             ip: "192.0.2.1".into(),
             port: 443,
+            agent_id: None,
         };
         let t0 = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
         let kinds = |fs: &[certkeeper_store::FindingRow]| -> Vec<(FindingKind, bool)> {
