@@ -279,6 +279,21 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
             }
         }
     });
+    // Scheduled vulnerability scans: every replica looks, a claim per occurrence in the
+    // database starts each once.
+    if !state.config.vulnscan.schedules.is_empty() {
+        let scheduler = state.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) =
+                    vulnscans::schedule_pass(&scheduler, OffsetDateTime::now_utc()).await
+                {
+                    tracing::warn!(error = %e.message, "scan schedule pass failed");
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        });
+    }
     let http01 = match state.config.acme.as_ref().and_then(|a| a.http01_listen) {
         Some(addr) => Some(
             TcpListener::bind(addr)

@@ -2308,3 +2308,66 @@ async fn deployments_check_their_input_and_count_only_what_the_inventory_shows_s
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
     s.stop().await;
 }
+
+/// A scan schedule whose occurrence is due starts one scan, however many replicas
+/// share the database; the scan names its schedule.
+#[tokio::test]
+async fn a_due_scan_schedule_runs_once_across_replicas() {
+    use certkeeper_server::vulnscans::ScanSchedule;
+    for tdb in db::all().unwrap() {
+        let kek = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        let admin = "ck_admin_preset_for_schedules_00000000".to_string();
+        // Due a minute ago: within the grace, so the first pass of each replica tries it.
+        let due = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        let text = format!("daily {:02}:{:02}", due.hour(), due.minute());
+        let cfg = |c: &mut ServerConfig| {
+            c.database_url = Some(tdb.url.clone());
+            c.kek = Some(kek.clone());
+            c.admin_token = Some(admin.clone());
+            c.vulnscan.schedules = vec![ScanSchedule {
+                name: "nightly".into(),
+                schedule: text.parse().unwrap(),
+                hosts: vec!["*.example.com".into()],
+                ports: vec![],
+            }];
+        };
+        let a = start(cfg).await.unwrap();
+        let b = start(cfg).await.unwrap();
+        let mut scans = Vec::new();
+        for _ in 0..50 {
+            let v: Value = a.admin_get("/api/v1/scans").await.json().await.unwrap();
+            scans = v["items"].as_array().unwrap().clone();
+            if !scans.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Give the other replica's pass its chance too.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let v: Value = b.admin_get("/api/v1/scans").await.json().await.unwrap();
+        let on_b = v["items"].as_array().unwrap().clone();
+        assert_eq!(on_b.len(), 1, "{} ({})", v, tdb.label);
+        assert_eq!(on_b[0]["requested_by"], "schedule:nightly");
+        assert_eq!(scans.len(), 1);
+        let id = on_b[0]["id"].as_str().unwrap();
+        // No endpoint matches *.example.com: done at once with nothing to scan.
+        let mut s = json!({});
+        for _ in 0..50 {
+            s = a
+                .admin_get(&format!("/api/v1/scans/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if s["status"] == "done" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            (s["status"].as_str(), s["endpoints"].as_u64()),
+            (Some("done"), Some(0)),
+            "{s}"
+        );
+    }
+}

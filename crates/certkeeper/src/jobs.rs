@@ -266,6 +266,7 @@ async fn vulnscan(link: &Link, job_id: &str, v: &ScanJob) -> Result<(), StepErro
         rate_per_second: v.rate_per_second,
         roots: roots.clone(),
         expiring_within_days: v.expiring_within_days,
+        schedules: Vec::new(),
     };
     let cfg = certkeeper_server::vulnscans::vuln_config(&settings);
     let judge = CertJudgement {

@@ -72,6 +72,21 @@ struct VulnScanFile {
     #[serde(default)]
     ca_files: Vec<PathBuf>,
     expiring_within_days: Option<u32>,
+    /// `[[vulnscan.schedule]]`: groups of endpoints scanned by themselves.
+    #[serde(default)]
+    schedule: Vec<ScheduleFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    name: String,
+    /// "daily HH:MM", "weekly mon HH:MM" or a cron expression (UTC).
+    schedule: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    ports: Vec<u16>,
 }
 
 fn vulnscan_settings(v: VulnScanFile) -> Result<certkeeper_server::vulnscans::VulnScanSettings> {
@@ -104,6 +119,25 @@ fn vulnscan_settings(v: VulnScanFile) -> Result<certkeeper_server::vulnscans::Vu
     }
     if let Some(d) = v.expiring_within_days {
         s.expiring_within_days = d;
+    }
+    for sch in v.schedule {
+        if sch.name.is_empty() || s.schedules.iter().any(|x| x.name == sch.name) {
+            bail!(
+                "[[vulnscan.schedule]]: every schedule needs a name of its own ({:?})",
+                sch.name
+            );
+        }
+        let schedule = sch
+            .schedule
+            .parse()
+            .with_context(|| format!("[[vulnscan.schedule]] {}", sch.name))?;
+        s.schedules
+            .push(certkeeper_server::vulnscans::ScanSchedule {
+                name: sch.name,
+                schedule,
+                hosts: sch.hosts,
+                ports: sch.ports,
+            });
     }
     Ok(s)
 }
@@ -435,6 +469,30 @@ mod tests {
     fn acme(toml_text: &str) -> Result<certkeeper_connect::acme::AcmeConfig> {
         let file: FileConfig = toml::from_str(toml_text)?;
         acme_config(file.acme.expect("an [acme] section"))
+    }
+
+    #[test]
+    fn vulnscan_section_with_schedules() {
+        let file: FileConfig = toml::from_str(
+            "[vulnscan]\ntimeout_ms = 1500\nsystem_roots = false\n\
+             [[vulnscan.schedule]]\nname = \"web\"\nschedule = \"weekly mon 02:00\"\nhosts = [\"*.example.com\"]\nports = [443]\n\
+             [[vulnscan.schedule]]\nname = \"all\"\nschedule = \"30 3 * * *\"\n",
+        )
+        .unwrap();
+        let s = vulnscan_settings(file.vulnscan.unwrap()).unwrap();
+        assert_eq!(s.timeout, std::time::Duration::from_millis(1500));
+        assert!(!s.roots.system);
+        assert_eq!(s.schedules.len(), 2);
+        assert_eq!(s.schedules[0].schedule.to_string(), "weekly mon 02:00");
+        assert_eq!(s.schedules[0].hosts, ["*.example.com"]);
+        for bad in [
+            "[[vulnscan.schedule]]\nname = \"x\"\nschedule = \"daily 26:00\"\n",
+            "[[vulnscan.schedule]]\nname = \"x\"\nschedule = \"daily 02:00\"\n[[vulnscan.schedule]]\nname = \"x\"\nschedule = \"daily 03:00\"\n",
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            let e = vulnscan_settings(file.vulnscan.unwrap()).unwrap_err();
+            assert!(format!("{e:#}").contains("vulnscan.schedule"), "{e:#}");
+        }
     }
 
     #[test]
