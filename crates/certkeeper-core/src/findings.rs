@@ -153,6 +153,7 @@ pub enum FindingKind {
     CipherAnonymous,
     CipherExport,
     CipherDes,
+    #[serde(rename = "cipher_3des")]
     Cipher3des,
     CipherRc4,
     CipherMd5Mac,
@@ -1004,6 +1005,8 @@ mod tests {
         assert_eq!(finding_changes(&[], &[]), FindingChanges::default());
         for k in ALL_KINDS {
             assert_eq!(k.as_str().parse::<FindingKind>().unwrap(), *k);
+            // The JSON name is the same stable name.
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
         assert_eq!(ALL_KINDS.len(), Robot as usize + 12);
         assert_eq!("high".parse::<Severity>().unwrap(), Severity::High);

@@ -112,7 +112,14 @@ pub fn client_hello(h: &Hello<'_>) -> Vec<u8> {
     } else {
         body.push(0);
     }
-    body.extend_from_slice(&vec16(h.suites));
+    if h.protocol == Protocol::Ssl3 {
+        // No extensions in an SSLv3 hello: ask for RFC 5746 through the SCSV instead.
+        let mut with_scsv = h.suites.to_vec();
+        with_scsv.push(RENEGOTIATION_SCSV);
+        body.extend_from_slice(&vec16(&with_scsv));
+    } else {
+        body.extend_from_slice(&vec16(h.suites));
+    }
     if h.offer_compression {
         body.extend_from_slice(&[2, 1, 0]);
     } else {

@@ -310,7 +310,17 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
     }
     let legacy: Vec<&ProtocolRun> = runs[..4].iter().filter(|r| supported(r)).collect();
     if !legacy.is_empty() {
-        out.facts.secure_renegotiation = Some(legacy.iter().all(|r| r.renegotiation_info));
+        // Judged on TLS 1.0–1.2 where the server has them (an SSLv3 answer may
+        // carry no extensions at all), else on SSLv3.
+        let tls: Vec<&&ProtocolRun> = legacy[..]
+            .iter()
+            .filter(|r| !std::ptr::eq(**r, &runs[0]))
+            .collect();
+        out.facts.secure_renegotiation = Some(if tls.is_empty() {
+            legacy.iter().all(|r| r.renegotiation_info)
+        } else {
+            tls.iter().all(|r| r.renegotiation_info)
+        });
         out.facts.compression = Some(legacy.iter().any(|r| r.compression));
     }
     out.facts.dh_bits = runs.iter().filter_map(|r| r.dh_bits).min();

@@ -508,3 +508,46 @@ async fn real_servers_are_not_reported_for_heartbleed_or_ccs_injection() {
     assert_eq!(s.facts.heartbleed, Some(false));
     assert_eq!(s.facts.ccs_injection, Some(false));
 }
+
+/// SSLv3 is in no Debian TLS library any more: tlslite-ng (PyPI) serves it. With CBC
+/// suites that is POODLE; TLS 1.0 beside it adds the BEAST-era findings.
+#[tokio::test]
+async fn sslv3_and_poodle_against_tlslite() {
+    use certkeeper_testkit::TlsliteServer;
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let srv = TlsliteServer::start(&leaf.cert_path, &leaf.key_path, "ssl3", "tls1.0").unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(supported(&s.facts), [Protocol::Ssl3, Protocol::Tls10]);
+    let k = kinds(&s.facts);
+    for want in [
+        "protocol_ssl3",
+        "poodle",
+        "protocol_tls10",
+        "cipher_rc4",
+        "cipher_3des",
+        "cipher_cbc_legacy",
+    ] {
+        assert!(k.contains(&want), "{want} missing: {k:?}");
+    }
+    let f = tls_findings(&s.facts);
+    let poodle = f.iter().find(|f| f.kind.as_str() == "poodle").unwrap();
+    assert!(
+        poodle.suites.iter().all(|n| n.contains("_CBC_")),
+        "{:?}",
+        poodle.suites
+    );
+    assert!(!poodle.suites.is_empty());
+    // SSLv3 without CBC suites is SSLv3, not POODLE: the same server at TLS 1.2 only
+    // has neither.
+    let srv = TlsliteServer::start(&leaf.cert_path, &leaf.key_path, "tls1.2", "tls1.2").unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(supported(&s.facts), [Protocol::Tls12]);
+    let k = kinds(&s.facts);
+    assert!(
+        !k.contains(&"protocol_ssl3") && !k.contains(&"poodle"),
+        "{k:?}"
+    );
+}

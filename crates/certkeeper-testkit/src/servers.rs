@@ -248,3 +248,56 @@ impl Drop for IsolatedServer {
         let _ = self.child.wait();
     }
 }
+
+/// A tlslite-ng server (PyPI `tlslite-ng`, on `python3`'s path) speaking `min`..`max`
+/// of ssl3, tls1.0, tls1.1, tls1.2 with AES, 3DES and RC4 suites: the one way left to
+/// run an SSLv3 server. Killed on drop.
+pub struct TlsliteServer {
+    child: Child,
+    pub port: u16,
+    _script: tempfile::TempDir,
+}
+
+impl TlsliteServer {
+    pub fn start(cert: &Path, key: &Path, min: &str, max: &str) -> Result<Self> {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir()?;
+        let script = dir.path().join("tlslite_server.py");
+        std::fs::write(&script, include_str!("tlslite_server.py"))?;
+        let python = std::env::var("CERTKEEPER_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg(cert)
+            .arg(key)
+            .arg(min)
+            .arg(max)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the tlslite-ng server (python3 with tlslite-ng)")?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let Ok(port) = line.trim().parse::<u16>() else {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            let _ = child.kill();
+            bail!("the tlslite-ng server did not start (is tlslite-ng installed?): {err}");
+        };
+        Ok(TlsliteServer {
+            child,
+            port,
+            _script: dir,
+        })
+    }
+}
+
+impl Drop for TlsliteServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
