@@ -551,3 +551,66 @@ async fn sslv3_and_poodle_against_tlslite() {
         "{k:?}"
     );
 }
+
+/// EXPORT and single-DES suites (no installable server has them any more) from a
+/// peer that picks them as OpenSSL 0.9.8 did, and nothing of the sort elsewhere.
+#[tokio::test]
+async fn export_and_des_suites_are_found_by_class() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    // RSA_EXPORT_WITH_RC4_40_MD5, RSA_EXPORT_WITH_DES40_CBC_SHA, RSA_WITH_DES_CBC_SHA.
+    let flaws = Flaws {
+        suites: Some(&[0x0003, 0x0008, 0x0009]),
+        ..Flaws::default()
+    };
+    let peer = flawed::start(leaf.der.clone(), flaws).await.unwrap();
+    let s = scan(peer.addr.port()).await;
+    let ids: Vec<u16> = s
+        .facts
+        .protocol(Protocol::Tls12)
+        .unwrap()
+        .suites
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [0x0003, 0x0008, 0x0009]);
+    let f = tls_findings(&s.facts);
+    let by = |k: &str| {
+        f.iter()
+            .find(|f| f.kind.as_str() == k)
+            .map(|f| f.suites.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        by("cipher_export"),
+        [
+            "TLS_RSA_EXPORT_WITH_RC4_40_MD5",
+            "TLS_RSA_EXPORT_WITH_DES40_CBC_SHA"
+        ]
+    );
+    assert_eq!(
+        by("cipher_des"),
+        [
+            "TLS_RSA_EXPORT_WITH_DES40_CBC_SHA",
+            "TLS_RSA_WITH_DES_CBC_SHA"
+        ]
+    );
+    assert_eq!(by("cipher_rc4"), ["TLS_RSA_EXPORT_WITH_RC4_40_MD5"]);
+    assert_eq!(by("cipher_md5_mac"), ["TLS_RSA_EXPORT_WITH_RC4_40_MD5"]);
+    // The same peer with AES only: none of these classes.
+    let peer = flawed::start(leaf.der.clone(), Flaws::default())
+        .await
+        .unwrap();
+    let k = kinds(&scan(peer.addr.port()).await.facts);
+    for absent in [
+        "cipher_export",
+        "cipher_des",
+        "cipher_rc4",
+        "cipher_md5_mac",
+    ] {
+        assert!(!k.contains(&absent), "{absent}: {k:?}");
+    }
+}

@@ -21,6 +21,10 @@ pub struct Flaws {
     pub heartbleed: bool,
     pub ccs_injection: bool,
     pub compression: bool,
+    /// The suites it accepts, in its order of preference (default: static-RSA AES).
+    /// Export and single-DES suites, which no installable server still offers, are
+    /// picked in the ServerHello just as OpenSSL 0.9.8 did.
+    pub suites: Option<&'static [u16]>,
 }
 
 /// Start a flawed peer on 127.0.0.1 presenting `cert_der`.
@@ -116,10 +120,8 @@ async fn serve(mut s: TcpStream, cert: &[u8], flaws: Flaws) -> Result<()> {
         return Ok(());
     }
     let version = ch.version.min(0x0303);
-    let Some(suite) = [0x002f, 0x0035, 0x003c, 0x009c]
-        .into_iter()
-        .find(|x| ch.suites.contains(x))
-    else {
+    let accepted = flaws.suites.unwrap_or(&[0x002f, 0x0035, 0x003c, 0x009c]);
+    let Some(suite) = accepted.iter().copied().find(|x| ch.suites.contains(x)) else {
         s.write_all(&alert(version, 40)).await?;
         return Ok(());
     };
