@@ -614,3 +614,112 @@ async fn export_and_des_suites_are_found_by_class() {
         assert!(!k.contains(&absent), "{absent}: {k:?}");
     }
 }
+
+/// Debian's nginx with TLS 1.0–1.2 and every suite at security level 0, in its own
+/// order: the order reported is the server's (a subsequence of its cipher list) and
+/// the set is what s_client can negotiate.
+#[tokio::test]
+async fn nginx_with_legacy_protocols_and_its_own_order() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let full = format!("{}{}", leaf.cert_pem, pki.intermediate.cert_pem);
+    let srv = certkeeper_testkit::NginxServer::start(
+        &full,
+        &leaf.key_pem,
+        "ssl_protocols TLSv1 TLSv1.1 TLSv1.2; ssl_ciphers \"ALL:@SECLEVEL=0\"; ssl_prefer_server_ciphers on;",
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(
+        supported(&s.facts),
+        [Protocol::Tls10, Protocol::Tls11, Protocol::Tls12]
+    );
+    assert_eq!(
+        kinds(&s.facts),
+        [
+            "cipher_anonymous",
+            "cipher_cbc_legacy",
+            "cipher_static_rsa",
+            "no_tls13",
+            "protocol_tls10",
+            "protocol_tls11"
+        ]
+    );
+    assert_eq!(
+        s.chain,
+        vec![leaf.der.clone(), pki.intermediate.der.clone()]
+    );
+    let p = s.facts.protocol(Protocol::Tls12).unwrap();
+    assert_eq!(p.server_order, Some(true));
+    let got = openssl_names(&s.facts, Protocol::Tls12);
+    let list = Command::new("openssl")
+        .args(["ciphers", "ALL:@SECLEVEL=0"])
+        .output()
+        .unwrap();
+    let configured: Vec<String> = String::from_utf8(list.stdout)
+        .unwrap()
+        .trim()
+        .split(':')
+        .map(str::to_string)
+        .collect();
+    let positions: Vec<usize> = got
+        .iter()
+        .map(|n| configured.iter().position(|c| c == n).unwrap_or(usize::MAX))
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "not in the server's order: {got:?}"
+    );
+    let set: BTreeSet<String> = got.into_iter().collect();
+    assert_eq!(set, openssl_truth(srv.port, "-tls1_2"));
+}
+
+/// A server that refuses names it does not serve (a fatal unrecognized_name alert):
+/// the scan tries once without SNI and goes on, saying so.
+#[tokio::test]
+async fn a_refused_name_is_retried_without_sni() {
+    let pki = TestPki::new().unwrap();
+    let default = pki
+        .leaf(&LeafSpec::new("default.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let only = pki
+        .leaf(&LeafSpec::new("only.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = OpensslServer::start(
+        &default.cert_path,
+        &default.key_path,
+        None,
+        &[
+            "-servername",
+            "only.test",
+            "-servername_fatal",
+            "-cert2",
+            only.cert_path.to_str().unwrap(),
+            "-key2",
+            only.key_path.to_str().unwrap(),
+            "-tls1_2",
+        ],
+    )
+    .unwrap();
+    let cfg = cfg();
+    let named = vulnscan(&target(srv.port, Some("only.test")), &cfg)
+        .await
+        .unwrap();
+    assert!(!named.sni_dropped);
+    assert_eq!(named.chain, vec![only.der.clone()]);
+    let other = vulnscan(&target(srv.port, Some("other.test")), &cfg)
+        .await
+        .unwrap();
+    assert!(other.sni_dropped, "the alert was not retried without SNI");
+    assert_eq!(supported(&other.facts), [Protocol::Tls12]);
+    assert_eq!(other.chain, vec![default.der.clone()]);
+    // An IP literal is never sent as SNI (it would draw the fatal alert and a retry):
+    // the server's default certificate answers at once.
+    let by_ip = vulnscan(&target(srv.port, Some("127.0.0.1")), &cfg)
+        .await
+        .unwrap();
+    assert!(!by_ip.sni_dropped);
+    assert_eq!(by_ip.chain, vec![default.der.clone()]);
+}

@@ -10,4 +10,6 @@ pub mod pki;
 pub mod servers;
 
 pub use pki::{Issued, KeyKind, LeafSpec, TestPki};
-pub use servers::{IsolatedServer, OpensslServer, TlsliteServer, free_port, wait_for_port};
+pub use servers::{
+    IsolatedServer, NginxServer, OpensslServer, TlsliteServer, free_port, wait_for_port,
+};

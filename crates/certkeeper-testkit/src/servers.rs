@@ -301,3 +301,51 @@ impl Drop for TlsliteServer {
         let _ = self.child.wait();
     }
 }
+
+/// nginx (Debian's) serving one TLS site on a free loopback port from its own prefix,
+/// with extra directives for the `server` block (protocols, ciphers …). Killed on drop.
+pub struct NginxServer {
+    child: Child,
+    pub port: u16,
+    _prefix: tempfile::TempDir,
+}
+
+impl NginxServer {
+    /// `fullchain_pem`: the leaf then its intermediates.
+    pub fn start(fullchain_pem: &str, key_pem: &str, directives: &str) -> Result<Self> {
+        let prefix = tempfile::tempdir()?;
+        let p = prefix.path().display().to_string();
+        std::fs::write(prefix.path().join("fullchain.pem"), fullchain_pem)?;
+        std::fs::write(prefix.path().join("site.key"), key_pem)?;
+        let port = free_port()?;
+        std::fs::write(
+            prefix.path().join("nginx.conf"),
+            format!(
+                "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name localhost;\n\
+                 ssl_certificate {p}/fullchain.pem;\n    ssl_certificate_key {p}/site.key;\n    {directives}\n\
+                 location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+            ),
+        )?;
+        let mut child = Command::new("nginx")
+            .args(["-p", &p, "-c", &format!("{p}/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nginx (Debian nginx-light)")?;
+        wait_for_child_port(&mut child, SocketAddr::from(([127, 0, 0, 1], port)))?;
+        Ok(NginxServer {
+            child,
+            port,
+            _prefix: prefix,
+        })
+    }
+}
+
+impl Drop for NginxServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
