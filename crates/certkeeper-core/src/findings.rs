@@ -361,13 +361,25 @@ pub fn tls_findings(facts: &TlsFacts) -> Vec<Finding> {
     ];
     for (p, kind, sev, title, fix) in proto_rules {
         if offered(p) {
-            out.push(finding(
+            let mut f = finding(
                 kind,
                 sev,
                 title,
                 format!("the server accepted a {} handshake", p.name()),
                 fix,
-            ));
+            );
+            if p == Protocol::Ssl2 {
+                let kinds: Vec<String> = facts
+                    .protocol(p)
+                    .map(|f| f.suites.iter().map(|s| s.iana.clone()).collect())
+                    .unwrap_or_default();
+                f.evidence = format!(
+                    "the server answered an SSLv2 CLIENT-HELLO with {}",
+                    kinds.join(", ")
+                );
+                f.suites = kinds;
+            }
+            out.push(f);
         }
     }
     let any_offered = facts.protocols.iter().any(|p| p.supported);
@@ -455,7 +467,12 @@ pub fn tls_findings(facts: &TlsFacts) -> Vec<Finding> {
     for (kind, sev, title, fix) in classes {
         let mut suites: Vec<String> = Vec::new();
         let mut where_: Vec<&str> = Vec::new();
-        for p in facts.protocols.iter().filter(|p| p.supported) {
+        // SSLv2's cipher kinds are reported under protocol_ssl2, not by class.
+        for p in facts
+            .protocols
+            .iter()
+            .filter(|p| p.supported && p.protocol != Protocol::Ssl2)
+        {
             for s in &p.suites {
                 if suite_weaknesses(&s.iana, p.protocol).contains(&kind) {
                     if !suites.contains(&s.iana) {

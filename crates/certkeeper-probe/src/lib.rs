@@ -11,6 +11,7 @@ pub mod hello;
 mod legacy;
 mod reneg;
 mod scan;
+pub mod sslv2;
 mod starttls;
 mod tlsscan;
 

@@ -289,7 +289,11 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         host_slots: Semaphore::new(cfg.per_host_connections.max(1)),
         connections: AtomicU32::new(0),
     };
-    let (ssl3, t10, t11, t12, t13) = tokio::join!(
+    let (ssl2, ssl3, t10, t11, t12, t13) = tokio::join!(
+        async {
+            let _slot = s.slot().await;
+            crate::sslv2::probe(s.addr, cfg.timeout).await
+        },
         enumerate(&s, Protocol::Ssl3),
         enumerate(&s, Protocol::Tls10),
         enumerate(&s, Protocol::Tls11),
@@ -384,7 +388,10 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         out.facts.client_renegotiation =
             crate::reneg::client_renegotiation(s.addr, sni, *p, cfg.timeout * 2).await;
     }
-    out.facts.protocols = runs.into_iter().filter_map(|r| r.facts).collect();
+    out.facts.protocols = ssl2
+        .into_iter()
+        .chain(runs.into_iter().filter_map(|r| r.facts))
+        .collect();
     out.facts.connections = s.connections.load(Ordering::Relaxed);
     Ok(out)
 }

@@ -483,6 +483,7 @@ async fn flaws_of_old_openssl_are_found_only_where_present() {
     let peer = flawed::start(leaf.der.clone(), none).await.unwrap();
     let s = scan(peer.addr.port()).await;
     assert_eq!(kinds(&s.facts), base);
+    assert!(!s.facts.supports(Protocol::Ssl2));
     assert_eq!(s.facts.heartbleed, Some(false));
     assert_eq!(s.facts.ccs_injection, Some(false));
     assert_eq!(s.facts.compression, Some(false));
@@ -722,4 +723,42 @@ async fn a_refused_name_is_retried_without_sni() {
         .unwrap();
     assert!(!by_ip.sni_dropped);
     assert_eq!(by_ip.chain, vec![default.der.clone()]);
+}
+
+#[tokio::test]
+async fn sslv2_lists_the_cipher_kinds_the_server_shares() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let peer = flawed::start(
+        leaf.der.clone(),
+        Flaws {
+            sslv2: true,
+            ..Flaws::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s = scan(peer.addr.port()).await;
+    let f = tls_findings(&s.facts);
+    let ssl2 = f
+        .iter()
+        .find(|f| f.kind.as_str() == "protocol_ssl2")
+        .unwrap();
+    assert_eq!(ssl2.severity, certkeeper_core::findings::Severity::Critical);
+    assert_eq!(
+        ssl2.suites,
+        [
+            "SSL_CK_RC4_128_WITH_MD5",
+            "SSL_CK_DES_192_EDE3_CBC_WITH_MD5",
+            "SSL_CK_RC4_128_EXPORT40_WITH_MD5"
+        ]
+    );
+    // Real servers of today refuse an SSLv2 hello.
+    let srv = OpensslServer::start(&leaf.cert_path, &leaf.key_path, None, &[]).unwrap();
+    let s = scan(srv.port).await;
+    let p = s.facts.protocol(Protocol::Ssl2).unwrap();
+    assert!(!p.supported && p.suites.is_empty());
 }

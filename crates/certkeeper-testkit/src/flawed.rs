@@ -21,6 +21,9 @@ pub struct Flaws {
     pub heartbleed: bool,
     pub ccs_injection: bool,
     pub compression: bool,
+    /// Answers an SSLv2 CLIENT-HELLO (RC4, 3DES and export RC4 with MD5), as
+    /// OpenSSL 0.9.8 did when SSLv2 was on.
+    pub sslv2: bool,
     /// The suites it accepts, in its order of preference (default: static-RSA AES).
     /// Export and single-DES suites, which no installable server still offers, are
     /// picked in the ServerHello just as OpenSSL 0.9.8 did.
@@ -43,6 +46,50 @@ pub async fn start(cert_der: Vec<u8>, flaws: Flaws) -> Result<Peer> {
         }
     });
     Ok(Peer::new(addr, task))
+}
+
+/// An SSLv2 CLIENT-HELLO: a SERVER-HELLO with the shared cipher kinds when SSLv2 is
+/// on; otherwise the connection is closed, as servers without SSLv2 do.
+async fn sslv2(mut s: TcpStream, hdr: [u8; 2], cert: &[u8], on: bool) -> Result<()> {
+    let len = usize::from(u16::from_be_bytes([hdr[0] & 0x7f, hdr[1]]));
+    let mut b = vec![0u8; len];
+    s.read_exact(&mut b).await?;
+    if !on || b.len() < 9 || b[0] != 1 {
+        return Ok(());
+    }
+    let specs_len = usize::from(u16::from_be_bytes([b[3], b[4]]));
+    let offered: Vec<&[u8]> = b
+        .get(9..9 + specs_len)
+        .unwrap_or_default()
+        .chunks(3)
+        .collect();
+    let mine: [[u8; 3]; 3] = [[0x01, 0x00, 0x80], [0x07, 0x00, 0xc0], [0x02, 0x00, 0x80]];
+    let shared: Vec<u8> = mine
+        .iter()
+        .filter(|m| offered.contains(&&m[..]))
+        .flatten()
+        .copied()
+        .collect();
+    let mut body = vec![0x04, 0x00, 0x01, 0x00, 0x02];
+    body.extend_from_slice(&(cert.len() as u16).to_be_bytes());
+    body.extend_from_slice(&(shared.len() as u16).to_be_bytes());
+    body.extend_from_slice(&16u16.to_be_bytes());
+    body.extend_from_slice(cert);
+    body.extend_from_slice(&shared);
+    body.extend_from_slice(&[0x33; 16]);
+    let mut rec = vec![0x80 | (body.len() >> 8) as u8, body.len() as u8];
+    rec.extend_from_slice(&body);
+    s.write_all(&rec).await?;
+    Ok(())
+}
+
+async fn read_record_after(s: &mut TcpStream, first: [u8; 2]) -> Result<(u8, Vec<u8>)> {
+    let mut rest = [0u8; 3];
+    s.read_exact(&mut rest).await?;
+    let hdr = [first[0], first[1], rest[0], rest[1], rest[2]];
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes([hdr[3], hdr[4]]))];
+    s.read_exact(&mut body).await?;
+    Ok((hdr[0], body))
 }
 
 async fn read_record(s: &mut TcpStream) -> Result<(u8, Vec<u8>)> {
@@ -108,7 +155,12 @@ fn parse_hello(b: &[u8]) -> Option<ClientHello> {
 }
 
 async fn serve(mut s: TcpStream, cert: &[u8], flaws: Flaws) -> Result<()> {
-    let (ct, body) = read_record(&mut s).await?;
+    let mut first = [0u8; 2];
+    s.read_exact(&mut first).await?;
+    if first[0] & 0x80 != 0 {
+        return sslv2(s, first, cert, flaws.sslv2).await;
+    }
+    let (ct, body) = read_record_after(&mut s, first).await?;
     let alert = |v: u16, code: u8| record(21, v, &[2, code]);
     let Some(ch) = parse_hello(&body).filter(|_| ct == 22 && body.first() == Some(&1)) else {
         s.write_all(&alert(0x0301, 10)).await?;
