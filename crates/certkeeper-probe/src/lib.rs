@@ -10,6 +10,7 @@ mod capture;
 pub mod hello;
 mod legacy;
 mod reneg;
+pub mod robot;
 mod scan;
 pub mod sslv2;
 mod starttls;

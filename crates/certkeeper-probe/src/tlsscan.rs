@@ -129,6 +129,18 @@ impl Session<'_> {
         })
     }
 
+    /// ROBOT: one connection per padding variant, each under the limits.
+    async fn robot(&self, p: Protocol, rsa: &[u16], sni: Option<&str>) -> Option<bool> {
+        use crate::robot::{VARIANTS, Variant, probe_one, verdict};
+        let mut answers = Vec::new();
+        for v in VARIANTS.into_iter().chain([Variant::Correct]) {
+            let _slot = self.slot().await;
+            answers.push(probe_one(self.addr, p, rsa, sni, v, self.cfg.timeout).await?);
+        }
+        let repeat = answers.pop()?;
+        verdict(&answers, repeat)
+    }
+
     /// CCS injection (CVE-2014-0224): a ChangeCipherSpec before any key exchange.
     /// A patched server refuses it (unexpected_message); a vulnerable one takes it
     /// silently and then fails the MAC of the next record with keys made of nothing.
@@ -372,6 +384,17 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         let sni = if out.sni_dropped { None } else { s.sni };
         out.facts.heartbleed = s.heartbleed(*p, suites, sni).await;
         out.facts.ccs_injection = s.ccs_injection(*p, suites, sni).await;
+        // ROBOT needs an RSA key exchange: without one there is no oracle to have.
+        let rsa: Vec<u16> = suites
+            .iter()
+            .copied()
+            .filter(|id| crate::hello::suite_name(*id).starts_with("TLS_RSA_WITH_"))
+            .collect();
+        out.facts.robot = if rsa.is_empty() {
+            Some(false)
+        } else {
+            s.robot(*p, &rsa, sni).await
+        };
     }
     // Client-initiated renegotiation, on the best protocol below TLS 1.3.
     if let Some((p, _)) = protos

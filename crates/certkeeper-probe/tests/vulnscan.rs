@@ -762,3 +762,50 @@ async fn sslv2_lists_the_cipher_kinds_the_server_shares() {
     let p = s.facts.protocol(Protocol::Ssl2).unwrap();
     assert!(!p.supported && p.suites.is_empty());
 }
+
+/// ROBOT: a peer that answers bad PKCS#1 padding at once and good padding only after
+/// the Finished is an oracle; the same peer answering all alike, and OpenSSL 3 (which
+/// rejects implicitly), are not.
+#[tokio::test]
+async fn robot_oracles_are_found_and_implicit_rejection_is_not() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let oracle = flawed::start_with_key(
+        leaf.der.clone(),
+        &leaf.key_pem,
+        Flaws {
+            robot: true,
+            ..Flaws::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s = scan(oracle.addr.port()).await;
+    assert_eq!(s.facts.robot, Some(true));
+    assert!(kinds(&s.facts).contains(&"robot"));
+    let patched = flawed::start_with_key(leaf.der.clone(), &leaf.key_pem, Flaws::default())
+        .await
+        .unwrap();
+    let s = scan(patched.addr.port()).await;
+    assert_eq!(s.facts.robot, Some(false));
+    // OpenSSL with static RSA suites on offer: probed, no oracle.
+    let srv = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        None,
+        &["-tls1_2", "-cipher", "AES128-GCM-SHA256:AES256-SHA"],
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(s.facts.robot, Some(false));
+    assert!(!kinds(&s.facts).contains(&"robot"));
+    // No RSA key exchange at all: nothing to be an oracle for.
+    let ec = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = OpensslServer::start(&ec.cert_path, &ec.key_path, None, &["-tls1_2"]).unwrap();
+    assert_eq!(scan(srv.port).await.facts.robot, Some(false));
+}

@@ -24,6 +24,10 @@ pub struct Flaws {
     /// Answers an SSLv2 CLIENT-HELLO (RC4, 3DES and export RC4 with MD5), as
     /// OpenSSL 0.9.8 did when SSLv2 was on.
     pub sslv2: bool,
+    /// Answers a ClientKeyExchange with bad PKCS#1 padding at once (decrypt_error) and
+    /// a well-padded one only after the Finished (bad_record_mac): a Bleichenbacher
+    /// oracle, as the servers found by ROBOT had. Needs the key ([`start_with_key`]).
+    pub robot: bool,
     /// The suites it accepts, in its order of preference (default: static-RSA AES).
     /// Export and single-DES suites, which no installable server still offers, are
     /// picked in the ServerHello just as OpenSSL 0.9.8 did.
@@ -32,6 +36,19 @@ pub struct Flaws {
 
 /// Start a flawed peer on 127.0.0.1 presenting `cert_der`.
 pub async fn start(cert_der: Vec<u8>, flaws: Flaws) -> Result<Peer> {
+    start_inner(cert_der, None, flaws).await
+}
+
+/// Like [`start`], with the leaf's private key (PEM), so that a ClientKeyExchange can
+/// be decrypted (for the ROBOT flaw).
+pub async fn start_with_key(cert_der: Vec<u8>, key_pem: &str, flaws: Flaws) -> Result<Peer> {
+    let key = openssl::rsa::Rsa::private_key_from_pem(key_pem.as_bytes())?;
+    start_inner(cert_der, Some(std::sync::Arc::new(key)), flaws).await
+}
+
+type RsaKey = std::sync::Arc<openssl::rsa::Rsa<openssl::pkey::Private>>;
+
+async fn start_inner(cert_der: Vec<u8>, key: Option<RsaKey>, flaws: Flaws) -> Result<Peer> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -40,8 +57,9 @@ pub async fn start(cert_der: Vec<u8>, flaws: Flaws) -> Result<Peer> {
                 return;
             };
             let cert = cert_der.clone();
+            let key = key.clone();
             tokio::spawn(async move {
-                let _ = serve(s, &cert, flaws).await;
+                let _ = serve(s, &cert, key, flaws).await;
             });
         }
     });
@@ -154,7 +172,19 @@ fn parse_hello(b: &[u8]) -> Option<ClientHello> {
     })
 }
 
-async fn serve(mut s: TcpStream, cert: &[u8], flaws: Flaws) -> Result<()> {
+/// Whether a decrypted ClientKeyExchange block is well-formed PKCS#1 v1.5 carrying a
+/// 48-byte premaster secret (the version bytes are not checked here).
+fn pkcs1_ok(m: &[u8]) -> bool {
+    if m.len() < 11 + 48 || m[0] != 0 || m[1] != 2 {
+        return false;
+    }
+    match m[2..].iter().position(|b| *b == 0) {
+        Some(i) => i >= 8 && m.len() - (2 + i + 1) == 48,
+        None => false,
+    }
+}
+
+async fn serve(mut s: TcpStream, cert: &[u8], key: Option<RsaKey>, flaws: Flaws) -> Result<()> {
     let mut first = [0u8; 2];
     s.read_exact(&mut first).await?;
     if first[0] & 0x80 != 0 {
@@ -206,6 +236,7 @@ async fn serve(mut s: TcpStream, cert: &[u8], flaws: Flaws) -> Result<()> {
     s.write_all(&record(22, version, &flight)).await?;
 
     let mut ccs_taken = false;
+    let mut cke_seen = false;
     loop {
         let (ct, body) = read_record(&mut s).await?;
         match ct {
@@ -225,7 +256,23 @@ async fn serve(mut s: TcpStream, cert: &[u8], flaws: Flaws) -> Result<()> {
             }
             // Patched (or heartbeat not negotiated): silently discarded.
             24 => {}
-            20 if flaws.ccs_injection => ccs_taken = true,
+            // The ClientKeyExchange.
+            22 if !cke_seen && !ccs_taken && body.first() == Some(&0x10) => {
+                cke_seen = true;
+                if let (true, Some(key)) = (flaws.robot, &key)
+                    && body.len() > 6
+                {
+                    let mut m = vec![0u8; key.size() as usize];
+                    let ok = key
+                        .private_decrypt(&body[6..], &mut m, openssl::rsa::Padding::NONE)
+                        .is_ok_and(|_| pkcs1_ok(&m));
+                    if !ok {
+                        s.write_all(&alert(version, 51)).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            20 if cke_seen || flaws.ccs_injection => ccs_taken = true,
             20 => {
                 s.write_all(&alert(version, 10)).await?;
                 return Ok(());
