@@ -809,3 +809,56 @@ async fn robot_oracles_are_found_and_implicit_rejection_is_not() {
     let srv = OpensslServer::start(&ec.cert_path, &ec.key_path, None, &["-tls1_2"]).unwrap();
     assert_eq!(scan(srv.port).await.facts.robot, Some(false));
 }
+
+/// The per-host cap holds (never more than N connections open to the endpoint), the
+/// connection count reported is what the server saw, and a rate limit spaces them.
+#[tokio::test]
+async fn connection_limits_are_kept_and_counted() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    use std::sync::atomic::Ordering::SeqCst;
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    for cap in [1usize, 4] {
+        let (peer, counts) = flawed::start_counting(leaf.der.clone(), Flaws::default())
+            .await
+            .unwrap();
+        let cfg = VulnConfig {
+            per_host_connections: cap,
+            ..cfg()
+        };
+        let s = vulnscan(&target(peer.addr.port(), None), &cfg)
+            .await
+            .unwrap();
+        // The renegotiation check's s_client connection is not this scanner's socket
+        // but still one connection.
+        assert_eq!(
+            counts.total.load(SeqCst),
+            s.facts.connections as usize,
+            "cap {cap}"
+        );
+        let max = counts.max_open.load(SeqCst);
+        assert!(max <= cap, "cap {cap}: {max} open at once");
+        assert!(cap == 1 || max > 1, "the protocols did not run in parallel");
+    }
+    // 50 new connections a second: the scan cannot be faster than its count allows.
+    let (peer, counts) = flawed::start_counting(leaf.der.clone(), Flaws::default())
+        .await
+        .unwrap();
+    let cfg = VulnConfig {
+        limiter: Some(std::sync::Arc::new(certkeeper_probe::RateLimiter::new(50))),
+        ..cfg()
+    };
+    let started = Instant::now();
+    let s = vulnscan(&target(peer.addr.port(), None), &cfg)
+        .await
+        .unwrap();
+    let n = counts.total.load(SeqCst) as f64;
+    assert_eq!(n as u32, s.facts.connections);
+    assert!(
+        started.elapsed().as_secs_f64() >= (n - 1.0) / 50.0 * 0.9,
+        "{n} connections in {:?}",
+        started.elapsed()
+    );
+}

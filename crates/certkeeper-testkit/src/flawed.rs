@@ -48,7 +48,35 @@ pub async fn start_with_key(cert_der: Vec<u8>, key_pem: &str, flaws: Flaws) -> R
 
 type RsaKey = std::sync::Arc<openssl::rsa::Rsa<openssl::pkey::Private>>;
 
+/// Connections a peer has seen: how many in all, and the most open at once.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub total: std::sync::atomic::AtomicUsize,
+    open: std::sync::atomic::AtomicUsize,
+    pub max_open: std::sync::atomic::AtomicUsize,
+}
+
+/// Like [`start`], counting the connections (for the scanner's limits).
+pub async fn start_counting(
+    cert_der: Vec<u8>,
+    flaws: Flaws,
+) -> Result<(Peer, std::sync::Arc<Counts>)> {
+    let counts = std::sync::Arc::new(Counts::default());
+    let peer = start_counted(cert_der, None, flaws, Some(counts.clone())).await?;
+    Ok((peer, counts))
+}
+
 async fn start_inner(cert_der: Vec<u8>, key: Option<RsaKey>, flaws: Flaws) -> Result<Peer> {
+    start_counted(cert_der, key, flaws, None).await
+}
+
+async fn start_counted(
+    cert_der: Vec<u8>,
+    key: Option<RsaKey>,
+    flaws: Flaws,
+    counts: Option<std::sync::Arc<Counts>>,
+) -> Result<Peer> {
+    use std::sync::atomic::Ordering::SeqCst;
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -58,8 +86,19 @@ async fn start_inner(cert_der: Vec<u8>, key: Option<RsaKey>, flaws: Flaws) -> Re
             };
             let cert = cert_der.clone();
             let key = key.clone();
+            let counts = counts.clone();
             tokio::spawn(async move {
+                if let Some(c) = &counts {
+                    c.total.fetch_add(1, SeqCst);
+                    let now = c.open.fetch_add(1, SeqCst) + 1;
+                    c.max_open.fetch_max(now, SeqCst);
+                    // Hold each connection a little so overlaps show.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
                 let _ = serve(s, &cert, key, flaws).await;
+                if let Some(c) = &counts {
+                    c.open.fetch_sub(1, SeqCst);
+                }
             });
         }
     });
