@@ -397,8 +397,30 @@ pub async fn open(
     Ok((stream, flight))
 }
 
+/// A hello offering `suites` under `p` (no compression), kept open once the server's
+/// first flight has come in full and negotiated `p`: for the checks that send more.
+pub async fn open_flight(
+    addr: std::net::SocketAddr,
+    p: Protocol,
+    suites: &[u16],
+    sni: Option<&str>,
+    heartbeat: bool,
+    deadline: Instant,
+) -> Option<(TcpStream, ServerFlight)> {
+    let h = Hello {
+        protocol: p,
+        suites,
+        sni,
+        offer_compression: false,
+        heartbeat,
+    };
+    let (stream, flight) = open(addr, &h, deadline).await.ok()?;
+    (flight.done && flight.accepted() && flight.version == Some(p.wire()))
+        .then_some((stream, flight))
+}
+
 /// What came back after a probe record: the next record's header, an alert, or nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reply {
     /// A record of this content type and length.
     Record {

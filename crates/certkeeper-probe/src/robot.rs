@@ -10,20 +10,9 @@ use std::time::Duration;
 use certkeeper_core::findings::Protocol;
 use openssl::rsa::Padding;
 use openssl::x509::X509;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::hello::{Hello, open};
-
-/// How a server answered one probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Answer {
-    Alert(u8),
-    /// Another record came (no alert).
-    Record(u8),
-    Closed,
-    Silence,
-}
+use crate::hello::{Reply, open_flight, poke};
 
 /// The kinds of plaintext sent, the first well-formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +61,8 @@ pub fn plaintext(k: usize, version: u16, v: Variant) -> Vec<u8> {
 }
 
 /// One probe: hello with `suites` (static RSA), then the crafted ClientKeyExchange,
-/// ChangeCipherSpec and Finished; what came back.
+/// ChangeCipherSpec and Finished; what came back (an alert, another record, the
+/// connection closed, or silence).
 pub async fn probe_one(
     addr: std::net::SocketAddr,
     p: Protocol,
@@ -80,19 +70,9 @@ pub async fn probe_one(
     sni: Option<&str>,
     v: Variant,
     timeout: Duration,
-) -> Option<Answer> {
+) -> Option<Reply> {
     let deadline = Instant::now() + timeout;
-    let h = Hello {
-        protocol: p,
-        suites,
-        sni,
-        offer_compression: false,
-        heartbeat: false,
-    };
-    let (mut stream, flight) = open(addr, &h, deadline).await.ok()?;
-    if !flight.done || flight.version != Some(p.wire()) {
-        return None;
-    }
+    let (mut stream, flight) = open_flight(addr, p, suites, sni, false, deadline).await?;
     let leaf = X509::from_der(flight.chain.first()?).ok()?;
     let rsa = leaf.public_key().ok()?.rsa().ok()?;
     let k = rsa.size() as usize;
@@ -111,33 +91,13 @@ pub async fn probe_one(
     // A Finished "encrypted" under keys the server derived: 64 bytes it cannot check.
     out.extend_from_slice(&[0x16, v1, v2, 0x00, 0x40]);
     out.extend_from_slice(&[0x5c; 0x40]);
-    if tokio::time::timeout_at(deadline, stream.write_all(&out))
-        .await
-        .map_or(true, |r| r.is_err())
-    {
-        return Some(Answer::Closed);
-    }
-    let mut hdr = [0u8; 5];
-    Some(
-        match tokio::time::timeout_at(deadline, stream.read_exact(&mut hdr)).await {
-            Err(_) => Answer::Silence,
-            Ok(Err(_)) => Answer::Closed,
-            Ok(Ok(_)) if hdr[0] == 21 => {
-                let mut a = [0u8; 2];
-                match tokio::time::timeout_at(deadline, stream.read_exact(&mut a)).await {
-                    Ok(Ok(_)) => Answer::Alert(a[1]),
-                    _ => Answer::Closed,
-                }
-            }
-            Ok(Ok(_)) => Answer::Record(hdr[0]),
-        },
-    )
+    Some(poke(&mut stream, &out, deadline).await)
 }
 
 /// The verdict from the answers to [`VARIANTS`] and a repeat of the first:
 /// `Some(true)` when they differ by padding error (an oracle), `Some(false)` when all
 /// are the same, `None` when the server answered the same probe two ways (no verdict).
-pub fn verdict(answers: &[Answer], repeat: Answer) -> Option<bool> {
+pub fn verdict(answers: &[Reply], repeat: Reply) -> Option<bool> {
     let first = *answers.first()?;
     if repeat != first {
         return None;

@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 
 use crate::Target;
 use crate::hello::{
-    FALLBACK_SCSV, Hello, Reply, ServerFlight, WireError, candidate_suites, exchange, open, poke,
-    suite_name,
+    FALLBACK_SCSV, Hello, Reply, ServerFlight, WireError, candidate_suites, exchange, open_flight,
+    poke, suite_name,
 };
 use crate::scan::RateLimiter;
 
@@ -104,17 +104,7 @@ impl Session<'_> {
     async fn heartbleed(&self, p: Protocol, suites: &[u16], sni: Option<&str>) -> Option<bool> {
         let _slot = self.slot().await;
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-        let h = Hello {
-            protocol: p,
-            suites,
-            sni,
-            offer_compression: false,
-            heartbeat: true,
-        };
-        let (mut stream, flight) = open(self.addr, &h, deadline).await.ok()?;
-        if !negotiated(p, &flight) || !flight.done {
-            return None;
-        }
+        let (mut stream, flight) = open_flight(self.addr, p, suites, sni, true, deadline).await?;
         if !flight.heartbeat {
             return Some(false);
         }
@@ -147,17 +137,7 @@ impl Session<'_> {
     async fn ccs_injection(&self, p: Protocol, suites: &[u16], sni: Option<&str>) -> Option<bool> {
         let _slot = self.slot().await;
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-        let h = Hello {
-            protocol: p,
-            suites,
-            sni,
-            offer_compression: false,
-            heartbeat: false,
-        };
-        let (mut stream, flight) = open(self.addr, &h, deadline).await.ok()?;
-        if !negotiated(p, &flight) || !flight.done {
-            return None;
-        }
+        let (mut stream, _) = open_flight(self.addr, p, suites, sni, false, deadline).await?;
         let [v1, v2] = p.wire().to_be_bytes();
         let ccs = [0x14, v1, v2, 0x00, 0x01, 0x01];
         let quiet =
