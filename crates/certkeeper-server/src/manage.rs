@@ -106,19 +106,8 @@ pub async fn import_certificate(
     let leaf = parsed(&imported.leaf)?;
     check_policy(&state, &leaf.facts)?;
 
-    // Chain completion: the given chain, then issuers already in the inventory.
     let mut chain = imported.chain.clone();
-    let mut complete = false;
-    for _ in 0..10 {
-        let last = chain.last().map(Vec::as_slice).unwrap_or(&imported.leaf);
-        let issuer = parsed(last)?.facts.issuer;
-        let known = state.store.certificates_with_subject(&issuer).await?;
-        let before = chain.len();
-        complete = import::complete_chain(&imported.leaf, &mut chain, &known);
-        if complete || chain.len() == before {
-            break;
-        }
-    }
+    let complete = complete_chain(&state, &imported.leaf, &mut chain).await?;
     let mut certs = vec![leaf];
     for c in &chain {
         certs.push(parsed(c)?);
@@ -191,6 +180,74 @@ pub async fn import_certificate(
         StatusCode::OK
     };
     Ok((status, Json(body)))
+}
+
+/// Chain completion: after the given chain, issuers already in the inventory, then the
+/// certificate fetched from the CA-issuers (AIA) URL of the last link, up to ten links.
+/// A fetched certificate is used only if it issues the link (name and signature).
+/// Whether the chain reaches a root.
+async fn complete_chain(
+    state: &AppState,
+    leaf: &[u8],
+    chain: &mut Vec<Vec<u8>>,
+) -> Result<bool, ApiError> {
+    while chain.len() < 10 {
+        let last = chain.last().map(Vec::as_slice).unwrap_or(leaf).to_vec();
+        if import::is_root(&last) {
+            return Ok(true);
+        }
+        let facts = parsed(&last)?.facts;
+        let known = state.store.certificates_with_subject(&facts.issuer).await?;
+        let before = chain.len();
+        if import::complete_chain(leaf, chain, &known) {
+            return Ok(true);
+        }
+        if chain.len() > before {
+            continue;
+        }
+        // Not known here: the issuer from the AIA URL (http or https only; an ldap://
+        // URL alone leaves the chain incomplete, with the usual warning).
+        let Some(url) = facts
+            .ca_issuer_urls
+            .iter()
+            .find(|u| u.starts_with("http://") || u.starts_with("https://"))
+        else {
+            return Ok(false);
+        };
+        let body = certkeeper_connect::fetch::fetch(url, &state.config.fetch)
+            .await
+            .map_err(|e| {
+                use certkeeper_connect::fetch::FetchError as F;
+                let status = match e {
+                    F::Resolve { .. }
+                    | F::Status { .. }
+                    | F::Timeout { .. }
+                    | F::Connect { .. } => StatusCode::BAD_GATEWAY,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                ApiError::new(
+                    status,
+                    e.code(),
+                    format!(
+                        "fetching the issuer of {}: {e}; or give the intermediate by hand (chain)",
+                        facts.subject
+                    ),
+                )
+            })?;
+        let issuer = import::fetched_certificates(&body, url)
+            .map_err(import_error)?
+            .into_iter()
+            .find(|c| import::issues(c, &last))
+            .ok_or_else(|| {
+                import_error(ImportError::FetchedNotIssuer {
+                    url: url.clone(),
+                    subject: facts.subject.clone(),
+                })
+            })?;
+        tracing::info!(url = %url, "chain completed from the CA-issuers URL");
+        chain.push(issuer);
+    }
+    Ok(false)
 }
 
 #[derive(Deserialize)]
