@@ -115,6 +115,7 @@ pub async fn import_certificate(
     let sha = certs[0].facts.sha256;
     // No key given: a pending request of ours may hold it (manual CA flow).
     let mut completes = None;
+    let mut renews = None;
     let mut key_pkcs8 = imported.key_pkcs8.clone();
     if key_pkcs8.is_none() {
         let spki = certkeeper_pki::cert_spki_sha256(&imported.leaf)
@@ -122,6 +123,7 @@ pub async fn import_certificate(
         if let Some(r) = state.store.pending_request_for_key(&spki).await? {
             let key = open_request_key(&state, &r)?;
             key_pkcs8 = Some(key);
+            renews = r.renews_sha256;
             completes = Some(r.id);
         }
     }
@@ -172,6 +174,7 @@ pub async fn import_certificate(
         "key_stored": outcome.key_stored,
         "policy": "passed",
         "request": completes,
+        "renews": renews,
         "warnings": warnings,
     });
     let status = if outcome.new_certificate {
@@ -406,6 +409,9 @@ pub struct NewRequest {
     org_unit: Option<String>,
     /// rsa2048 (default), rsa3072, rsa4096, p256, p384, ed25519.
     key_type: Option<String>,
+    /// Renewals of the certificate keep this key instead of generating a new one.
+    #[serde(default)]
+    reuse_key: bool,
 }
 
 fn request_aad(id: &str) -> Vec<u8> {
@@ -421,6 +427,8 @@ fn request_view(r: &certkeeper_store::CertRequest) -> Value {
         "key_type": r.key_type,
         "csr": r.csr_pem,
         "certificate_sha256": r.certificate_sha256,
+        "renews_sha256": r.renews_sha256,
+        "reuse_key": r.reuse_key,
         "created_at": views::rfc3339(r.created_at),
     })
 }
@@ -442,6 +450,17 @@ pub async fn create_request(
 async fn make_request(
     state: &AppState,
     req: NewRequest,
+) -> Result<certkeeper_store::CertRequest, ApiError> {
+    make_request_with(state, req, None, None).await
+}
+
+/// [`make_request`] with an existing key (PKCS#8 DER) instead of a new one, and the
+/// certificate the request renews, if any.
+async fn make_request_with(
+    state: &AppState,
+    req: NewRequest,
+    existing_key: Option<Vec<u8>>,
+    renews: Option<String>,
 ) -> Result<certkeeper_store::CertRequest, ApiError> {
     use certkeeper_pki::csr::{self, CsrRequest, San};
     let bad = |e: csr::CsrError| ApiError::bad_request("invalid_request", e.to_string());
@@ -466,16 +485,19 @@ async fn make_request(
             .map_err(bad)?,
     };
     let key_type = spec.key.to_string();
-    let generated = tokio::task::spawn_blocking(move || csr::generate(&spec).map(|g| (g, spec)))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "key generation failed",
-            )
-        })?
-        .map_err(bad)?;
+    let reuse_key = req.reuse_key;
+    let generated = tokio::task::spawn_blocking(move || {
+        csr::generate_with_key(&spec, existing_key.as_deref()).map(|g| (g, spec))
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "key generation failed",
+        )
+    })?
+    .map_err(bad)?;
     let (g, spec) = generated;
     let info = csr::inspect(&g.csr_der).map_err(bad)?;
     let id = uuid::Uuid::new_v4().to_string();
@@ -509,6 +531,8 @@ async fn make_request(
         certificate_sha256: None,
         created_at: OffsetDateTime::now_utc(),
         issued_by: None,
+        renews_sha256: renews,
+        reuse_key,
     };
     state.store.create_request(&record).await?;
     tracing::info!(request = %record.id, "certificate request created");
@@ -1112,8 +1136,13 @@ async fn order_acme_for(state: &AppState, id: &str) -> Result<Value, ApiError> {
 }
 
 /// Renew the certificate of an issued request: the same names and key type, a new
-/// key, the same issuer (the internal CA or the ACME CA that issued it).
-async fn renew(state: &AppState, old: &certkeeper_store::CertRequest) -> Result<Value, ApiError> {
+/// key (or the same one, with `reuse_key`), the same issuer (the internal CA or the
+/// ACME CA that issued it).
+async fn renew(
+    state: &AppState,
+    old: &certkeeper_store::CertRequest,
+    reuse_key: bool,
+) -> Result<Value, ApiError> {
     let issuer = old.issued_by.clone().ok_or_else(|| {
         ApiError::bad_request(
             "not_renewable",
@@ -1129,8 +1158,16 @@ async fn renew(state: &AppState, old: &certkeeper_store::CertRequest) -> Result<
         organization: None,
         org_unit: None,
         key_type: Some(old.key_type.clone()),
+        reuse_key: old.reuse_key,
     };
-    let new = make_request(state, spec).await?;
+    let key = match (
+        &old.certificate_sha256,
+        reuse_key || renews_with_same_key(state, old),
+    ) {
+        (Some(sha), true) => Some(open_cert_key(state, &fingerprint_param(sha)?).await?),
+        _ => None,
+    };
+    let new = make_request_with(state, spec, key, None).await?;
     let issued = match issuer.strip_prefix("ca:") {
         Some(ca) => {
             issue_from_ca(
@@ -1152,33 +1189,132 @@ async fn renew(state: &AppState, old: &certkeeper_store::CertRequest) -> Result<
     Ok(json!({"renewed": old.certificate_sha256, "request": new.id, "certificate": issued}))
 }
 
+/// Whether renewals keep the key: server-wide, or asked for by the request.
+fn renews_with_same_key(state: &AppState, r: &certkeeper_store::CertRequest) -> bool {
+    state.config.reuse_key || r.reuse_key
+}
+
+/// Start the renewal of an imported certificate (a CA outside this server signs it):
+/// a pending request with the certificate's subject, names and key type, and a new key
+/// (or its key, with `reuse_key`), linked to the certificate. Importing the signed
+/// certificate completes it, as any pending request.
+async fn request_renewal(
+    state: &AppState,
+    fp: &Fingerprint,
+    reuse_key: bool,
+) -> Result<Value, ApiError> {
+    let cert = stored_certificate(state, fp).await?;
+    if state.store.sealed_key(fp).await?.is_none() {
+        return Err(ApiError::bad_request(
+            "not_renewable",
+            "no private key is stored for this certificate, so no renewal request can be made for it",
+        ));
+    }
+    // The request this certificate came from (manual CA flow) may ask to keep the key.
+    let origin_reuse = state
+        .store
+        .request_for_certificate(&fp.to_string())
+        .await?
+        .is_some_and(|r| renews_with_same_key(state, &r));
+    let reuse = reuse_key || origin_reuse || state.config.reuse_key;
+    let mut spec = renewal_spec(&cert)?;
+    spec.reuse_key = origin_reuse;
+    let key = match reuse {
+        true => Some(open_cert_key(state, fp).await?),
+        false => None,
+    };
+    let new = make_request_with(state, spec, key, Some(fp.to_string())).await?;
+    state
+        .store
+        .set_renewal_request(&fp.to_string(), &new.id)
+        .await?;
+    tracing::info!(certificate = %fp, request = %new.id, "renewal request made for an imported certificate");
+    Ok(json!({"renews": fp.to_string(), "request": request_view(&new), "reused_key": reuse}))
+}
+
+/// The request fields of an existing certificate: its subject, names and key type.
+fn renewal_spec(
+    cert: &certkeeper_core::inventory::StoredCertificate,
+) -> Result<NewRequest, ApiError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, x) = X509Certificate::from_der(&cert.der).map_err(internal)?;
+    let subject = x.subject();
+    let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
+        it.next().and_then(|a| a.as_str().ok()).map(str::to_string)
+    };
+    let f = &cert.facts;
+    let key_type = match (f.key.key_type.as_str(), f.key.bits, f.key.curve.as_deref()) {
+        ("rsa", Some(3072), _) => "rsa3072",
+        ("rsa", Some(4096), _) => "rsa4096",
+        ("ec", _, Some(c)) if c.contains("384") => "p384",
+        ("ec", _, _) => "p256",
+        ("ed25519", _, _) => "ed25519",
+        _ => "rsa2048",
+    };
+    Ok(NewRequest {
+        common_name: f
+            .common_name
+            .clone()
+            .or_else(|| f.sans.first().cloned())
+            .ok_or_else(|| {
+                ApiError::bad_request("not_renewable", "the certificate names no host")
+            })?,
+        sans: f.sans.clone(),
+        country: first(&mut subject.iter_country()),
+        state: first(&mut subject.iter_state_or_province()),
+        locality: first(&mut subject.iter_locality()),
+        organization: first(&mut subject.iter_organization()),
+        org_unit: first(&mut subject.iter_organizational_unit()),
+        key_type: Some(key_type.into()),
+        reuse_key: false,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RenewOptions {
+    /// Keep the certificate's key instead of generating a new one.
+    #[serde(default)]
+    reuse_key: bool,
+}
+
 /// `POST /api/v1/certificates/{sha256}/renew`: renew now, whatever the renewal time.
+/// A certificate this server issued is issued again; an imported one (with its key
+/// stored) gets a pending renewal request for its CA.
 pub async fn renew_certificate(
     State(state): State<AppState>,
     _admin: Admin,
     Path(sha): Path<String>,
+    req: Result<Json<RenewOptions>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let opts = optional_body(req)?;
     let fp = fingerprint_param(&sha)?;
-    let old = state
-        .store
-        .request_for_certificate(&fp.to_string())
-        .await?
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "not_renewable",
-                "no request of this server produced that certificate",
-            )
-        })?;
-    Ok((StatusCode::CREATED, Json(renew(&state, &old).await?)))
+    let body = match state.store.request_for_certificate(&fp.to_string()).await? {
+        Some(old) if old.issued_by.is_some() => renew(&state, &old, opts.reuse_key).await?,
+        _ => request_renewal(&state, &fp, opts.reuse_key).await?,
+    };
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// Renew everything due at `now` (two thirds through its validity), once across replicas.
+/// A JSON body that may be left out entirely (no Content-Type).
+fn optional_body<T: Default>(req: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match req {
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
+        other => other
+            .map(|Json(r)| r)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text())),
+    }
+}
+
+/// Renew everything due at `now` (two thirds through its validity), once across
+/// replicas: certificates this server issued are issued again; imported ones get a
+/// pending renewal request.
 pub(crate) async fn renewal_pass(state: &AppState, now: OffsetDateTime) -> Result<Value, ApiError> {
     let due = state.store.claim_due_renewals(now, 900, 100).await?;
     let mut renewed = Vec::new();
     let mut failed = Vec::new();
     for old in &due {
-        match renew(state, old).await {
+        match renew(state, old, false).await {
             Ok(v) => renewed.push(v),
             Err(e) => {
                 tracing::warn!(request = %old.id, error = %e.message, "renewal failed; retried after the claim expires");
@@ -1186,7 +1322,23 @@ pub(crate) async fn renewal_pass(state: &AppState, now: OffsetDateTime) -> Resul
             }
         }
     }
-    Ok(json!({"renewed": renewed, "failed": failed}))
+    let mut requested = Vec::new();
+    for sha in state
+        .store
+        .claim_due_imported_renewals(now, 900, 100)
+        .await?
+    {
+        match request_renewal(state, &fingerprint_param(&sha)?, false).await {
+            Ok(v) => requested.push(v),
+            Err(e) => {
+                tracing::warn!(certificate = %sha, error = %e.message, "renewal request failed; retried after the claim expires");
+                failed.push(
+                    json!({"certificate": sha, "error": {"code": e.code, "message": e.message}}),
+                );
+            }
+        }
+    }
+    Ok(json!({"renewed": renewed, "requested": requested, "failed": failed}))
 }
 
 #[derive(Deserialize, Default)]
@@ -1203,12 +1355,7 @@ pub async fn run_renewals(
     _admin: Admin,
     req: Result<Json<RenewalRun>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let req = match req {
-        Err(JsonRejection::MissingJsonContentType(_)) => RenewalRun::default(),
-        other => other
-            .map(|Json(r)| r)
-            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?,
-    };
+    let req = optional_body(req)?;
     Ok(Json(
         renewal_pass(&state, req.at.unwrap_or_else(OffsetDateTime::now_utc)).await?,
     ))

@@ -110,6 +110,11 @@ macro_rules! migrations {
                 "0005_renewal",
                 include_str!(concat!("../migrations/", $dir, "/0005_renewal.sql")),
             ),
+            (
+                8,
+                "0008_import_renewal",
+                include_str!(concat!("../migrations/", $dir, "/0008_import_renewal.sql")),
+            ),
         ]
     };
 }
