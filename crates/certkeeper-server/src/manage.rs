@@ -1210,6 +1210,17 @@ async fn request_renewal(
             "no private key is stored for this certificate, so no renewal request can be made for it",
         ));
     }
+    // One renewal request at a time: the one waiting for its signed certificate.
+    if let Some(id) = state.store.renewal_request_of(&fp.to_string()).await?
+        && state.store.request(&id).await?.status == "pending"
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "renewal_pending",
+            format!("renewal request {id} is waiting for the CA-signed certificate; import it to complete the renewal"),
+        )
+        .with("request", json!(id)));
+    }
     // The request this certificate came from (manual CA flow) may ask to keep the key.
     let origin_reuse = state
         .store

@@ -1721,6 +1721,15 @@ async fn imported_certificates_renew_through_a_pending_request_once_across_repli
             .await
             .unwrap();
         assert_eq!(again["requested"], json!([]), "{label}: {again}");
+        // By hand while it waits: refused, naming the request that waits.
+        let r = a
+            .admin_post(&format!("/api/v1/certificates/{old_sha}/renew"), &json!({}))
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::CONFLICT, "renewal_pending".into()),
+            "{label}"
+        );
         // The operator sees what is waiting; the CA signs; importing completes it.
         let listed: Value = b.admin_get("/api/v1/requests").await.json().await.unwrap();
         let waiting: Vec<&Value> = listed["items"]

@@ -379,6 +379,18 @@ impl Store {
         Ok(claimed)
     }
 
+    /// The request made to renew an imported certificate, if one was.
+    pub async fn renewal_request_of(&self, sha256: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT renewal_request FROM managed_certificates WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        })
+    }
+
     /// Record the pending request made to renew an imported certificate.
     pub async fn set_renewal_request(&self, sha256: &str, request: &str) -> Result<(), StoreError> {
         let _w = self.writer().await;
