@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub policy: certkeeper_core::policy::CertificatePolicy,
     /// An ACME CA to order certificates from (dns-01 through a hook).
     pub acme: Option<certkeeper_connect::acme::AcmeConfig>,
+    /// Rules for outbound fetches (CA-issuer certificates from AIA URLs).
+    pub fetch: certkeeper_connect::fetch::FetchPolicy,
+    /// Renew with the certificate's existing key instead of a new one.
+    pub reuse_key: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -83,6 +87,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("previous_kek_files", &self.previous_kek_files)
             .field("policy", &self.policy)
             .field("acme", &self.acme)
+            .field("fetch", &self.fetch)
+            .field("reuse_key", &self.reuse_key)
             .finish()
     }
 }
@@ -105,6 +111,8 @@ impl ServerConfig {
             previous_kek_files: Vec::new(),
             policy: Default::default(),
             acme: None,
+            fetch: Default::default(),
+            reuse_key: false,
         }
     }
 }
