@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub acme: Option<certkeeper_connect::acme::AcmeConfig>,
     /// Limits and trust of the vulnerability scans the server runs.
     pub vulnscan: vulnscans::VulnScanSettings,
+    /// Rules for outbound fetches (CA-issuer certificates from AIA URLs).
+    pub fetch: certkeeper_connect::fetch::FetchPolicy,
+    /// Renew with the certificate's existing key instead of a new one.
+    pub reuse_key: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -87,6 +91,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("policy", &self.policy)
             .field("acme", &self.acme)
             .field("vulnscan", &self.vulnscan)
+            .field("fetch", &self.fetch)
+            .field("reuse_key", &self.reuse_key)
             .finish()
     }
 }
@@ -110,6 +116,8 @@ impl ServerConfig {
             policy: Default::default(),
             acme: None,
             vulnscan: Default::default(),
+            fetch: Default::default(),
+            reuse_key: false,
         }
     }
 }

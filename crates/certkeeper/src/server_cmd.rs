@@ -54,8 +54,32 @@ struct FileConfig {
     policy: Option<certkeeper_core::policy::CertificatePolicy>,
     /// An ACME CA to order from.
     acme: Option<AcmeFile>,
+    /// Outbound fetches (CA-issuer certificates from AIA URLs).
+    fetch: Option<FetchFile>,
+    /// What a renewal does.
+    renewal: Option<RenewalFile>,
     /// Limits and trust of the vulnerability scans the server runs.
     vulnscan: Option<VulnScanFile>,
+}
+
+/// `[fetch]` in the server TOML.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchFile {
+    /// Private, loopback or link-local ranges fetches may reach anyway.
+    #[serde(default)]
+    allow_private: Vec<ipnet::IpNet>,
+    max_bytes: Option<usize>,
+    timeout_secs: Option<u64>,
+}
+
+/// `[renewal]` in the server TOML.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewalFile {
+    /// Renew with the existing key instead of generating a new one.
+    #[serde(default)]
+    reuse_key: bool,
 }
 
 /// `[vulnscan]` in the server TOML.
@@ -384,6 +408,18 @@ fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
     cfg.acme = file.acme.map(acme_config).transpose()?;
     if let Some(v) = file.vulnscan {
         cfg.vulnscan = vulnscan_settings(v)?;
+    }
+    if let Some(f) = file.fetch {
+        cfg.fetch.allow_private = f.allow_private;
+        if let Some(n) = f.max_bytes {
+            cfg.fetch.max_bytes = n;
+        }
+        if let Some(t) = f.timeout_secs {
+            cfg.fetch.timeout = std::time::Duration::from_secs(t);
+        }
+    }
+    if let Some(r) = file.renewal {
+        cfg.reuse_key = r.reuse_key;
     }
     if !listen.ip().is_unspecified() {
         cfg.tls_names.push(listen.ip().to_string());
