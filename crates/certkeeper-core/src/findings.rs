@@ -127,6 +127,10 @@ pub struct TlsFacts {
     pub robot: Option<bool>,
     /// Connections the scan opened.
     pub connections: u32,
+    /// Checks that could not finish (a protocol whose hellos timed out twice): its
+    /// "not supported" is not a verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<String>,
 }
 
 impl TlsFacts {

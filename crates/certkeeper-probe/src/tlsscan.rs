@@ -200,10 +200,15 @@ async fn enumerate(s: &Session<'_>, p: Protocol) -> ProtocolRun {
                 flight = retry;
             }
         }
+        if matches!(flight, Err(WireError::Timeout)) {
+            // A busy server (one that serves one connection at a time, say) may
+            // answer a second try: a timeout is not an answer.
+            flight = s.hello(&h).await;
+        }
         let flight = match flight {
             Ok(f) => f,
             Err(e) => {
-                if first {
+                if first || matches!(e, WireError::Timeout) {
                     run.error = Some(e);
                 }
                 break;
@@ -391,6 +396,16 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         out.facts.client_renegotiation =
             crate::reneg::client_renegotiation(s.addr, sni, *p, cfg.timeout * 2).await;
     }
+    out.facts.incomplete = runs
+        .iter()
+        .filter_map(|r| {
+            let p = r.facts.as_ref()?.protocol;
+            match &r.error {
+                Some(WireError::Timeout) => Some(format!("{}: timed out", p.name())),
+                _ => None,
+            }
+        })
+        .collect();
     out.facts.protocols = ssl2
         .into_iter()
         .chain(runs.into_iter().filter_map(|r| r.facts))

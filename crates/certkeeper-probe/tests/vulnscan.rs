@@ -862,3 +862,55 @@ async fn connection_limits_are_kept_and_counted() {
         started.elapsed()
     );
 }
+
+/// A hello that times out is tried again before a protocol is called unsupported: a
+/// server whose first connection stalls (busy, one connection at a time) still shows
+/// every protocol; one that never answers is reported as not finished.
+#[tokio::test]
+async fn a_timed_out_hello_is_tried_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = OpensslServer::start(&leaf.cert_path, &leaf.key_path, None, &["-tls1_2"]).unwrap();
+    let backend = SocketAddr::from(([127, 0, 0, 1], srv.port));
+    // In front of it: the first TLS 1.2 hello's connection is held and never answered.
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = front.local_addr().unwrap().port();
+    let stalled = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = stalled.clone();
+    let proxy = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut c, _) = front.accept().await.unwrap();
+            // A TLS 1.2 hello: version 3,3 and an empty session id (TLS 1.3 hellos carry one).
+            let mut hello = [0u8; 44];
+            if c.peek(&mut hello).await.unwrap_or(0) == 44
+                && hello[9..11] == [3, 3]
+                && hello[43] == 0
+                && seen.fetch_add(1, Ordering::SeqCst) == 0
+            {
+                held.push(c);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut b) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                }
+            });
+        }
+    });
+    let quick = VulnConfig {
+        timeout: Duration::from_millis(700),
+        ..VulnConfig::default()
+    };
+    let s = vulnscan(&target(port, None), &quick).await.unwrap();
+    assert!(
+        stalled.load(Ordering::SeqCst) >= 2,
+        "the stalled hello was not tried again"
+    );
+    assert_eq!(supported(&s.facts), [Protocol::Tls12]);
+    assert!(s.facts.incomplete.is_empty(), "{:?}", s.facts.incomplete);
+    proxy.abort();
+}

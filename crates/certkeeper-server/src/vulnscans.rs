@@ -169,6 +169,7 @@ pub async fn scan_endpoint(
         }
     };
     let mut chain = scan.chain.clone();
+    let mut report_connections = 0;
     if chain.is_empty() {
         let pc = ProbeConfig {
             connect_timeout: cfg.timeout,
@@ -176,6 +177,7 @@ pub async fn scan_endpoint(
             legacy_fallback: false,
             ..ProbeConfig::default()
         };
+        report_connections += 1;
         if let certkeeper_core::Outcome::Tls { chain: c, .. } =
             certkeeper_probe::probe(t, &pc).await.outcome
         {
@@ -226,7 +228,10 @@ pub async fn scan_endpoint(
     }
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
     report.findings = findings;
-    report.facts = Some(scan.facts);
+    let mut facts_out = scan.facts;
+    // The TLS 1.3 handshake that fetched the certificate counts too.
+    facts_out.connections += report_connections;
+    report.facts = Some(facts_out);
     report
 }
 
