@@ -336,7 +336,7 @@ def report(run: str, expected_path: str) -> int:
     fixtures = [(n, int(p)) for n, p in fixtures]
     ca = f"{run}/root.pem"
     ok_all, rows, ratios = True, [], []
-    per_ck = {}
+    per_ck, per_sy, per_nm = {}, {}, {}
     print("-- per endpoint (one run of each tool, one endpoint at a time)")
     for name, port in fixtures:
         want = set(expected[name]["kinds"])
@@ -344,7 +344,7 @@ def report(run: str, expected_path: str) -> int:
         ck = certkeeper_results(f"{run}/ck-{name}.json").get(port, {"kinds": set(), "error": "no result"})
         sy = sslyze_results(f"{run}/sy-{name}.json", ca).get(port, {"kinds": set(), "error": "no result"})
         nm = nmap_results(f"{run}/nm-{name}.xml").get(port, {"kinds": set(), "error": "no result"})
-        per_ck[name] = ck["kinds"]
+        per_ck[name], per_sy[name], per_nm[name] = ck["kinds"], sy["kinds"], nm["kinds"]
         t = {tool: read_time(f"{run}/{tool}-{name}.time") for tool in ("ck", "sy", "nm")}
         c = {tool: read_conn(f"{run}/{tool}-{name}.conn") for tool in ("ck", "sy", "nm")}
         hit = ck["kinds"] & want
@@ -376,10 +376,12 @@ def report(run: str, expected_path: str) -> int:
                 tested = SSLYZE_TESTS if tool == "sy" else NMAP_TESTS
                 missed, wrong = judge(res["kinds"], want, tested)
                 caveat = expected[name].get("peer_caveats", {}).get(label)
-                if (missed or wrong) and caveat:
-                    print(f"       {label} misses {fmt(missed)}, reports {fmt(wrong)} not known; but {caveat}")
-                elif missed or wrong:
-                    print(f"       {label} is WRONG here: misses {fmt(missed)}; reports {fmt(wrong)} that the endpoint does not have")
+                diff = "; ".join(x for x in (missed and f"misses {fmt(missed)}",
+                                             wrong and f"reports {fmt(wrong)}, which the endpoint does not have") if x)
+                if diff and caveat:
+                    print(f"       {label} {diff}; but {caveat}")
+                elif diff:
+                    print(f"       {label} is WRONG here: {diff}")
                 else:
                     print(f"       {label} right on the kinds it tests")
         ck_wall, sy_wall, nm_wall = t["ck"][0], t["sy"][0], t["nm"][0]
@@ -419,6 +421,8 @@ def report(run: str, expected_path: str) -> int:
     # All endpoints at once.
     print("\n-- all endpoints at once (one invocation of each tool)")
     ck_all = certkeeper_results(f"{run}/ck-all.json")
+    sy_all = sslyze_results(f"{run}/sy-all.json", ca)
+    nm_all = nmap_results(f"{run}/nm-all.xml")
     same = all(ck_all.get(p, {}).get("kinds") == per_ck[n] for n, p in fixtures)
     right_all = all(ck_all.get(p, {}).get("kinds") == set(expected[n]["kinds"])
                     and not ck_all.get(p, {}).get("error") for n, p in fixtures)
@@ -430,6 +434,18 @@ def report(run: str, expected_path: str) -> int:
         if tool == "ck":
             note = (f"; findings {'the same as' if same else 'DIFFERENT from'} the one-at-a-time runs, "
                     f"{'every known answer right' if right_all else 'NOT every known answer right'}")
+            for n, p in fixtures:
+                got = ck_all.get(p, {})
+                want = set(expected[n]["kinds"])
+                if got.get("kinds") != want or got.get("error"):
+                    note += (f"\n       {n}: missed {fmt(want - got.get('kinds', set()))}, not known "
+                             f"{fmt(got.get('kinds', set()) - want)}{', error ' + got['error'] if got.get('error') else ''}")
+        else:
+            one = per_sy if tool == "sy" else per_nm
+            everything = sy_all if tool == "sy" else nm_all
+            differ = [n for n, p in fixtures if everything.get(p, {}).get("kinds") != one[n]]
+            note = "; findings " + (f"DIFFERENT from its one-at-a-time runs on {', '.join(differ)}" if differ
+                                    else "the same as its one-at-a-time runs")
         if wall is None:
             print(f"   {label:<10} not run")
         else:
