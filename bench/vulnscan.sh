@@ -134,7 +134,8 @@ capture_start() {
     local file=$1; shift
     local filter="" p
     for p in "$@"; do filter+="${filter:+ or }dst port $p"; done
-    tcpdump -i lo -nn -U --immediate-mode -w "$file" \
+    # A large buffer and short snapshots: on a busy machine tcpdump is scheduled late.
+    tcpdump -i lo -nn -U --immediate-mode -B 32768 -s 96 -w "$file" \
         "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and dst host 127.0.0.1 and ($filter)" \
         2>"$file.err" &
     CAPTURE_PID=$!
@@ -144,13 +145,17 @@ capture_start() {
     done
     die "tcpdump did not start: $(cat "$file.err")"
 }
-# capture_stop FILE OUT: stop the capture, write the number of SYNs to OUT.
+# capture_stop FILE OUT: stop the capture, write "SYNS DROPPED" to OUT (DROPPED: packets
+# the kernel dropped before tcpdump read them; when not 0 the count is a lower bound).
 capture_stop() {
     sleep 0.2
     kill -INT "$CAPTURE_PID"
     wait "$CAPTURE_PID" 2>/dev/null || true
     CAPTURE_PID=""
-    tcpdump -r "$1" -nn 2>/dev/null | wc -l >"$2"
+    local syns dropped
+    syns=$(tcpdump -r "$1" -nn 2>/dev/null | wc -l)
+    dropped=$(sed -n 's/^\([0-9]*\) packets dropped by kernel.*/\1/p' "$1.err")
+    echo "$syns ${dropped:-0}" >"$2"
 }
 
 # run TOOL LABEL PORT... -- CMD...: one timed, counted run; raw output in $WORK/TOOL-LABEL.*

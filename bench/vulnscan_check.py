@@ -314,9 +314,23 @@ def read_time(path: str):
         return None, None, None
 
 
+class Count(int):
+    """SYNs seen; `dropped` > 0 means tcpdump lost packets and the count is a lower bound."""
+    dropped = 0
+
+    def __str__(self):
+        return f"{int(self)}" + (f" (>=; tcpdump dropped {self.dropped})" if self.dropped else "")
+
+    def __format__(self, spec):
+        return format(str(self), spec)
+
+
 def read_conn(path: str):
     try:
-        return int(open(path).read().strip())
+        syns, dropped = (open(path).read().split() + ["0"])[:2]
+        c = Count(int(syns))
+        c.dropped = int(dropped)
+        return c
     except (OSError, ValueError):
         return None
 
