@@ -270,7 +270,12 @@ pub fn suite_weaknesses(iana: &str, protocol: Protocol) -> Vec<FindingKind> {
         // TLS 1.3 suites (TLS_AES_128_GCM_SHA256) and SCSVs have no `_WITH_`.
         None => (String::new(), n.trim_start_matches("TLS_").to_string()),
     };
-    if cipher.starts_with("NULL") || n == "TLS_NULL_WITH_NULL_NULL" {
+    // Integrity-only TLS 1.3 suites (RFC 9150: TLS_SHA256_SHA256) encrypt nothing.
+    let integrity_only = kx.is_empty()
+        && cipher
+            .split_once('_')
+            .is_some_and(|(a, b)| a.starts_with("SHA") && a == b);
+    if cipher.starts_with("NULL") || n == "TLS_NULL_WITH_NULL_NULL" || integrity_only {
         out.push(FindingKind::CipherNull);
     }
     if kx.contains("_ANON") {
@@ -922,8 +927,87 @@ pub struct FindingChanges {
     pub fixed: Vec<FindingKind>,
 }
 
-/// Compare the kinds open before a scan with the kinds it found.
-pub fn finding_changes(open_before: &[FindingKind], found: &[FindingKind]) -> FindingChanges {
+/// The kinds a scan really tested: only those can be called fixed when not found.
+/// `cert_checked`: the chain was obtained and decoded; `trust_checked`: its trust
+/// was judged.
+pub fn evaluated_kinds(
+    facts: &TlsFacts,
+    cert_checked: bool,
+    trust_checked: bool,
+) -> Vec<FindingKind> {
+    use FindingKind::*;
+    let tested = |p: Protocol| {
+        facts.protocol(p).is_some() && !facts.incomplete.iter().any(|n| n.starts_with(p.name()))
+    };
+    let mut out = Vec::new();
+    for (p, k) in [
+        (Protocol::Ssl2, ProtocolSsl2),
+        (Protocol::Ssl3, ProtocolSsl3),
+        (Protocol::Tls10, ProtocolTls10),
+        (Protocol::Tls11, ProtocolTls11),
+        (Protocol::Tls12, NoTls12),
+        (Protocol::Tls13, NoTls13),
+    ] {
+        if tested(p) {
+            out.push(k);
+        }
+    }
+    if tested(Protocol::Ssl3) {
+        out.push(Poodle);
+    }
+    let all_protocols = Protocol::ALL[1..].iter().all(|p| tested(*p));
+    if all_protocols {
+        out.extend([
+            CipherNull,
+            CipherAnonymous,
+            CipherExport,
+            CipherDes,
+            Cipher3des,
+            CipherRc4,
+            CipherMd5Mac,
+            CipherCbcLegacy,
+            CipherStaticRsa,
+            WeakDhParams,
+        ]);
+    }
+    for (seen, k) in [
+        (facts.fallback_scsv, NoFallbackScsv),
+        (facts.secure_renegotiation, NoSecureRenegotiation),
+        (facts.client_renegotiation, ClientRenegotiation),
+        (facts.compression, TlsCompression),
+        (facts.heartbleed, Heartbleed),
+        (facts.ccs_injection, CcsInjection),
+        (facts.robot, Robot),
+    ] {
+        if seen.is_some() {
+            out.push(k);
+        }
+    }
+    if cert_checked {
+        out.extend([
+            CertExpired,
+            CertNotYetValid,
+            CertExpiringSoon,
+            ChainMisordered,
+            HostnameMismatch,
+            WeakSignature,
+            WeakKey,
+            ValidityTooLong,
+        ]);
+        if trust_checked {
+            out.extend([CertSelfSigned, CertUntrusted, ChainIncomplete]);
+        }
+    }
+    out
+}
+
+/// Compare the kinds open before a scan with the kinds it found; an open kind not
+/// found is fixed only if this scan tested it (`evaluated`).
+pub fn finding_changes(
+    open_before: &[FindingKind],
+    found: &[FindingKind],
+    evaluated: &[FindingKind],
+) -> FindingChanges {
     let mut c = FindingChanges::default();
     for k in found {
         let list = if open_before.contains(k) {
@@ -936,7 +1020,7 @@ pub fn finding_changes(open_before: &[FindingKind], found: &[FindingKind]) -> Fi
         }
     }
     for k in open_before {
-        if !found.contains(k) && !c.fixed.contains(k) {
+        if !found.contains(k) && evaluated.contains(k) && !c.fixed.contains(k) {
             c.fixed.push(*k);
         }
     }
@@ -1019,11 +1103,26 @@ mod tests {
         let c = finding_changes(
             &[Heartbleed, CipherRc4],
             &[CipherRc4, ProtocolTls10, ProtocolTls10],
+            ALL_KINDS,
         );
         assert_eq!(c.new, [ProtocolTls10]);
         assert_eq!(c.still, [CipherRc4]);
         assert_eq!(c.fixed, [Heartbleed]);
-        assert_eq!(finding_changes(&[], &[]), FindingChanges::default());
+        assert_eq!(finding_changes(&[], &[], &[]), FindingChanges::default());
+        // Heartbleed not tested this time (its probe timed out): not fixed, still open.
+        let untested = finding_changes(&[Heartbleed], &[], &[CipherRc4]);
+        assert!(untested.fixed.is_empty());
+        let facts = TlsFacts {
+            protocols: vec![proto(Protocol::Tls12, &[])],
+            heartbleed: None,
+            compression: Some(false),
+            ..Default::default()
+        };
+        let ev = evaluated_kinds(&facts, false, false);
+        assert!(ev.contains(&NoTls12) && ev.contains(&TlsCompression));
+        assert!(
+            !ev.contains(&Heartbleed) && !ev.contains(&CertExpired) && !ev.contains(&CipherRc4)
+        );
         for k in ALL_KINDS {
             assert_eq!(k.as_str().parse::<FindingKind>().unwrap(), *k);
             // The JSON name is the same stable name.

@@ -1,6 +1,6 @@
 //! Does a presented chain lead to a trusted root? OpenSSL's verifier against the
-//! system roots plus the administrator's CAs, with the clock set inside the leaf's
-//! validity and authentication level 0, so that expiry and weak signatures are
+//! system roots plus the administrator's CAs, without checking times and at
+//! authentication level 0, so that expiry and weak signatures are
 //! left to findings of their own and only trust is judged here.
 
 use certkeeper_core::findings::ChainTrust;
@@ -48,23 +48,11 @@ pub fn evaluate(chain: &[Vec<u8>], roots: &TrustRoots) -> Result<ChainTrust, Tru
         store.add_cert(dec(d)?).map_err(root_err)?;
     }
     let facts = crate::parse_der(leaf_der).map_err(|e| TrustError::Decode(e.to_string()))?;
-    // Judge trust at a moment every presented certificate is valid (the middle of
-    // their common validity), so that expiry is its own finding; without one, now.
-    let mut from = facts.not_before;
-    let mut until = facts.not_after;
-    for d in &chain[1..] {
-        if let Ok(f) = crate::parse_der(d) {
-            from = from.max(f.not_before);
-            until = until.min(f.not_after);
-        }
-    }
-    let mid: time::OffsetDateTime = if from < until {
-        from + (until - from) / 2
-    } else {
-        time::OffsetDateTime::now_utc()
-    };
     let mut param = X509VerifyParam::new().map_err(root_err)?;
-    param.set_time(mid.unix_timestamp());
+    // Expiry is a finding of its own: trust is judged without the clock.
+    param
+        .set_flags(openssl::x509::verify::X509VerifyFlags::NO_CHECK_TIME)
+        .map_err(root_err)?;
     param.set_auth_level(0);
     store.set_param(&param).map_err(root_err)?;
     let store = store.build();

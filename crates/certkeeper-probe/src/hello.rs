@@ -253,6 +253,9 @@ pub async fn read_flight(
         let mut payload = vec![0u8; len];
         read_exact_by(stream, &mut payload, deadline).await?;
         match ctype {
+            // A warning (unrecognized_name before a ServerHello, RFC 6066) is not the
+            // end of the flight; a fatal alert or close_notify is.
+            21 if payload.len() >= 2 && payload[0] == 1 && payload[1] != 0 => {}
             21 => {
                 if payload.len() >= 2 {
                     flight.alert = Some(payload[1]);

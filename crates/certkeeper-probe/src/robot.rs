@@ -76,13 +76,22 @@ pub async fn probe_one(
     let leaf = X509::from_der(flight.chain.first()?).ok()?;
     let rsa = leaf.public_key().ok()?.rsa().ok()?;
     let k = rsa.size() as usize;
+    // A key too small to carry a premaster secret (a hostile or broken peer): no probe.
+    if !(64..=1024).contains(&k) {
+        return None;
+    }
     let m = plaintext(k, p.wire(), v);
     let mut c = vec![0u8; k];
     rsa.public_encrypt(&m, &mut c, Padding::NONE).ok()?;
     let [v1, v2] = p.wire().to_be_bytes();
     let mut cke = vec![0x10];
-    cke.extend_from_slice(&((k + 2) as u32).to_be_bytes()[1..]);
-    cke.extend_from_slice(&(k as u16).to_be_bytes());
+    if p == Protocol::Ssl3 {
+        // SSLv3 sends the encrypted premaster secret without a length prefix.
+        cke.extend_from_slice(&(k as u32).to_be_bytes()[1..]);
+    } else {
+        cke.extend_from_slice(&((k + 2) as u32).to_be_bytes()[1..]);
+        cke.extend_from_slice(&(k as u16).to_be_bytes());
+    }
     cke.extend_from_slice(&c);
     let mut out = vec![0x16, v1, v2];
     out.extend_from_slice(&(cke.len() as u16).to_be_bytes());

@@ -72,8 +72,8 @@ pub fn parse_server_hello(buf: &[u8]) -> Option<Vec<[u8; 3]>> {
     let cert_len = usize::from(u16::from_be_bytes([b[5], b[6]]));
     let specs_len = usize::from(u16::from_be_bytes([b[7], b[8]]));
     let specs = b.get(11 + cert_len..11 + cert_len + specs_len)?;
-    let out: Vec<[u8; 3]> = specs.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
-    (!out.is_empty()).then_some(out)
+    // An empty list is still an SSLv2 answer (CVE-2015-3197: SSLv2 on, ciphers off).
+    Some(specs.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())
 }
 
 /// Whether the endpoint speaks SSLv2, and with which cipher kinds.
@@ -99,6 +99,7 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> Option<ProtocolFacts>
         .ok()
         .flatten()
         .flatten();
+    let answered = specs.is_some();
     let suites: Vec<AcceptedSuite> = specs
         .unwrap_or_default()
         .iter()
@@ -116,7 +117,7 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> Option<ProtocolFacts>
         .collect();
     Some(ProtocolFacts {
         protocol: Protocol::Ssl2,
-        supported: !suites.is_empty(),
+        supported: answered,
         suites,
         server_order: None,
     })

@@ -187,8 +187,9 @@ async fn enumerate(s: &Session<'_>, p: Protocol) -> ProtocolRun {
             heartbeat: false,
         };
         let mut flight = s.hello(&h).await;
-        if first && sni.is_some() && matches!(&flight, Ok(f) if f.alert.is_some()) {
-            // Some servers refuse names they do not serve: try once without SNI.
+        if first && sni.is_some() && matches!(&flight, Ok(f) if f.alert == Some(112)) {
+            // Some servers refuse names they do not serve (unrecognized_name): try once
+            // without SNI. Other alerts (protocol_version, handshake_failure) are answers.
             let h = Hello {
                 sni: None,
                 ..h.clone()
@@ -278,10 +279,12 @@ async fn enumerate(s: &Session<'_>, p: Protocol) -> ProtocolRun {
 pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, VulnError> {
     let s = Session {
         addr: SocketAddr::new(target.ip, target.port),
+        // Never an IP literal, and no trailing dot (RFC 6066).
         sni: target
             .sni
             .as_deref()
-            .filter(|n| n.parse::<std::net::IpAddr>().is_err()),
+            .map(|n| n.trim_end_matches('.'))
+            .filter(|n| !n.is_empty() && n.parse::<std::net::IpAddr>().is_err()),
         cfg,
         host_slots: Semaphore::new(cfg.per_host_connections.max(1)),
         connections: AtomicU32::new(0),
@@ -388,11 +391,7 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         .find(|(p, _)| *p >= Protocol::Tls10 && *p <= Protocol::Tls12)
     {
         let sni = if out.sni_dropped { None } else { s.sni };
-        let _slot = s.host_slots.acquire().await.expect("never closed");
-        if let Some(l) = &cfg.limiter {
-            l.acquire().await;
-        }
-        s.connections.fetch_add(1, Ordering::Relaxed);
+        let _slot = s.slot().await;
         out.facts.client_renegotiation =
             crate::reneg::client_renegotiation(s.addr, sni, *p, cfg.timeout * 2).await;
     }

@@ -289,19 +289,30 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     });
     // Scheduled vulnerability scans: every replica looks, a claim per occurrence in the
     // database starts each once.
-    if !state.config.vulnscan.schedules.is_empty() {
-        let scheduler = state.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) =
-                    vulnscans::schedule_pass(&scheduler, OffsetDateTime::now_utc()).await
-                {
-                    tracing::warn!(error = %e.message, "scan schedule pass failed");
-                }
-                tokio::time::sleep(Duration::from_secs(30)).await;
+    // and scans whose agents' jobs ended without every result are closed.
+    let scheduler = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let now = OffsetDateTime::now_utc();
+            if !scheduler.config.vulnscan.schedules.is_empty()
+                && let Err(e) = vulnscans::schedule_pass(&scheduler, now).await
+            {
+                tracing::warn!(error = %e.message, "scan schedule pass failed");
             }
-        });
-    }
+            match scheduler
+                .store
+                .sweep_scans(now, time::Duration::hours(6))
+                .await
+            {
+                Ok(closed) if !closed.is_empty() => {
+                    tracing::info!(?closed, "scans closed by the sweep")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "scan sweep failed"),
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    });
     let http01 = match state.config.acme.as_ref().and_then(|a| a.http01_listen) {
         Some(addr) => Some(
             TcpListener::bind(addr)

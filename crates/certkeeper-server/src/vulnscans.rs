@@ -38,6 +38,20 @@ pub struct VulnScanSettings {
     pub expiring_within_days: u32,
     /// Scans that run by themselves.
     pub schedules: Vec<ScanSchedule>,
+    /// Loopback and link-local ranges the server may scan itself anyway (by default it
+    /// never scans its own host or link-local addresses an agent may have reported).
+    pub allow_local: Vec<ipnet::IpNet>,
+}
+
+/// Whether the server refuses to scan `ip` itself.
+fn local_refused(ip: IpAddr, allow: &[ipnet::IpNet]) -> bool {
+    let local = match ip {
+        IpAddr::V4(v) => v.is_loopback() || v.is_link_local() || v.is_unspecified(),
+        IpAddr::V6(v) => {
+            v.is_loopback() || v.is_unspecified() || (v.segments()[0] & 0xffc0) == 0xfe80
+        }
+    };
+    local && !allow.iter().any(|n| n.contains(&ip))
 }
 
 /// `[[vulnscan.schedule]]`: a group of endpoints scanned on a schedule.
@@ -104,6 +118,7 @@ impl Default for VulnScanSettings {
             },
             expiring_within_days: 30,
             schedules: Vec::new(),
+            allow_local: Vec::new(),
         }
     }
 }
@@ -123,6 +138,13 @@ pub struct EndpointReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<ChainEntry>,
     pub findings: Vec<Finding>,
+    /// The kinds this scan tested (an open finding not found is fixed only if tested).
+    #[serde(default)]
+    pub evaluated: Vec<certkeeper_core::findings::FindingKind>,
+    /// What could not be judged although the endpoint answered (trust, a certificate
+    /// that does not decode); the findings stand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A certificate of the presented chain, as reported.
@@ -160,6 +182,8 @@ pub async fn scan_endpoint(
         trust: None,
         chain: Vec::new(),
         findings: Vec::new(),
+        evaluated: Vec::new(),
+        warnings: Vec::new(),
     };
     let scan = match vulnscan(t, cfg).await {
         Ok(s) => s,
@@ -193,7 +217,7 @@ pub async fn scan_endpoint(
         let trust = match certkeeper_pki::trust::evaluate(&chain, judge.roots) {
             Ok(t) => Some(t),
             Err(e) => {
-                report.error = Some(format!("trust not evaluated: {e}"));
+                report.warnings.push(format!("trust not evaluated: {e}"));
                 None
             }
         };
@@ -224,9 +248,17 @@ pub async fn scan_endpoint(
             })
             .collect();
     } else if !chain.is_empty() {
-        report.error = Some("the server's certificate could not be decoded".into());
+        report
+            .warnings
+            .push("the server's certificate could not be decoded".into());
     }
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
+    let cert_checked = !report.chain.is_empty();
+    report.evaluated = certkeeper_core::findings::evaluated_kinds(
+        &scan.facts,
+        cert_checked,
+        cert_checked && report.trust.is_some(),
+    );
     report.findings = findings;
     let mut facts_out = scan.facts;
     // The TLS 1.3 handshake that fetched the certificate counts too.
@@ -389,8 +421,27 @@ async fn run_scan(state: AppState, id: String, endpoints: Vec<ScanEndpoint>) {
         let (cfg, judge, state, id) = (&cfg, &judge, &state, &id);
         async move {
             let Ok(ip) = e.ip.parse::<IpAddr>() else {
+                let _ = state
+                    .store
+                    .record_scan_result(id, e, OffsetDateTime::now_utc(), Some("not an IP address"), None, &[], &[])
+                    .await;
                 return;
             };
+            if local_refused(ip, &state.config.vulnscan.allow_local) {
+                let _ = state
+                    .store
+                    .record_scan_result(
+                        id,
+                        e,
+                        OffsetDateTime::now_utc(),
+                        Some("refused: the server does not scan loopback or link-local addresses (allow them with [vulnscan] allow_local)"),
+                        None,
+                        &[],
+                        &[],
+                    )
+                    .await;
+                return;
+            }
             let named = e.host.parse::<IpAddr>().is_err();
             let t = Target {
                 host: e.host.clone(),
@@ -403,7 +454,7 @@ async fn run_scan(state: AppState, id: String, endpoints: Vec<ScanEndpoint>) {
             let facts = r.facts.as_ref().and_then(|f| serde_json::to_value(f).ok());
             if let Err(err) = state
                 .store
-                .record_scan_result(id, e, OffsetDateTime::now_utc(), r.error.as_deref(), facts.as_ref(), &r.findings)
+                .record_scan_result(id, e, OffsetDateTime::now_utc(), r.error.as_deref(), facts.as_ref(), &r.findings, &r.evaluated)
                 .await
             {
                 tracing::error!(scan = %id, endpoint = %format!("{}:{}", e.host, e.port), error = %err, "scan result not stored");
@@ -484,7 +535,8 @@ pub async fn agent_results(
         Ok(j)
             if j.agent_id == agent
                 && j.subject == id
-                && j.kind == certkeeper_core::jobs::JobKind::VulnScan =>
+                && j.kind == certkeeper_core::jobs::JobKind::VulnScan
+                && j.state == certkeeper_core::jobs::JobState::Leased =>
         {
             j
         }
@@ -494,6 +546,33 @@ pub async fn agent_results(
         Err(e) => return Err(e.into()),
     };
     let targets = state.store.scan_job_targets(&job.id).await?;
+    if req.results.len() > targets.len() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "more results than the job has endpoints",
+        ));
+    }
+    for (i, r) in req.results.iter().enumerate() {
+        if req.results[..i]
+            .iter()
+            .any(|x| x.host == r.host && x.ip == r.ip && x.port == r.port)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "an endpoint's result is given twice",
+            ));
+        }
+        let suites = r.findings.iter().map(|f| f.suites.len()).sum::<usize>()
+            + r.facts
+                .as_ref()
+                .map_or(0, |f| f.protocols.iter().map(|p| p.suites.len()).sum());
+        if suites > 4000 {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "a result lists too many suites",
+            ));
+        }
+    }
     for r in &req.results {
         let ip = r.ip.to_string();
         if !targets
@@ -529,7 +608,15 @@ pub async fn agent_results(
         let facts = r.facts.as_ref().and_then(|f| serde_json::to_value(f).ok());
         state
             .store
-            .record_scan_result(&id, e, now, r.error.as_deref(), facts.as_ref(), &r.findings)
+            .record_scan_result(
+                &id,
+                e,
+                now,
+                r.error.as_deref(),
+                facts.as_ref(),
+                &r.findings,
+                &r.evaluated,
+            )
             .await?;
     }
     let done = state.store.finish_scan(&id, now).await?;
@@ -639,4 +726,23 @@ pub async fn list_findings(
         })
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_leaves_its_own_host_and_link_local_alone_unless_allowed() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for local in ["127.0.0.1", "::1", "169.254.169.254", "fe80::1", "0.0.0.0"] {
+            assert!(local_refused(ip(local), &[]), "{local}");
+        }
+        for remote in ["10.1.2.3", "192.0.2.10", "2001:db8::1"] {
+            assert!(!local_refused(ip(remote), &[]), "{remote}");
+        }
+        let allow = ["127.0.0.0/8".parse().unwrap()];
+        assert!(!local_refused(ip("127.0.0.1"), &allow));
+        assert!(local_refused(ip("169.254.169.254"), &allow));
+    }
 }

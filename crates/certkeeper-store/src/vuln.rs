@@ -124,8 +124,11 @@ impl Store {
         rows.iter().map(endpoint_of).collect()
     }
 
-    /// Store one endpoint's result and move its findings, in one transaction.
-    /// Returns what changed against the findings open before.
+    /// Store one endpoint's result and move its findings, in one transaction: kinds
+    /// found are open, open kinds this scan `evaluated` and did not find are fixed.
+    /// Returns what changed against the findings open before; `None` when the scan
+    /// already has a result for this endpoint (a re-sent result changes nothing).
+    #[allow(clippy::too_many_arguments)]
     pub async fn record_scan_result(
         &self,
         scan_id: &str,
@@ -134,11 +137,33 @@ impl Store {
         error: Option<&str>,
         facts: Option<&serde_json::Value>,
         findings: &[Finding],
-    ) -> Result<FindingChanges, StoreError> {
+        evaluated: &[FindingKind],
+    ) -> Result<Option<FindingChanges>, StoreError> {
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await?;
         let t = now.unix_timestamp();
         let port = i64::from(endpoint.port);
+        // The result row first: a second result for the same endpoint and scan stops here.
+        let claimed = sqlx::query(
+            "INSERT INTO vuln_results (scan_id, host, ip, port, scanned_at, error, facts, findings, changes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '{}') \
+             ON CONFLICT (scan_id, host, ip, port) DO NOTHING",
+        )
+        .bind(scan_id)
+        .bind(&endpoint.host)
+        .bind(&endpoint.ip)
+        .bind(port)
+        .bind(t)
+        .bind(error)
+        .bind(facts.map(json))
+        .bind(json(&findings))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let open: Vec<FindingKind> = sqlx::query(
             "SELECT kind FROM vuln_findings WHERE host = $1 AND ip = $2 AND port = $3 AND status = 'open'",
         )
@@ -155,7 +180,7 @@ impl Store {
             // Not reached: nothing is known to be fixed or new.
             FindingChanges::default()
         } else {
-            finding_changes(&open, &found)
+            finding_changes(&open, &found, evaluated)
         };
         if error.is_none() {
             for f in findings {
@@ -199,23 +224,17 @@ impl Store {
             }
         }
         sqlx::query(
-            "INSERT INTO vuln_results (scan_id, host, ip, port, scanned_at, error, facts, findings, changes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (scan_id, host, ip, port) DO NOTHING",
+            "UPDATE vuln_results SET changes = $5 WHERE scan_id = $1 AND host = $2 AND ip = $3 AND port = $4",
         )
         .bind(scan_id)
         .bind(&endpoint.host)
         .bind(&endpoint.ip)
         .bind(port)
-        .bind(t)
-        .bind(error)
-        .bind(facts.map(json))
-        .bind(json(&findings))
         .bind(json(&changes))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(changes)
+        Ok(Some(changes))
     }
 
     /// Mark the scan done once every endpoint it covers has a result (results come
@@ -303,6 +322,71 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Close what no one will finish: endpoints of vulnscan jobs that ended (succeeded
+    /// or gave up) without a result get an error result, then their scans are marked
+    /// done if complete; scans still running after `abandon_after` are `abandoned`.
+    /// Returns the scans closed.
+    pub async fn sweep_scans(
+        &self,
+        now: OffsetDateTime,
+        abandon_after: time::Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.scan_id, t.host, t.ip, t.port, j.state, j.last_error FROM vuln_scan_targets t \
+             JOIN agent_jobs j ON j.id = t.job_id JOIN vuln_scans s ON s.id = t.scan_id \
+             WHERE s.status = 'running' AND j.state IN ('succeeded', 'failed') AND NOT EXISTS \
+             (SELECT 1 FROM vuln_results r WHERE r.scan_id = t.scan_id AND r.host = t.host \
+              AND r.ip = t.ip AND r.port = t.port)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut touched: Vec<String> = Vec::new();
+        for r in &rows {
+            let scan: String = get(r, "scan_id")?;
+            let e = ScanEndpoint {
+                host: get(r, "host")?,
+                ip: get(r, "ip")?,
+                port: u16::try_from(get::<i64>(r, "port")?).map_err(corrupt)?,
+                agent_id: None,
+            };
+            let why: Option<String> = get(r, "last_error")?;
+            let msg = format!(
+                "the agent's job ended ({}) without a result for this endpoint{}",
+                get::<String>(r, "state")?,
+                why.map(|w| format!(": {w}")).unwrap_or_default()
+            );
+            self.record_scan_result(&scan, &e, now, Some(&msg), None, &[], &[])
+                .await?;
+            if !touched.contains(&scan) {
+                touched.push(scan);
+            }
+        }
+        let mut closed = Vec::new();
+        for id in touched {
+            if self.finish_scan(&id, now).await? {
+                closed.push(id);
+            }
+        }
+        let _w = self.writer().await;
+        let stale: Vec<String> =
+            sqlx::query("SELECT id FROM vuln_scans WHERE status = 'running' AND created_at < $1")
+                .bind((now - abandon_after).unix_timestamp())
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| get(r, "id"))
+                .collect::<Result<_, _>>()?;
+        for id in stale {
+            sqlx::query("UPDATE vuln_scans SET status = 'abandoned', finished_at = $2 WHERE id = $1 AND status = 'running'")
+                .bind(&id)
+                .bind(now.unix_timestamp())
+                .execute(&self.pool)
+                .await?;
+            closed.push(id);
+        }
+        Ok(closed)
     }
 
     /// The endpoints a scan job covers.

@@ -802,10 +802,35 @@ async fn findings_open_fix_and_come_back_per_endpoint_and_a_failed_scan_changes_
             store.create_scan(&id, "admin", 1, at).await.unwrap();
             let findings: Vec<Finding> = found.iter().map(|k| f(*k)).collect();
             let c = store
-                .record_scan_result(&id, &e, at, error, None, &findings)
+                .record_scan_result(
+                    &id,
+                    &e,
+                    at,
+                    error,
+                    None,
+                    &findings,
+                    certkeeper_core::findings::ALL_KINDS,
+                )
                 .await
                 .unwrap();
+            let c = c.expect("first result of this scan");
             assert_eq!((c.new, c.fixed), (new, fixed), "scan {i} ({})", tdb.label);
+            // A re-sent result for the same scan and endpoint changes nothing.
+            assert!(
+                store
+                    .record_scan_result(
+                        &id,
+                        &e,
+                        at,
+                        None,
+                        None,
+                        &[],
+                        certkeeper_core::findings::ALL_KINDS
+                    )
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
             store.finish_scan(&id, at).await.unwrap();
             let (scan, results) = store.scan(&id).await.unwrap();
             assert_eq!((scan.status.as_str(), results.len()), ("done", 1));
@@ -856,5 +881,78 @@ async fn findings_open_fix_and_come_back_per_endpoint_and_a_failed_scan_changes_
             ..Default::default()
         };
         assert!(store.findings(&other).await.unwrap().is_empty());
+    }
+}
+
+/// A scan whose agent's job ended without sending every result is closed by the
+/// sweep (an error result per missing endpoint), and one nobody finishes is abandoned.
+#[tokio::test]
+async fn the_sweep_closes_scans_no_one_will_finish() {
+    use certkeeper_store::{JobOutcome, ScanEndpoint};
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        with_agent(&store, "a1").await;
+        let t0 = OffsetDateTime::now_utc();
+        let e = |ip: &str| ScanEndpoint {
+            host: "www.test".into(),
+            ip: ip.into(),
+            port: 443,
+            agent_id: Some("a1".into()),
+        };
+        store.create_scan("s1", "admin", 2, t0).await.unwrap();
+        store
+            .create_scan_job("s1", "j1", "a1", &[e("192.0.2.1"), e("192.0.2.2")], t0)
+            .await
+            .unwrap();
+        let claimed = store.claim_jobs("a1", "l1", t0, 60, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        // One result arrives; then the job ends.
+        store
+            .record_scan_result("s1", &e("192.0.2.1"), t0, None, None, &[], &[])
+            .await
+            .unwrap();
+        assert!(
+            store
+                .sweep_scans(t0, Duration::hours(6))
+                .await
+                .unwrap()
+                .is_empty(),
+            "job still leased"
+        );
+        store
+            .finish_job("j1", "a1", "l1", &JobOutcome::Succeeded, t0)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.sweep_scans(t0, Duration::hours(6)).await.unwrap(),
+            ["s1"],
+            "{}",
+            tdb.label
+        );
+        let (scan, results) = store.scan("s1").await.unwrap();
+        assert_eq!(scan.status, "done");
+        let missing = results
+            .iter()
+            .find(|r| r.endpoint.ip == "192.0.2.2")
+            .unwrap();
+        assert!(
+            missing
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("without a result"),
+            "{:?}",
+            missing.error
+        );
+        // A scan the server never finished (it restarted): abandoned after the limit.
+        store
+            .create_scan("s2", "admin", 1, t0 - Duration::hours(7))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.sweep_scans(t0, Duration::hours(6)).await.unwrap(),
+            ["s2"]
+        );
+        assert_eq!(store.scan("s2").await.unwrap().0.status, "abandoned");
     }
 }

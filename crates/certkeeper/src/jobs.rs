@@ -267,6 +267,7 @@ async fn vulnscan(link: &Link, job_id: &str, v: &ScanJob) -> Result<(), StepErro
         roots: roots.clone(),
         expiring_within_days: v.expiring_within_days,
         schedules: Vec::new(),
+        allow_local: Vec::new(),
     };
     let cfg = certkeeper_server::vulnscans::vuln_config(&settings);
     let judge = CertJudgement {
@@ -289,24 +290,28 @@ async fn vulnscan(link: &Link, job_id: &str, v: &ScanJob) -> Result<(), StepErro
             }
         })
         .collect();
-    let results =
-        futures_util::future::join_all(targets.iter().map(|t| scan_endpoint(t, &cfg, &judge)))
-            .await;
+    // In batches: results reach the server as they come (a long job whose lease runs
+    // out loses nothing already sent), and no request grows past the body limit.
     let url = format!("{}/api/v1/agent/scans/{}/results", link.server, v.scan_id);
-    call(
-        link.http
-            .post(&url)
-            .bearer_auth(&link.credential)
-            .json(&json!({"job": job_id, "results": results})),
-        &url,
-    )
-    .await
-    .map_err(|e| {
-        StepError(
-            DeployFailure::NotServed,
-            format!("the results could not be sent: {e}"),
+    for batch in targets.chunks(25) {
+        let results =
+            futures_util::future::join_all(batch.iter().map(|t| scan_endpoint(t, &cfg, &judge)))
+                .await;
+        call(
+            link.http
+                .post(&url)
+                .bearer_auth(&link.credential)
+                .json(&json!({"job": job_id, "results": results})),
+            &url,
         )
-    })?;
+        .await
+        .map_err(|e| {
+            StepError(
+                DeployFailure::NotServed,
+                format!("the results could not be sent: {e}"),
+            )
+        })?;
+    }
     Ok(())
 }
 

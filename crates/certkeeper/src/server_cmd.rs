@@ -96,6 +96,9 @@ struct VulnScanFile {
     #[serde(default)]
     ca_files: Vec<PathBuf>,
     expiring_within_days: Option<u32>,
+    /// Loopback/link-local ranges the server may scan itself.
+    #[serde(default)]
+    allow_local: Vec<ipnet::IpNet>,
     /// `[[vulnscan.schedule]]`: groups of endpoints scanned by themselves.
     #[serde(default)]
     schedule: Vec<ScheduleFile>,
@@ -144,6 +147,7 @@ fn vulnscan_settings(v: VulnScanFile) -> Result<certkeeper_server::vulnscans::Vu
     if let Some(d) = v.expiring_within_days {
         s.expiring_within_days = d;
     }
+    s.allow_local = v.allow_local;
     for sch in v.schedule {
         if sch.name.is_empty() || s.schedules.iter().any(|x| x.name == sch.name) {
             bail!(

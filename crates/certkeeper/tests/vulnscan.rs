@@ -332,7 +332,7 @@ fn scans_from_the_server_store_findings_and_tell_what_was_fixed() {
     std::fs::write(
         &config,
         format!(
-            "[vulnscan]\nsystem_roots = false\nca_files = [\"{}\"]\ntimeout_ms = 2000\n",
+            "[vulnscan]\nsystem_roots = false\nca_files = [\"{}\"]\ntimeout_ms = 2000\nallow_local = [\"127.0.0.0/8\"]\n",
             pki.root.cert_path.display()
         ),
     )
