@@ -302,7 +302,14 @@ def targets_text(bad: list[str]) -> str:
 
 
 def sy_failed(res: dict) -> bool:
-    return bool(res.get("error")) and "ConnectionToServerFailed" in res["error"] or res.get("error") == "no result"
+    """sslyze scanned nothing: it could not connect, or its connectivity test found no
+    TLS version and suite it could complete a handshake with."""
+    err = res.get("error") or ""
+    return (
+        "ConnectionToServerFailed" in err
+        or "ServerTlsConfigurationNotSupported" in err
+        or err == "no result"
+    )
 
 
 # --- report -------------------------------------------------------------------------------

@@ -131,25 +131,19 @@ impl Session<'_> {
         verdict(&answers, repeat)
     }
 
-    /// CCS injection (CVE-2014-0224): a ChangeCipherSpec before any key exchange.
-    /// A patched server refuses it (unexpected_message); a vulnerable one takes it
-    /// silently and then fails the MAC of the next record with keys made of nothing.
+    /// CCS injection (CVE-2014-0224): a ChangeCipherSpec before any key exchange, and a
+    /// Finished after it, in one write. A patched server refuses the CCS
+    /// (unexpected_message) and reads no further; a vulnerable one takes it and fails
+    /// the Finished's MAC under keys made of nothing (bad_record_mac). No waiting.
     async fn ccs_injection(&self, p: Protocol, suites: &[u16], sni: Option<&str>) -> Option<bool> {
         let _slot = self.slot().await;
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         let (mut stream, _) = open_flight(self.addr, p, suites, sni, false, deadline).await?;
         let [v1, v2] = p.wire().to_be_bytes();
-        let ccs = [0x14, v1, v2, 0x00, 0x01, 0x01];
-        let quiet =
-            tokio::time::Instant::now() + (self.cfg.timeout / 3).min(Duration::from_secs(1));
-        match poke(&mut stream, &ccs, quiet.min(deadline)).await {
-            Reply::Silence => {}
-            _ => return Some(false),
-        }
-        let mut finished = vec![0x16, v1, v2, 0x00, 0x30];
-        finished.extend_from_slice(&[0u8; 0x30]);
+        let mut probe = vec![0x14, v1, v2, 0x00, 0x01, 0x01, 0x16, v1, v2, 0x00, 0x30];
+        probe.extend_from_slice(&[0u8; 0x30]);
         Some(matches!(
-            poke(&mut stream, &finished, deadline).await,
+            poke(&mut stream, &probe, deadline).await,
             Reply::Alert(20) | Reply::Alert(21)
         ))
     }

@@ -311,6 +311,11 @@ async fn serve(mut s: TcpStream, cert: &[u8], key: Option<RsaKey>, flaws: Flaws)
                     }
                 }
             }
+            // A second early CCS reaches keys made of nothing, as the next record does.
+            20 if ccs_taken && !cke_seen => {
+                s.write_all(&alert(version, 20)).await?;
+                return Ok(());
+            }
             20 if cke_seen || flaws.ccs_injection => ccs_taken = true,
             20 => {
                 s.write_all(&alert(version, 10)).await?;
