@@ -338,57 +338,69 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         .filter(|f| f.supported)
         .map(|f| (f.protocol, f.suites.iter().map(|s| s.id).collect()))
         .collect();
-    if protos.len() >= 2 {
-        let (low, suites) = &protos[protos.len() - 2];
-        {
-            let mut offer = suites.clone();
-            offer.push(FALLBACK_SCSV);
-            let sni = if out.sni_dropped { None } else { s.sni };
-            let h = Hello {
-                protocol: *low,
-                suites: &offer,
-                sni,
-                offer_compression: false,
-                heartbeat: false,
-            };
-            if let Ok(f) = s.hello(&h).await {
-                if f.alert == Some(86) {
-                    out.facts.fallback_scsv = Some(true);
-                } else if negotiated(*low, &f) {
-                    out.facts.fallback_scsv = Some(false);
-                }
-            }
+    let sni = if out.sni_dropped { None } else { s.sni };
+    // The checks after enumeration run side by side, each under the limits.
+    let fallback = async {
+        let (low, suites) = protos.len().checked_sub(2).map(|i| &protos[i])?;
+        let mut offer = suites.clone();
+        offer.push(FALLBACK_SCSV);
+        let h = Hello {
+            protocol: *low,
+            suites: &offer,
+            sni,
+            offer_compression: false,
+            heartbeat: false,
+        };
+        let f = s.hello(&h).await.ok()?;
+        if f.alert == Some(86) {
+            Some(true)
+        } else if negotiated(*low, &f) {
+            Some(false)
+        } else {
+            None
         }
-    }
+    };
     // Checks that need the connection after the first flight, on the best protocol
     // below TLS 1.3, with the suites it accepted.
-    if let Some((p, suites)) = protos.iter().rev().find(|(p, _)| *p <= Protocol::Tls12) {
-        let sni = if out.sni_dropped { None } else { s.sni };
-        out.facts.heartbleed = s.heartbleed(*p, suites, sni).await;
-        out.facts.ccs_injection = s.ccs_injection(*p, suites, sni).await;
+    let best = protos.iter().rev().find(|(p, _)| *p <= Protocol::Tls12);
+    let heartbleed = async {
+        let (p, suites) = best?;
+        s.heartbleed(*p, suites, sni).await
+    };
+    let ccs = async {
+        let (p, suites) = best?;
+        s.ccs_injection(*p, suites, sni).await
+    };
+    let robot = async {
+        let (p, suites) = best?;
         // ROBOT needs an RSA key exchange: without one there is no oracle to have.
         let rsa: Vec<u16> = suites
             .iter()
             .copied()
             .filter(|id| crate::hello::suite_name(*id).starts_with("TLS_RSA_WITH_"))
             .collect();
-        out.facts.robot = if rsa.is_empty() {
+        if rsa.is_empty() {
             Some(false)
         } else {
             s.robot(*p, &rsa, sni).await
-        };
-    }
-    // Client-initiated renegotiation, on the best protocol below TLS 1.3.
-    if let Some((p, _)) = protos
-        .iter()
-        .rev()
-        .find(|(p, _)| *p >= Protocol::Tls10 && *p <= Protocol::Tls12)
-    {
-        let sni = if out.sni_dropped { None } else { s.sni };
+        }
+    };
+    // Client-initiated renegotiation, on the best protocol from TLS 1.0 to 1.2.
+    let reneg = async {
+        let (p, _) = protos
+            .iter()
+            .rev()
+            .find(|(p, _)| *p >= Protocol::Tls10 && *p <= Protocol::Tls12)?;
         let _slot = s.slot().await;
-        out.facts.client_renegotiation =
-            crate::reneg::client_renegotiation(s.addr, sni, *p, cfg.timeout * 2).await;
-    }
+        crate::reneg::client_renegotiation(s.addr, sni, *p, cfg.timeout * 2).await
+    };
+    let (fallback, heartbleed, ccs, robot, reneg) =
+        tokio::join!(fallback, heartbleed, ccs, robot, reneg);
+    out.facts.fallback_scsv = fallback;
+    out.facts.heartbleed = heartbleed;
+    out.facts.ccs_injection = ccs;
+    out.facts.robot = robot;
+    out.facts.client_renegotiation = reneg;
     out.facts.incomplete = runs
         .iter()
         .filter_map(|r| {
