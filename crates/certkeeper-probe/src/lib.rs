@@ -7,7 +7,9 @@
 //! suites) are retried through OpenSSL at security level 0.
 
 mod capture;
+pub mod fetch;
 pub mod hello;
+pub mod revocation;
 mod legacy;
 mod reneg;
 mod scan;
