@@ -866,10 +866,14 @@ pub enum RevocationStatus {
     },
     /// An answer that says nothing: the responder does not know the certificate,
     /// or the answer is out of date.
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
     /// No usable answer: not fetched (refused address, redirect elsewhere, timeout,
     /// HTTP error, too large) or not decodable/verifiable.
-    Unreachable { reason: String },
+    Unreachable {
+        reason: String,
+    },
 }
 
 /// One revocation check of the leaf.
@@ -920,7 +924,9 @@ pub fn revocation_findings(r: &RevocationFacts) -> Vec<Finding> {
         .filter_map(|c| match &c.status {
             RevocationStatus::Revoked { revoked_at, reason } => Some(format!(
                 "revoked {} reason {} (source: {})",
-                revoked_at.map(date).unwrap_or_else(|| "at an unknown time".into()),
+                revoked_at
+                    .map(date)
+                    .unwrap_or_else(|| "at an unknown time".into()),
                 reason.as_deref().unwrap_or("unspecified"),
                 from(c)
             )),
@@ -1416,7 +1422,10 @@ mod tests {
             status,
         };
         let kinds = |r: &RevocationFacts| -> Vec<&'static str> {
-            revocation_findings(r).iter().map(|f| f.kind.as_str()).collect()
+            revocation_findings(r)
+                .iter()
+                .map(|f| f.kind.as_str())
+                .collect()
         };
         let good = RevocationFacts {
             stapling: Some(true),
@@ -1452,7 +1461,11 @@ mod tests {
         let f = revocation_findings(&r);
         assert_eq!(
             kinds(&r),
-            ["cert_revoked", "ocsp_stapling_missing", "revocation_unreachable"]
+            [
+                "cert_revoked",
+                "ocsp_stapling_missing",
+                "revocation_unreachable"
+            ]
         );
         assert_eq!(f[0].severity, Severity::Critical);
         assert_eq!(
@@ -1486,9 +1499,17 @@ mod tests {
         };
         assert_eq!(
             kinds(&odd),
-            ["cert_revoked", "ocsp_staple_invalid", "revocation_status_unknown"]
+            [
+                "cert_revoked",
+                "ocsp_staple_invalid",
+                "revocation_status_unknown"
+            ]
         );
-        assert!(revocation_findings(&odd)[0].evidence.ends_with("(source: stapled)"));
+        assert!(
+            revocation_findings(&odd)[0]
+                .evidence
+                .ends_with("(source: stapled)")
+        );
         let json = serde_json::to_value(&odd.checks[2]).unwrap();
         assert_eq!(json["status"], "revoked");
         assert_eq!(json["revoked_at"], "2026-11-30T10:00:00Z");

@@ -204,7 +204,10 @@ fn host_kind(url: &reqwest::Url) -> Option<Result<IpAddr, &str>> {
 }
 
 /// Resolve the URL's host and pick the first address the policy allows.
-async fn pinned_address(url: &reqwest::Url, policy: &FetchPolicy) -> Result<SocketAddr, FetchError> {
+async fn pinned_address(
+    url: &reqwest::Url,
+    policy: &FetchPolicy,
+) -> Result<SocketAddr, FetchError> {
     let port = url.port_or_known_default().unwrap_or(80);
     let addrs: Vec<SocketAddr> = match host_kind(url) {
         Some(Ok(ip)) => vec![SocketAddr::new(ip, port)],

@@ -9,9 +9,9 @@
 mod capture;
 pub mod fetch;
 pub mod hello;
-pub mod revocation;
 mod legacy;
 mod reneg;
+pub mod revocation;
 mod scan;
 mod starttls;
 mod tlsscan;

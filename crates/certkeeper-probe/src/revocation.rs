@@ -135,12 +135,11 @@ async fn online_ocsp(
     now: OffsetDateTime,
 ) -> RevocationStatus {
     let unreachable = |reason: String| RevocationStatus::Unreachable { reason };
-    let request = OcspCertId::from_cert(MessageDigest::sha1(), leaf, issuer)
-        .and_then(|id| {
-            let mut req = OcspRequest::new()?;
-            req.add_id(id)?;
-            req.to_der()
-        });
+    let request = OcspCertId::from_cert(MessageDigest::sha1(), leaf, issuer).and_then(|id| {
+        let mut req = OcspRequest::new()?;
+        req.add_id(id)?;
+        req.to_der()
+    });
     let body = match request {
         Ok(b) => b,
         Err(e) => return unreachable(format!("OCSP request not made: {e}")),
@@ -256,8 +255,8 @@ pub fn crl_status(
             };
         }
     };
-    let issued_by = crl.issuer_name().try_cmp(issuer.subject_name()).ok()
-        == Some(std::cmp::Ordering::Equal);
+    let issued_by =
+        crl.issuer_name().try_cmp(issuer.subject_name()).ok() == Some(std::cmp::Ordering::Equal);
     let signed = issuer
         .public_key()
         .ok()

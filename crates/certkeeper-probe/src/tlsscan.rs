@@ -337,7 +337,11 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         .map(|r| r.chain.clone())
         .unwrap_or_default();
     out.sni_dropped = runs.iter().any(|r| r.sni_dropped);
-    let asked: Vec<&Option<Vec<u8>>> = runs.iter().rev().filter_map(|r| r.staple.as_ref()).collect();
+    let asked: Vec<&Option<Vec<u8>>> = runs
+        .iter()
+        .rev()
+        .filter_map(|r| r.staple.as_ref())
+        .collect();
     if !asked.is_empty() {
         out.ocsp_staple = asked.iter().find_map(|s| (*s).clone());
         out.stapling = Some(out.ocsp_staple.is_some());
