@@ -32,6 +32,9 @@ pub struct VulnConfig {
     pub global: Option<Arc<Semaphore>>,
     /// Shared across endpoints: new connections per second.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Limits of the online revocation checks (OCSP, CRL); `None` turns them off
+    /// (a stapled response is still judged).
+    pub revocation: Option<crate::fetch::FetchPolicy>,
 }
 
 impl Default for VulnConfig {
@@ -41,6 +44,7 @@ impl Default for VulnConfig {
             per_host_connections: 4,
             global: None,
             limiter: None,
+            revocation: Some(crate::fetch::FetchPolicy::default()),
         }
     }
 }

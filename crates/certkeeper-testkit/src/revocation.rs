@@ -152,7 +152,7 @@ impl OpensslCa {
             .arg(&csr))?;
         run(self
             .ca()
-            .args(["-extensions", "leaf_ext", "-days", "30", "-notext", "-in"])
+            .args(["-extensions", "leaf_ext", "-days", "90", "-notext", "-in"])
             .arg(&csr)
             .arg("-out")
             .arg(&cert_path)

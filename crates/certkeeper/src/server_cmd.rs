@@ -72,6 +72,16 @@ struct VulnScanFile {
     #[serde(default)]
     ca_files: Vec<PathBuf>,
     expiring_within_days: Option<u32>,
+    /// Ask the leaf's OCSP responder and fetch its CRL (default true).
+    online_revocation: Option<bool>,
+    /// Time limit of one OCSP or CRL fetch (default 5000).
+    fetch_timeout_ms: Option<u64>,
+    /// Largest OCSP response or CRL accepted (default 8 MiB).
+    fetch_max_bytes: Option<usize>,
+    /// Private, loopback or link-local networks revocation fetches may reach
+    /// (default none), e.g. ["10.0.0.0/8"].
+    #[serde(default)]
+    fetch_allow_private: Vec<ipnet::IpNet>,
 }
 
 fn vulnscan_settings(v: VulnScanFile) -> Result<certkeeper_server::vulnscans::VulnScanSettings> {
@@ -105,6 +115,16 @@ fn vulnscan_settings(v: VulnScanFile) -> Result<certkeeper_server::vulnscans::Vu
     if let Some(d) = v.expiring_within_days {
         s.expiring_within_days = d;
     }
+    if let Some(b) = v.online_revocation {
+        s.online_revocation = b;
+    }
+    if let Some(t) = v.fetch_timeout_ms {
+        s.fetch.timeout = std::time::Duration::from_millis(t.max(100));
+    }
+    if let Some(b) = v.fetch_max_bytes {
+        s.fetch.max_bytes = b.max(1024);
+    }
+    s.fetch.allow_private = v.fetch_allow_private;
     Ok(s)
 }
 

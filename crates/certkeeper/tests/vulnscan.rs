@@ -460,3 +460,118 @@ fn scans_from_the_server_store_findings_and_tell_what_was_fixed() {
     let out = common::ck(&args);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_request"));
 }
+
+/// The checks a report made, as `source status` strings.
+fn revocation_checks(e: &Value) -> Vec<String> {
+    e["revocation"]["checks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    format!(
+                        "{} {}",
+                        c["source"].as_str().unwrap(),
+                        c["status"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn revocation_is_checked_stapled_online_and_by_crl_with_private_addresses_only_when_allowed() {
+    use certkeeper_testkit::revocation::{HttpBehaviour, HttpFixture, OpensslCa};
+    let ca = OpensslCa::new().unwrap();
+    let ocsp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let crl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ocsp_url = format!("http://{}/", ocsp.local_addr().unwrap());
+    let crl_url = format!("http://{}/ca.crl", crl.local_addr().unwrap());
+    let good = ca.leaf("good.test", &ocsp_url, &crl_url).unwrap();
+    let revoked = ca.leaf("revoked.test", &ocsp_url, &crl_url).unwrap();
+    ca.revoke(&revoked, "keyCompromise").unwrap();
+    let staple = ca.ocsp_response_file(&good).unwrap();
+    let _crl = HttpFixture::start_on(crl, HttpBehaviour::Body(ca.crl_der().unwrap())).unwrap();
+    let _responder = ca.responder(ocsp).unwrap();
+    let root = Some(ca.cert_path.as_path());
+    let allow = ["--allow-private", "127.0.0.0/8"];
+
+    // Revoked, no stapling: critical, from both online sources.
+    let srv = OpensslServer::start(
+        &revoked.cert_path,
+        &revoked.key_path,
+        Some(&ca.cert_path),
+        &[],
+    )
+    .unwrap();
+    let (e, code) = vulnscan(
+        "revoked.test",
+        srv.port,
+        root,
+        &[&allow[..], &["--fail-on", "critical"]].concat(),
+    );
+    assert_eq!(
+        kinds(&e),
+        ["cert_revoked", "ocsp_stapling_missing"],
+        "{e:#}"
+    );
+    assert_eq!(code, 1);
+    assert_eq!(revocation_checks(&e), ["ocsp revoked", "crl revoked"]);
+    assert_eq!(e["revocation"]["checks"][0]["reason"], "keyCompromise");
+    assert!(
+        e["revocation"]["checks"][1]["revoked_at"]
+            .as_str()
+            .is_some()
+    );
+    let f = &e["findings"][0];
+    assert_eq!(f["severity"], "critical");
+    assert!(
+        f["evidence"].as_str().unwrap().contains("keyCompromise"),
+        "{f}"
+    );
+
+    // The same without the allow-list: the loopback sources are refused, said why.
+    let (e, _) = vulnscan("revoked.test", srv.port, root, &[]);
+    assert_eq!(
+        kinds(&e),
+        ["ocsp_stapling_missing", "revocation_unreachable"],
+        "{e:#}"
+    );
+    assert_eq!(
+        revocation_checks(&e),
+        ["ocsp unreachable", "crl unreachable"]
+    );
+    assert!(
+        e["revocation"]["checks"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 is a loopback address and not in the allow-list")
+    );
+    // Turned off: nothing fetched, nothing found about it.
+    let (e, _) = vulnscan("revoked.test", srv.port, root, &["--no-revocation"]);
+    assert_eq!(kinds(&e), ["ocsp_stapling_missing"], "{e:#}");
+    assert_eq!(revocation_checks(&e), Vec::<String>::new());
+    drop(srv);
+
+    // Good and stapled: no revocation finding, three good answers.
+    let srv = OpensslServer::start(
+        &good.cert_path,
+        &good.key_path,
+        Some(&ca.cert_path),
+        &["-status_file", staple.to_str().unwrap()],
+    )
+    .unwrap();
+    let (e, code) = vulnscan(
+        "good.test",
+        srv.port,
+        root,
+        &[&allow[..], &["--fail-on", "low"]].concat(),
+    );
+    assert_eq!(kinds(&e), Vec::<String>::new(), "{e:#}");
+    assert_eq!(code, 0);
+    assert_eq!(e["revocation"]["stapling"], true);
+    assert_eq!(
+        revocation_checks(&e),
+        ["stapled good", "ocsp good", "crl good"]
+    );
+}
