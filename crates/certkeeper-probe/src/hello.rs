@@ -324,10 +324,9 @@ fn absorb(flight: &mut ServerFlight, msg: &[u8]) -> Result<(), WireError> {
         TlsMessageHandshake::Certificate(c) => {
             flight.chain = c.cert_chain.iter().map(|c| c.data.to_vec()).collect();
         }
-        TlsMessageHandshake::CertificateStatus(cs) => {
-            if cs.status_type == 1 {
-                flight.ocsp_staple = Some(cs.blob.to_vec());
-            }
+        // status_type 1: ocsp (RFC 6066).
+        TlsMessageHandshake::CertificateStatus(cs) if cs.status_type == 1 => {
+            flight.ocsp_staple = Some(cs.blob.to_vec());
         }
         TlsMessageHandshake::ServerKeyExchange(ske) => {
             let dhe = flight

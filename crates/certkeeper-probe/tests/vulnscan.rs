@@ -646,7 +646,13 @@ mod revocation {
         );
 
         // Without the issuer nothing can be verified: not tested, no finding.
-        let alone = check_revocation(&[f.revoked.der.clone()], NO_STAPLE, Some(&policy), now).await;
+        let alone = check_revocation(
+            std::slice::from_ref(&f.revoked.der),
+            NO_STAPLE,
+            Some(&policy),
+            now,
+        )
+        .await;
         assert!(alone.checks.is_empty());
         assert!(alone.not_tested.as_deref().unwrap().contains("issuer"));
         assert_eq!(kinds(&alone), Vec::<&str>::new());
