@@ -452,6 +452,34 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 5").is_err());
     }
 
+    #[test]
+    fn vulnscan_revocation_fetch_settings() {
+        let v = |t: &str| -> Result<certkeeper_server::vulnscans::VulnScanSettings> {
+            let file: FileConfig = toml::from_str(t)?;
+            vulnscan_settings(file.vulnscan.expect("a [vulnscan] section"))
+        };
+        let d = v("[vulnscan]\n").unwrap();
+        assert!(d.online_revocation);
+        assert!(d.fetch.allow_private.is_empty());
+        let s = v(
+            "[vulnscan]\nonline_revocation = false\nfetch_timeout_ms = 1500\n\
+                   fetch_max_bytes = 65536\nfetch_allow_private = [\"10.0.0.0/8\", \"::1/128\"]\n",
+        )
+        .unwrap();
+        assert!(!s.online_revocation);
+        assert_eq!(s.fetch.timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(s.fetch.max_bytes, 65536);
+        assert_eq!(
+            s.fetch.allow_private,
+            vec![
+                "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ]
+        );
+        assert!(v("[vulnscan]\nfetch_allow_private = [\"10.0.0.300/8\"]\n").is_err());
+        assert!(v("[vulnscan]\nallow_private = []\n").is_err());
+    }
+
     fn acme(toml_text: &str) -> Result<certkeeper_connect::acme::AcmeConfig> {
         let file: FileConfig = toml::from_str(toml_text)?;
         acme_config(file.acme.expect("an [acme] section"))

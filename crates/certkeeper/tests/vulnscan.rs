@@ -575,3 +575,108 @@ fn revocation_is_checked_stapled_online_and_by_crl_with_private_addresses_only_w
         ["stapled good", "ocsp good", "crl good"]
     );
 }
+
+/// Scans run by an agent (a job) and by the server both check revocation under the
+/// server's `[vulnscan]` fetch settings: the allow-list travels with the job.
+#[test]
+fn scans_from_the_server_and_its_agents_check_revocation_under_the_servers_allow_list() {
+    use certkeeper_testkit::revocation::{HttpBehaviour, HttpFixture, OpensslCa};
+    let ca = OpensslCa::new().unwrap();
+    let ocsp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let crl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ocsp_url = format!("http://{}/", ocsp.local_addr().unwrap());
+    let crl_url = format!("http://{}/ca.crl", crl.local_addr().unwrap());
+    let revoked = ca.leaf("revoked.test", &ocsp_url, &crl_url).unwrap();
+    ca.revoke(&revoked, "keyCompromise").unwrap();
+    let _crl = HttpFixture::start_on(crl, HttpBehaviour::Body(ca.crl_der().unwrap())).unwrap();
+    let _responder = ca.responder(ocsp).unwrap();
+    let srv = OpensslServer::start(
+        &revoked.cert_path,
+        &revoked.key_path,
+        Some(&ca.cert_path),
+        &[],
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vulnscan]\nsystem_roots = false\nca_files = [\"{}\"]\ntimeout_ms = 2000\n\
+             fetch_allow_private = [\"127.0.0.0/8\"]\nfetch_timeout_ms = 3000\n",
+            ca.cert_path.display()
+        ),
+    )
+    .unwrap();
+    let s = common::start_server_env(
+        &dir.path().join("data"),
+        certkeeper_testkit::free_port().unwrap(),
+        None,
+        &[("CERTKEEPER_CONFIG", config.to_str().unwrap())],
+    );
+    let agent = dir.path().join("agent");
+    common::enroll(&s, &agent);
+    let a = agent.to_str().unwrap();
+    let port = srv.port.to_string();
+    common::ok(common::ck(&[
+        "agent",
+        "discover",
+        "--ips",
+        "127.0.0.1",
+        "--ports",
+        &port,
+        "--config-dir",
+        a,
+    ]));
+    common::ok(common::ck(&["agent", "scan", "--config-dir", a]));
+    let endpoint = format!("127.0.0.1:{port}");
+
+    let started = scan_start(&s, &endpoint);
+    assert_eq!(started["by_agents"][0]["endpoints"], 1, "{started:#}");
+    let id = started["id"].as_str().unwrap().to_string();
+    common::ok(common::ck(&["agent", "jobs", "--config-dir", a]));
+    let by_agent = scan_show(&s, &id);
+    let found = result_kinds(&by_agent, "findings");
+    assert!(found.contains(&"cert_revoked".to_string()), "{by_agent:#}");
+    assert!(
+        found.contains(&"ocsp_stapling_missing".to_string()),
+        "{found:?}"
+    );
+    assert!(
+        !found.contains(&"revocation_unreachable".to_string()),
+        "{found:?}"
+    );
+
+    // The server's own scan (the agent revoked) finds the same, and nothing new.
+    let cfg: toml::Value =
+        toml::from_str(&std::fs::read_to_string(agent.join("agent.toml")).unwrap()).unwrap();
+    let agent_id = cfg["agent_id"].as_str().unwrap().to_string();
+    let mut args = vec!["admin", "agents", "revoke", &agent_id];
+    args.extend(common::admin_args(&s));
+    common::ok(common::ck(&args));
+    let by_server = scan_now(&s, &endpoint);
+    assert!(
+        result_kinds(&by_server, "findings").contains(&"cert_revoked".to_string()),
+        "{by_server:#}"
+    );
+    assert_eq!(result_kinds(&by_server, "new"), Vec::<String>::new());
+    let mut args = vec![
+        "scan",
+        "findings",
+        "--output",
+        "json",
+        "--endpoint",
+        &endpoint,
+        "--kind",
+        "cert_revoked",
+    ];
+    args.extend(common::admin_args(&s));
+    let v: Value = serde_json::from_str(&common::ok(common::ck(&args))).unwrap();
+    let item = &v["items"][0];
+    assert_eq!(item["severity"], "critical", "{v:#}");
+    assert!(
+        item["evidence"].as_str().unwrap().contains("keyCompromise"),
+        "{item}"
+    );
+}
