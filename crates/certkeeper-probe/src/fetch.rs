@@ -1,7 +1,7 @@
 //! Bounded outbound HTTP for the revocation checks (OCSP responders, CRL
 //! distribution points): http:// only, a time limit over the whole fetch, a size
-//! limit on the body, no proxy, redirects followed only to the same host (at most
-//! three), and every address resolved here, checked, pinned and compared with the
+//! limit on the body, no proxy, redirects followed only to the same host and port
+//! (at most three), and every address resolved here, checked, pinned and compared with the
 //! address actually connected to. Private, loopback and link-local addresses are
 //! refused unless the allow-list names them.
 //!

@@ -66,28 +66,36 @@ pub async fn check_revocation(
         facts.not_tested = Some("online checks are turned off".into());
         return facts;
     };
-    // One of each is enough: the first responder and the first distribution point.
-    if let Some(url) = ocsp_urls.first() {
-        let status = online_ocsp(url, &leaf, &issuer, policy, now).await;
-        facts.checks.push(RevocationCheck {
-            source: RevocationSource::Ocsp,
-            url: Some(url.clone()),
-            status,
-        });
-    }
-    if let Some(url) = crl_urls(&leaf).first() {
-        let status = match fetch(url, Method::Get, policy).await {
+    // One of each is enough: the first responder and the first distribution point,
+    // asked at the same time.
+    let crl_url = crl_urls(&leaf).into_iter().next();
+    let ocsp = async {
+        match ocsp_urls.first() {
+            Some(url) => Some(RevocationCheck {
+                source: RevocationSource::Ocsp,
+                url: Some(url.clone()),
+                status: online_ocsp(url, &leaf, &issuer, policy, now).await,
+            }),
+            None => None,
+        }
+    };
+    let crl = async {
+        let url = crl_url?;
+        let status = match fetch(&url, Method::Get, policy).await {
             Ok(body) => crl_status(&body, &leaf, &issuer, now),
             Err(e) => RevocationStatus::Unreachable {
                 reason: e.to_string(),
             },
         };
-        facts.checks.push(RevocationCheck {
+        Some(RevocationCheck {
             source: RevocationSource::Crl,
-            url: Some(url.clone()),
+            url: Some(url),
             status,
-        });
-    }
+        })
+    };
+    let (ocsp, crl) = tokio::join!(ocsp, crl);
+    facts.checks.extend(ocsp);
+    facts.checks.extend(crl);
     if facts.checks.is_empty() && !facts.leaf_has_ocsp {
         facts.not_tested = Some("the leaf names no OCSP responder and no CRL".into());
     }

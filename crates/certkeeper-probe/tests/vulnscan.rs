@@ -717,6 +717,16 @@ mod revocation {
             format!("redirected to another host: {elsewhere}")
         );
 
+        // A redirect to the same host is followed, but not for ever.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let again = format!("http://{}/again", listener.local_addr().unwrap());
+        let _looping =
+            HttpFixture::start_on(listener, HttpBehaviour::Redirect(again.clone())).unwrap();
+        assert_eq!(
+            fetch(&again, Method::Get, &policy).await,
+            Err(FetchError::TooManyRedirects)
+        );
+
         let small = FetchPolicy {
             max_bytes: 8,
             ..policy.clone()
@@ -803,6 +813,30 @@ mod revocation {
         )
         .await;
         assert_eq!(kinds(&r), ["ocsp_staple_invalid"]);
+
+        // Signed by a responder the CA delegated to: believed. Signed by another
+        // CA's key: not.
+        let delegate = ca.responder_cert().unwrap();
+        let delegated = ca
+            .ocsp_response_signed(&good, &delegate.cert_path, &delegate.key_path)
+            .unwrap();
+        let r = scan_with_staple(&good, &ca, &["-status_file", delegated.to_str().unwrap()]).await;
+        assert_eq!(
+            status_of(&r.checks, RevocationSource::Stapled),
+            &RevocationStatus::Good
+        );
+        assert_eq!(kinds(&r), Vec::<&str>::new());
+        let other = OpensslCa::new().unwrap();
+        let forged = ca
+            .ocsp_response_signed(&good, &other.cert_path, &other.key_path)
+            .unwrap();
+        let r = scan_with_staple(&good, &ca, &["-status_file", forged.to_str().unwrap()]).await;
+        assert_eq!(kinds(&r), ["ocsp_staple_invalid"]);
+        let reason = unreachable_reason(status_of(&r.checks, RevocationSource::Stapled));
+        assert!(
+            reason.starts_with("the OCSP response is not signed by the issuer"),
+            "{reason}"
+        );
 
         let r = scan_with_staple(&good, &ca, &[]).await;
         assert_eq!(r.stapling, Some(false));

@@ -23,6 +23,7 @@ pub struct OpensslCa {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub der: Vec<u8>,
+    responses: std::sync::atomic::AtomicU32,
 }
 
 /// A leaf issued by [`OpensslCa`].
@@ -76,6 +77,10 @@ extendedKeyUsage = serverAuth
 subjectAltName = DNS:${ENV::LEAF_NAME}
 authorityInfoAccess = OCSP;URI:${ENV::LEAF_OCSP}
 crlDistributionPoints = URI:${ENV::LEAF_CRL}
+[ocsp_ext]
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = critical, OCSPSigning
 [ca_ext]
 basicConstraints = critical, CA:TRUE
 keyUsage = critical, keyCertSign, cRLSign
@@ -115,6 +120,7 @@ impl OpensslCa {
             cert_path,
             key_path,
             der,
+            responses: Default::default(),
         })
     }
 
@@ -186,17 +192,58 @@ impl OpensslCa {
             .arg(&pem))
     }
 
+    /// A delegated OCSP responder certificate (EKU OCSPSigning) issued by the CA.
+    pub fn responder_cert(&self) -> Result<CaLeaf> {
+        let d = self.dir();
+        let (key_path, csr, cert_path) = (
+            d.join("responder.key"),
+            d.join("responder.csr"),
+            d.join("responder.crt"),
+        );
+        run(Command::new("openssl")
+            .args(["req", "-new", "-nodes", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:P-256"])
+            .args(["-subj", "/CN=certkeeper test OCSP responder", "-keyout"])
+            .arg(&key_path)
+            .arg("-out")
+            .arg(&csr))?;
+        run(self
+            .ca()
+            .args(["-extensions", "ocsp_ext", "-days", "90", "-notext", "-in"])
+            .arg(&csr)
+            .arg("-out")
+            .arg(&cert_path))?;
+        let der = pem_to_der(&cert_path)?;
+        Ok(CaLeaf {
+            cert_path,
+            key_path,
+            der,
+        })
+    }
+
     /// A DER OCSP response about `leaf`, signed by the CA, made from the index
     /// (`openssl ocsp -reqout`, then `-reqin … -respout`), for `s_server -status_file`.
     pub fn ocsp_response_file(&self, leaf: &CaLeaf) -> Result<PathBuf> {
+        self.ocsp_response_signed(leaf, &self.cert_path, &self.key_path)
+    }
+
+    /// Like [`OpensslCa::ocsp_response_file`], signed by `signer` (a delegated
+    /// responder, or anyone else's key).
+    pub fn ocsp_response_signed(
+        &self,
+        leaf: &CaLeaf,
+        signer_cert: &Path,
+        signer_key: &Path,
+    ) -> Result<PathBuf> {
         let d = self.dir();
+        let n = self.responses.fetch_add(1, Ordering::Relaxed);
         let stem = leaf
             .cert_path
             .file_stem()
             .unwrap_or_default()
             .to_string_lossy();
         let req = d.join(format!("{stem}.ocspreq"));
-        let resp = d.join(format!("{stem}.ocsp.der"));
+        let resp = d.join(format!("{stem}.{n}.ocsp.der"));
         run(Command::new("openssl")
             .arg("ocsp")
             .arg("-issuer")
@@ -211,9 +258,9 @@ impl OpensslCa {
             .arg("-index")
             .arg(d.join("index.txt"))
             .arg("-rsigner")
-            .arg(&self.cert_path)
+            .arg(signer_cert)
             .arg("-rkey")
-            .arg(&self.key_path)
+            .arg(signer_key)
             .arg("-CA")
             .arg(&self.cert_path)
             .args(["-ndays", "1", "-reqin"])
