@@ -127,6 +127,10 @@ pub struct TlsFacts {
     pub robot: Option<bool>,
     /// Connections the scan opened.
     pub connections: u32,
+    /// Checks that could not finish (a protocol whose hellos timed out twice): its
+    /// "not supported" is not a verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<String>,
 }
 
 impl TlsFacts {
@@ -153,6 +157,7 @@ pub enum FindingKind {
     CipherAnonymous,
     CipherExport,
     CipherDes,
+    #[serde(rename = "cipher_3des")]
     Cipher3des,
     CipherRc4,
     CipherMd5Mac,
@@ -370,13 +375,25 @@ pub fn tls_findings(facts: &TlsFacts) -> Vec<Finding> {
     ];
     for (p, kind, sev, title, fix) in proto_rules {
         if offered(p) {
-            out.push(finding(
+            let mut f = finding(
                 kind,
                 sev,
                 title,
                 format!("the server accepted a {} handshake", p.name()),
                 fix,
-            ));
+            );
+            if p == Protocol::Ssl2 {
+                let kinds: Vec<String> = facts
+                    .protocol(p)
+                    .map(|f| f.suites.iter().map(|s| s.iana.clone()).collect())
+                    .unwrap_or_default();
+                f.evidence = format!(
+                    "the server answered an SSLv2 CLIENT-HELLO with {}",
+                    kinds.join(", ")
+                );
+                f.suites = kinds;
+            }
+            out.push(f);
         }
     }
     let any_offered = facts.protocols.iter().any(|p| p.supported);
@@ -464,7 +481,12 @@ pub fn tls_findings(facts: &TlsFacts) -> Vec<Finding> {
     for (kind, sev, title, fix) in classes {
         let mut suites: Vec<String> = Vec::new();
         let mut where_: Vec<&str> = Vec::new();
-        for p in facts.protocols.iter().filter(|p| p.supported) {
+        // SSLv2's cipher kinds are reported under protocol_ssl2, not by class.
+        for p in facts
+            .protocols
+            .iter()
+            .filter(|p| p.supported && p.protocol != Protocol::Ssl2)
+        {
             for s in &p.suites {
                 if suite_weaknesses(&s.iana, p.protocol).contains(&kind) {
                     if !suites.contains(&s.iana) {
@@ -1187,6 +1209,8 @@ mod tests {
         assert_eq!(finding_changes(&[], &[]), FindingChanges::default());
         for k in ALL_KINDS {
             assert_eq!(k.as_str().parse::<FindingKind>().unwrap(), *k);
+            // The JSON name is the same stable name.
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
         assert_eq!(ALL_KINDS.len(), RevocationUnreachable as usize + 1);
         assert_eq!("high".parse::<Severity>().unwrap(), Severity::High);

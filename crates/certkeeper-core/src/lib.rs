@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod policy;
 pub mod report;
+pub mod schedule;
 pub mod target;
 pub mod tickets;
 pub mod watchlist;

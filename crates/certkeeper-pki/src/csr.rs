@@ -251,9 +251,36 @@ pub fn new_key_pair(alg: KeyAlgorithm) -> Result<KeyPair, rcgen::Error> {
     }
 }
 
+/// A key pair from PKCS#8 DER, with the signature algorithm its key type implies.
+fn existing_key_pair(der: &[u8]) -> Result<KeyPair, CsrError> {
+    let bad = |e: rcgen::Error| CsrError::Generate(format!("the existing key: {e}"));
+    let pkey = openssl::pkey::PKey::private_key_from_pkcs8(der)
+        .map_err(|_| CsrError::Generate("the existing key is unreadable".into()))?;
+    let alg = match pkey.id() {
+        openssl::pkey::Id::RSA => &rcgen::PKCS_RSA_SHA256,
+        openssl::pkey::Id::ED25519 => &rcgen::PKCS_ED25519,
+        openssl::pkey::Id::EC => match pkey.bits() {
+            384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            _ => &rcgen::PKCS_ECDSA_P256_SHA256,
+        },
+        _ => return Err(CsrError::Generate("unsupported key type".into())),
+    };
+    let key = rustls_pki_types::PrivatePkcs8KeyDer::from(der.to_vec());
+    KeyPair::from_pkcs8_der_and_sign_algo(&key, alg).map_err(bad)
+}
+
 /// Generate a key and a request. The common name is also put in the SANs (browsers
 /// ignore the CN) unless it is already there.
 pub fn generate(req: &CsrRequest) -> Result<GeneratedCsr, CsrError> {
+    generate_with_key(req, None)
+}
+
+/// As [`generate`], but with an existing key (PKCS#8 DER) when one is given: a renewal
+/// that keeps its key. `req.key` is then ignored.
+pub fn generate_with_key(
+    req: &CsrRequest,
+    key_pkcs8: Option<&[u8]>,
+) -> Result<GeneratedCsr, CsrError> {
     let cn = check_common_name(&req.common_name)?;
     let gen_err = |e: rcgen::Error| CsrError::Generate(e.to_string());
     let mut sans = req.sans.clone();
@@ -293,7 +320,10 @@ pub fn generate(req: &CsrRequest) -> Result<GeneratedCsr, CsrError> {
             })
         })
         .collect::<Result<_, CsrError>>()?;
-    let key = new_key_pair(req.key).map_err(gen_err)?;
+    let key = match key_pkcs8 {
+        Some(der) => existing_key_pair(der)?,
+        None => new_key_pair(req.key).map_err(gen_err)?,
+    };
     let csr = params.serialize_request(&key).map_err(gen_err)?;
     Ok(GeneratedCsr {
         csr_pem: csr.pem().map_err(gen_err)?,

@@ -47,6 +47,12 @@ pub enum ImportError {
     /// The certificate has expired.
     #[error("the certificate expired on {0}")]
     Expired(String),
+    /// What a CA-issuers (AIA) URL returned is no certificate (DER, PEM or PKCS#7).
+    #[error("{0} did not return a certificate (expected DER, PEM or a certs-only PKCS#7)")]
+    FetchedUnreadable(String),
+    /// What a CA-issuers URL returned does not issue the certificate that points there.
+    #[error("the certificate fetched from {url} does not issue {subject} (name or signature)")]
+    FetchedNotIssuer { url: String, subject: String },
 }
 
 impl ImportError {
@@ -63,6 +69,8 @@ impl ImportError {
             ImportError::ChainUnrelated(_) => "chain_unrelated",
             ImportError::BadSignature(_) => "chain_signature_invalid",
             ImportError::Expired(_) => "certificate_expired",
+            ImportError::FetchedUnreadable(_) => "aia_unreadable",
+            ImportError::FetchedNotIssuer { .. } => "aia_not_issuer",
         }
     }
 }
@@ -319,6 +327,47 @@ pub fn complete_chain(leaf: &[u8], chain: &mut Vec<Vec<u8>>, known: &[Vec<u8>]) 
             return false;
         }
     }
+}
+
+/// Whether `issuer` issued `subject`: the names chain and the signature verifies.
+pub fn issues(issuer: &[u8], subject: &[u8]) -> bool {
+    issued_by(subject, issuer)
+}
+
+/// Whether a certificate is self-issued and self-signed (a root).
+pub fn is_root(der: &[u8]) -> bool {
+    is_self_issued(der)
+}
+
+/// The certificates in what a CA-issuers (AIA) URL returned: one DER certificate
+/// (RFC 5280's `application/pkix-cert`), PEM certificates, or a certs-only PKCS#7
+/// (`.p7c`, DER or PEM). `url` only names the source in errors.
+pub fn fetched_certificates(body: &[u8], url: &str) -> Result<Vec<Vec<u8>>, ImportError> {
+    let unreadable = || ImportError::FetchedUnreadable(url.to_string());
+    let text = body.trim_ascii_start();
+    let list =
+        if text.starts_with(b"-----BEGIN PKCS7-----") || text.starts_with(b"-----BEGIN CMS-----") {
+            let p7 = openssl::pkcs7::Pkcs7::from_pem(text).map_err(|_| unreadable())?;
+            pkcs7_certs(&p7)
+        } else if text.starts_with(b"-----BEGIN") {
+            pem_to_ders(text).map_err(|_| unreadable())?
+        } else if parse_der(body).is_ok() {
+            vec![body.to_vec()]
+        } else {
+            let p7 = openssl::pkcs7::Pkcs7::from_der(body).map_err(|_| unreadable())?;
+            pkcs7_certs(&p7)
+        };
+    if list.is_empty() || list.iter().any(|d| parse_der(d).is_err()) {
+        return Err(unreadable());
+    }
+    Ok(list)
+}
+
+fn pkcs7_certs(p7: &openssl::pkcs7::Pkcs7) -> Vec<Vec<u8>> {
+    p7.signed()
+        .and_then(|s| s.certificates())
+        .map(|stack| stack.iter().filter_map(|c| c.to_der().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// The chain a server should present: everything but a self-signed root at the end.

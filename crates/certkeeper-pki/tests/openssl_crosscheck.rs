@@ -134,3 +134,75 @@ fn undecodable_input_is_an_error_not_a_panic() {
         assert!(certkeeper_pki::parse_der(bad).is_err(), "{bad:?}");
     }
 }
+
+/// What a CA-issuers URL may return, each made by `openssl`: DER, PEM, and a
+/// certs-only PKCS#7 in DER (`.p7c`) and PEM; anything else is `aia_unreadable`.
+#[test]
+fn fetched_issuer_certificates_in_every_format() {
+    use certkeeper_pki::import::{ImportError, fetched_certificates};
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-keyout",
+        &d("k.pem"),
+        "-out",
+        &d("ca.pem"),
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Fetched CA",
+    ]);
+    openssl(&[
+        "x509",
+        "-in",
+        &d("ca.pem"),
+        "-outform",
+        "DER",
+        "-out",
+        &d("ca.der"),
+    ]);
+    openssl(&[
+        "crl2pkcs7",
+        "-nocrl",
+        "-certfile",
+        &d("ca.pem"),
+        "-outform",
+        "DER",
+        "-out",
+        &d("ca.p7c"),
+    ]);
+    openssl(&[
+        "crl2pkcs7",
+        "-nocrl",
+        "-certfile",
+        &d("ca.pem"),
+        "-out",
+        &d("ca.p7b"),
+    ]);
+    let der = std::fs::read(d("ca.der")).unwrap();
+    for f in ["ca.der", "ca.pem", "ca.p7c", "ca.p7b"] {
+        let body = std::fs::read(d(f)).unwrap();
+        assert_eq!(
+            fetched_certificates(&body, f).unwrap(),
+            vec![der.clone()],
+            "{f}"
+        );
+    }
+    for garbage in [&b"<html>not found</html>"[..], b"", &der[..der.len() / 2]] {
+        assert_eq!(
+            fetched_certificates(garbage, "http://ca.example/x").unwrap_err(),
+            ImportError::FetchedUnreadable("http://ca.example/x".into())
+        );
+    }
+    assert_eq!(
+        ImportError::FetchedUnreadable(String::new()).code(),
+        "aia_unreadable"
+    );
+}

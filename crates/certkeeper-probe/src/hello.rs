@@ -114,7 +114,14 @@ pub fn client_hello(h: &Hello<'_>) -> Vec<u8> {
     } else {
         body.push(0);
     }
-    body.extend_from_slice(&vec16(h.suites));
+    if h.protocol == Protocol::Ssl3 {
+        // No extensions in an SSLv3 hello: ask for RFC 5746 through the SCSV instead.
+        let mut with_scsv = h.suites.to_vec();
+        with_scsv.push(RENEGOTIATION_SCSV);
+        body.extend_from_slice(&vec16(&with_scsv));
+    } else {
+        body.extend_from_slice(&vec16(h.suites));
+    }
     if h.offer_compression {
         body.extend_from_slice(&[2, 1, 0]);
     } else {
@@ -402,8 +409,31 @@ pub async fn open(
     Ok((stream, flight))
 }
 
+/// A hello offering `suites` under `p` (no compression), kept open once the server's
+/// first flight has come in full and negotiated `p`: for the checks that send more.
+pub async fn open_flight(
+    addr: std::net::SocketAddr,
+    p: Protocol,
+    suites: &[u16],
+    sni: Option<&str>,
+    heartbeat: bool,
+    deadline: Instant,
+) -> Option<(TcpStream, ServerFlight)> {
+    let h = Hello {
+        protocol: p,
+        suites,
+        sni,
+        offer_compression: false,
+        heartbeat,
+        status_request: false,
+    };
+    let (stream, flight) = open(addr, &h, deadline).await.ok()?;
+    (flight.done && flight.accepted() && flight.version == Some(p.wire()))
+        .then_some((stream, flight))
+}
+
 /// What came back after a probe record: the next record's header, an alert, or nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reply {
     /// A record of this content type and length.
     Record {

@@ -12,7 +12,9 @@ pub mod hello;
 mod legacy;
 mod reneg;
 pub mod revocation;
+pub mod robot;
 mod scan;
+pub mod sslv2;
 mod starttls;
 mod tlsscan;
 

@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 
 use crate::Target;
 use crate::hello::{
-    FALLBACK_SCSV, Hello, Reply, ServerFlight, WireError, candidate_suites, exchange, open, poke,
-    suite_name,
+    FALLBACK_SCSV, Hello, Reply, ServerFlight, WireError, candidate_suites, exchange, open_flight,
+    poke, suite_name,
 };
 use crate::scan::RateLimiter;
 
@@ -113,18 +113,7 @@ impl Session<'_> {
     async fn heartbleed(&self, p: Protocol, suites: &[u16], sni: Option<&str>) -> Option<bool> {
         let _slot = self.slot().await;
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-        let h = Hello {
-            protocol: p,
-            suites,
-            sni,
-            offer_compression: false,
-            heartbeat: true,
-            status_request: false,
-        };
-        let (mut stream, flight) = open(self.addr, &h, deadline).await.ok()?;
-        if !negotiated(p, &flight) || !flight.done {
-            return None;
-        }
+        let (mut stream, flight) = open_flight(self.addr, p, suites, sni, true, deadline).await?;
         if !flight.heartbeat {
             return Some(false);
         }
@@ -139,24 +128,25 @@ impl Session<'_> {
         })
     }
 
+    /// ROBOT: one connection per padding variant, each under the limits.
+    async fn robot(&self, p: Protocol, rsa: &[u16], sni: Option<&str>) -> Option<bool> {
+        use crate::robot::{VARIANTS, Variant, probe_one, verdict};
+        let mut answers = Vec::new();
+        for v in VARIANTS.into_iter().chain([Variant::Correct]) {
+            let _slot = self.slot().await;
+            answers.push(probe_one(self.addr, p, rsa, sni, v, self.cfg.timeout).await?);
+        }
+        let repeat = answers.pop()?;
+        verdict(&answers, repeat)
+    }
+
     /// CCS injection (CVE-2014-0224): a ChangeCipherSpec before any key exchange.
     /// A patched server refuses it (unexpected_message); a vulnerable one takes it
     /// silently and then fails the MAC of the next record with keys made of nothing.
     async fn ccs_injection(&self, p: Protocol, suites: &[u16], sni: Option<&str>) -> Option<bool> {
         let _slot = self.slot().await;
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-        let h = Hello {
-            protocol: p,
-            suites,
-            sni,
-            offer_compression: false,
-            heartbeat: false,
-            status_request: false,
-        };
-        let (mut stream, flight) = open(self.addr, &h, deadline).await.ok()?;
-        if !negotiated(p, &flight) || !flight.done {
-            return None;
-        }
+        let (mut stream, _) = open_flight(self.addr, p, suites, sni, false, deadline).await?;
         let [v1, v2] = p.wire().to_be_bytes();
         let ccs = [0x14, v1, v2, 0x00, 0x01, 0x01];
         let quiet =
@@ -223,10 +213,15 @@ async fn enumerate(s: &Session<'_>, p: Protocol) -> ProtocolRun {
                 flight = retry;
             }
         }
+        if matches!(flight, Err(WireError::Timeout)) {
+            // A busy server (one that serves one connection at a time, say) may
+            // answer a second try: a timeout is not an answer.
+            flight = s.hello(&h).await;
+        }
         let flight = match flight {
             Ok(f) => f,
             Err(e) => {
-                if first {
+                if first || matches!(e, WireError::Timeout) {
                     run.error = Some(e);
                 }
                 break;
@@ -309,7 +304,11 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         host_slots: Semaphore::new(cfg.per_host_connections.max(1)),
         connections: AtomicU32::new(0),
     };
-    let (ssl3, t10, t11, t12, t13) = tokio::join!(
+    let (ssl2, ssl3, t10, t11, t12, t13) = tokio::join!(
+        async {
+            let _slot = s.slot().await;
+            crate::sslv2::probe(s.addr, cfg.timeout).await
+        },
         enumerate(&s, Protocol::Ssl3),
         enumerate(&s, Protocol::Tls10),
         enumerate(&s, Protocol::Tls11),
@@ -330,7 +329,17 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
     }
     let legacy: Vec<&ProtocolRun> = runs[..4].iter().filter(|r| supported(r)).collect();
     if !legacy.is_empty() {
-        out.facts.secure_renegotiation = Some(legacy.iter().all(|r| r.renegotiation_info));
+        // Judged on TLS 1.0–1.2 where the server has them (an SSLv3 answer may
+        // carry no extensions at all), else on SSLv3.
+        let tls: Vec<&&ProtocolRun> = legacy[..]
+            .iter()
+            .filter(|r| !std::ptr::eq(**r, &runs[0]))
+            .collect();
+        out.facts.secure_renegotiation = Some(if tls.is_empty() {
+            legacy.iter().all(|r| r.renegotiation_info)
+        } else {
+            tls.iter().all(|r| r.renegotiation_info)
+        });
         out.facts.compression = Some(legacy.iter().any(|r| r.compression));
     }
     out.facts.dh_bits = runs.iter().filter_map(|r| r.dh_bits).min();
@@ -388,6 +397,17 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         let sni = if out.sni_dropped { None } else { s.sni };
         out.facts.heartbleed = s.heartbleed(*p, suites, sni).await;
         out.facts.ccs_injection = s.ccs_injection(*p, suites, sni).await;
+        // ROBOT needs an RSA key exchange: without one there is no oracle to have.
+        let rsa: Vec<u16> = suites
+            .iter()
+            .copied()
+            .filter(|id| crate::hello::suite_name(*id).starts_with("TLS_RSA_WITH_"))
+            .collect();
+        out.facts.robot = if rsa.is_empty() {
+            Some(false)
+        } else {
+            s.robot(*p, &rsa, sni).await
+        };
     }
     // Client-initiated renegotiation, on the best protocol below TLS 1.3.
     if let Some((p, _)) = protos
@@ -404,7 +424,20 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         out.facts.client_renegotiation =
             crate::reneg::client_renegotiation(s.addr, sni, *p, cfg.timeout * 2).await;
     }
-    out.facts.protocols = runs.into_iter().filter_map(|r| r.facts).collect();
+    out.facts.incomplete = runs
+        .iter()
+        .filter_map(|r| {
+            let p = r.facts.as_ref()?.protocol;
+            match &r.error {
+                Some(WireError::Timeout) => Some(format!("{}: timed out", p.name())),
+                _ => None,
+            }
+        })
+        .collect();
+    out.facts.protocols = ssl2
+        .into_iter()
+        .chain(runs.into_iter().filter_map(|r| r.facts))
+        .collect();
     out.facts.connections = s.connections.load(Ordering::Relaxed);
     Ok(out)
 }

@@ -483,6 +483,7 @@ async fn flaws_of_old_openssl_are_found_only_where_present() {
     let peer = flawed::start(leaf.der.clone(), none).await.unwrap();
     let s = scan(peer.addr.port()).await;
     assert_eq!(kinds(&s.facts), base);
+    assert!(!s.facts.supports(Protocol::Ssl2));
     assert_eq!(s.facts.heartbleed, Some(false));
     assert_eq!(s.facts.ccs_injection, Some(false));
     assert_eq!(s.facts.compression, Some(false));
@@ -507,6 +508,411 @@ async fn real_servers_are_not_reported_for_heartbleed_or_ccs_injection() {
     let s = scan(srv.port).await;
     assert_eq!(s.facts.heartbleed, Some(false));
     assert_eq!(s.facts.ccs_injection, Some(false));
+}
+
+/// SSLv3 is in no Debian TLS library any more: tlslite-ng (PyPI) serves it. With CBC
+/// suites that is POODLE; TLS 1.0 beside it adds the BEAST-era findings.
+#[tokio::test]
+async fn sslv3_and_poodle_against_tlslite() {
+    use certkeeper_testkit::TlsliteServer;
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let srv = TlsliteServer::start(&leaf.cert_path, &leaf.key_path, "ssl3", "tls1.0").unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(supported(&s.facts), [Protocol::Ssl3, Protocol::Tls10]);
+    let k = kinds(&s.facts);
+    for want in [
+        "protocol_ssl3",
+        "poodle",
+        "protocol_tls10",
+        "cipher_rc4",
+        "cipher_3des",
+        "cipher_cbc_legacy",
+    ] {
+        assert!(k.contains(&want), "{want} missing: {k:?}");
+    }
+    let f = tls_findings(&s.facts);
+    let poodle = f.iter().find(|f| f.kind.as_str() == "poodle").unwrap();
+    assert!(
+        poodle.suites.iter().all(|n| n.contains("_CBC_")),
+        "{:?}",
+        poodle.suites
+    );
+    assert!(!poodle.suites.is_empty());
+    // SSLv3 without CBC suites is SSLv3, not POODLE: the same server at TLS 1.2 only
+    // has neither.
+    let srv = TlsliteServer::start(&leaf.cert_path, &leaf.key_path, "tls1.2", "tls1.2").unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(supported(&s.facts), [Protocol::Tls12]);
+    let k = kinds(&s.facts);
+    assert!(
+        !k.contains(&"protocol_ssl3") && !k.contains(&"poodle"),
+        "{k:?}"
+    );
+}
+
+/// EXPORT and single-DES suites (no installable server has them any more) from a
+/// peer that picks them as OpenSSL 0.9.8 did, and nothing of the sort elsewhere.
+#[tokio::test]
+async fn export_and_des_suites_are_found_by_class() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    // RSA_EXPORT_WITH_RC4_40_MD5, RSA_EXPORT_WITH_DES40_CBC_SHA, RSA_WITH_DES_CBC_SHA.
+    let flaws = Flaws {
+        suites: Some(&[0x0003, 0x0008, 0x0009]),
+        ..Flaws::default()
+    };
+    let peer = flawed::start(leaf.der.clone(), flaws).await.unwrap();
+    let s = scan(peer.addr.port()).await;
+    let ids: Vec<u16> = s
+        .facts
+        .protocol(Protocol::Tls12)
+        .unwrap()
+        .suites
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [0x0003, 0x0008, 0x0009]);
+    let f = tls_findings(&s.facts);
+    let by = |k: &str| {
+        f.iter()
+            .find(|f| f.kind.as_str() == k)
+            .map(|f| f.suites.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        by("cipher_export"),
+        [
+            "TLS_RSA_EXPORT_WITH_RC4_40_MD5",
+            "TLS_RSA_EXPORT_WITH_DES40_CBC_SHA"
+        ]
+    );
+    assert_eq!(
+        by("cipher_des"),
+        [
+            "TLS_RSA_EXPORT_WITH_DES40_CBC_SHA",
+            "TLS_RSA_WITH_DES_CBC_SHA"
+        ]
+    );
+    assert_eq!(by("cipher_rc4"), ["TLS_RSA_EXPORT_WITH_RC4_40_MD5"]);
+    assert_eq!(by("cipher_md5_mac"), ["TLS_RSA_EXPORT_WITH_RC4_40_MD5"]);
+    // The same peer with AES only: none of these classes.
+    let peer = flawed::start(leaf.der.clone(), Flaws::default())
+        .await
+        .unwrap();
+    let k = kinds(&scan(peer.addr.port()).await.facts);
+    for absent in [
+        "cipher_export",
+        "cipher_des",
+        "cipher_rc4",
+        "cipher_md5_mac",
+    ] {
+        assert!(!k.contains(&absent), "{absent}: {k:?}");
+    }
+}
+
+/// Debian's nginx with TLS 1.0–1.2 and every suite at security level 0, in its own
+/// order: the order reported is the server's (a subsequence of its cipher list) and
+/// the set is what s_client can negotiate.
+#[tokio::test]
+async fn nginx_with_legacy_protocols_and_its_own_order() {
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let full = format!("{}{}", leaf.cert_pem, pki.intermediate.cert_pem);
+    let srv = certkeeper_testkit::NginxServer::start(
+        &full,
+        &leaf.key_pem,
+        "ssl_protocols TLSv1 TLSv1.1 TLSv1.2; ssl_ciphers \"ALL:@SECLEVEL=0\"; ssl_prefer_server_ciphers on;",
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(
+        supported(&s.facts),
+        [Protocol::Tls10, Protocol::Tls11, Protocol::Tls12]
+    );
+    assert_eq!(
+        kinds(&s.facts),
+        [
+            "cipher_anonymous",
+            "cipher_cbc_legacy",
+            "cipher_static_rsa",
+            "no_tls13",
+            "protocol_tls10",
+            "protocol_tls11"
+        ]
+    );
+    assert_eq!(
+        s.chain,
+        vec![leaf.der.clone(), pki.intermediate.der.clone()]
+    );
+    let p = s.facts.protocol(Protocol::Tls12).unwrap();
+    assert_eq!(p.server_order, Some(true));
+    let got = openssl_names(&s.facts, Protocol::Tls12);
+    let list = Command::new("openssl")
+        .args(["ciphers", "ALL:@SECLEVEL=0"])
+        .output()
+        .unwrap();
+    let configured: Vec<String> = String::from_utf8(list.stdout)
+        .unwrap()
+        .trim()
+        .split(':')
+        .map(str::to_string)
+        .collect();
+    let positions: Vec<usize> = got
+        .iter()
+        .map(|n| configured.iter().position(|c| c == n).unwrap_or(usize::MAX))
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "not in the server's order: {got:?}"
+    );
+    let set: BTreeSet<String> = got.into_iter().collect();
+    assert_eq!(set, openssl_truth(srv.port, "-tls1_2"));
+}
+
+/// A server that refuses names it does not serve (a fatal unrecognized_name alert):
+/// the scan tries once without SNI and goes on, saying so.
+#[tokio::test]
+async fn a_refused_name_is_retried_without_sni() {
+    let pki = TestPki::new().unwrap();
+    let default = pki
+        .leaf(&LeafSpec::new("default.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let only = pki
+        .leaf(&LeafSpec::new("only.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = OpensslServer::start(
+        &default.cert_path,
+        &default.key_path,
+        None,
+        &[
+            "-servername",
+            "only.test",
+            "-servername_fatal",
+            "-cert2",
+            only.cert_path.to_str().unwrap(),
+            "-key2",
+            only.key_path.to_str().unwrap(),
+            "-tls1_2",
+        ],
+    )
+    .unwrap();
+    let cfg = cfg();
+    let named = vulnscan(&target(srv.port, Some("only.test")), &cfg)
+        .await
+        .unwrap();
+    assert!(!named.sni_dropped);
+    assert_eq!(named.chain, vec![only.der.clone()]);
+    let other = vulnscan(&target(srv.port, Some("other.test")), &cfg)
+        .await
+        .unwrap();
+    assert!(other.sni_dropped, "the alert was not retried without SNI");
+    assert_eq!(supported(&other.facts), [Protocol::Tls12]);
+    assert_eq!(other.chain, vec![default.der.clone()]);
+    // An IP literal is never sent as SNI (it would draw the fatal alert and a retry):
+    // the server's default certificate answers at once.
+    let by_ip = vulnscan(&target(srv.port, Some("127.0.0.1")), &cfg)
+        .await
+        .unwrap();
+    assert!(!by_ip.sni_dropped);
+    assert_eq!(by_ip.chain, vec![default.der.clone()]);
+}
+
+#[tokio::test]
+async fn sslv2_lists_the_cipher_kinds_the_server_shares() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let peer = flawed::start(
+        leaf.der.clone(),
+        Flaws {
+            sslv2: true,
+            ..Flaws::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s = scan(peer.addr.port()).await;
+    let f = tls_findings(&s.facts);
+    let ssl2 = f
+        .iter()
+        .find(|f| f.kind.as_str() == "protocol_ssl2")
+        .unwrap();
+    assert_eq!(ssl2.severity, certkeeper_core::findings::Severity::Critical);
+    assert_eq!(
+        ssl2.suites,
+        [
+            "SSL_CK_RC4_128_WITH_MD5",
+            "SSL_CK_DES_192_EDE3_CBC_WITH_MD5",
+            "SSL_CK_RC4_128_EXPORT40_WITH_MD5"
+        ]
+    );
+    // Real servers of today refuse an SSLv2 hello.
+    let srv = OpensslServer::start(&leaf.cert_path, &leaf.key_path, None, &[]).unwrap();
+    let s = scan(srv.port).await;
+    let p = s.facts.protocol(Protocol::Ssl2).unwrap();
+    assert!(!p.supported && p.suites.is_empty());
+}
+
+/// ROBOT: a peer that answers bad PKCS#1 padding at once and good padding only after
+/// the Finished is an oracle; the same peer answering all alike, and OpenSSL 3 (which
+/// rejects implicitly), are not.
+#[tokio::test]
+async fn robot_oracles_are_found_and_implicit_rejection_is_not() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    let oracle = flawed::start_with_key(
+        leaf.der.clone(),
+        &leaf.key_pem,
+        Flaws {
+            robot: true,
+            ..Flaws::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s = scan(oracle.addr.port()).await;
+    assert_eq!(s.facts.robot, Some(true));
+    assert!(kinds(&s.facts).contains(&"robot"));
+    let patched = flawed::start_with_key(leaf.der.clone(), &leaf.key_pem, Flaws::default())
+        .await
+        .unwrap();
+    let s = scan(patched.addr.port()).await;
+    assert_eq!(s.facts.robot, Some(false));
+    // OpenSSL with static RSA suites on offer: probed, no oracle.
+    let srv = OpensslServer::start(
+        &leaf.cert_path,
+        &leaf.key_path,
+        None,
+        &["-tls1_2", "-cipher", "AES128-GCM-SHA256:AES256-SHA"],
+    )
+    .unwrap();
+    let s = scan(srv.port).await;
+    assert_eq!(s.facts.robot, Some(false));
+    assert!(!kinds(&s.facts).contains(&"robot"));
+    // No RSA key exchange at all: nothing to be an oracle for.
+    let ec = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = OpensslServer::start(&ec.cert_path, &ec.key_path, None, &["-tls1_2"]).unwrap();
+    assert_eq!(scan(srv.port).await.facts.robot, Some(false));
+}
+
+/// The per-host cap holds (never more than N connections open to the endpoint), the
+/// connection count reported is what the server saw, and a rate limit spaces them.
+#[tokio::test]
+async fn connection_limits_are_kept_and_counted() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    use std::sync::atomic::Ordering::SeqCst;
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::Rsa2048))
+        .unwrap();
+    for cap in [1usize, 4] {
+        let (peer, counts) = flawed::start_counting(leaf.der.clone(), Flaws::default())
+            .await
+            .unwrap();
+        let cfg = VulnConfig {
+            per_host_connections: cap,
+            ..cfg()
+        };
+        let s = vulnscan(&target(peer.addr.port(), None), &cfg)
+            .await
+            .unwrap();
+        // The renegotiation check's s_client connection is not this scanner's socket
+        // but still one connection.
+        assert_eq!(
+            counts.total.load(SeqCst),
+            s.facts.connections as usize,
+            "cap {cap}"
+        );
+        let max = counts.max_open.load(SeqCst);
+        assert!(max <= cap, "cap {cap}: {max} open at once");
+        assert!(cap == 1 || max > 1, "the protocols did not run in parallel");
+    }
+    // 50 new connections a second: the scan cannot be faster than its count allows.
+    let (peer, counts) = flawed::start_counting(leaf.der.clone(), Flaws::default())
+        .await
+        .unwrap();
+    let cfg = VulnConfig {
+        limiter: Some(std::sync::Arc::new(certkeeper_probe::RateLimiter::new(50))),
+        ..cfg()
+    };
+    let started = Instant::now();
+    let s = vulnscan(&target(peer.addr.port(), None), &cfg)
+        .await
+        .unwrap();
+    let n = counts.total.load(SeqCst) as f64;
+    assert_eq!(n as u32, s.facts.connections);
+    assert!(
+        started.elapsed().as_secs_f64() >= (n - 1.0) / 50.0 * 0.9,
+        "{n} connections in {:?}",
+        started.elapsed()
+    );
+}
+
+/// A hello that times out is tried again before a protocol is called unsupported: a
+/// server whose first connection stalls (busy, one connection at a time) still shows
+/// every protocol; one that never answers is reported as not finished.
+#[tokio::test]
+async fn a_timed_out_hello_is_tried_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("www.test", KeyKind::EcdsaP256))
+        .unwrap();
+    let srv = OpensslServer::start(&leaf.cert_path, &leaf.key_path, None, &["-tls1_2"]).unwrap();
+    let backend = SocketAddr::from(([127, 0, 0, 1], srv.port));
+    // In front of it: the first TLS 1.2 hello's connection is held and never answered.
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = front.local_addr().unwrap().port();
+    let stalled = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = stalled.clone();
+    let proxy = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut c, _) = front.accept().await.unwrap();
+            // A TLS 1.2 hello: version 3,3 and an empty session id (TLS 1.3 hellos carry one).
+            let mut hello = [0u8; 44];
+            if c.peek(&mut hello).await.unwrap_or(0) == 44
+                && hello[9..11] == [3, 3]
+                && hello[43] == 0
+                && seen.fetch_add(1, Ordering::SeqCst) == 0
+            {
+                held.push(c);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut b) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                }
+            });
+        }
+    });
+    let quick = VulnConfig {
+        timeout: Duration::from_millis(700),
+        ..VulnConfig::default()
+    };
+    let s = vulnscan(&target(port, None), &quick).await.unwrap();
+    assert!(
+        stalled.load(Ordering::SeqCst) >= 2,
+        "the stalled hello was not tried again"
+    );
+    assert_eq!(supported(&s.facts), [Protocol::Tls12]);
+    assert!(s.facts.incomplete.is_empty(), "{:?}", s.facts.incomplete);
+    proxy.abort();
 }
 
 // ---- Revocation: online OCSP (`openssl ocsp`), CRL over HTTP, stapling (`s_server

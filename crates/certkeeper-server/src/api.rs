@@ -59,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/deployments/{id}"),
     ("post", "/api/v1/deployments/{id}/retry"),
     ("post", "/api/v1/scans"),
+    ("get", "/api/v1/scans"),
     ("get", "/api/v1/scans/{id}"),
     ("get", "/api/v1/findings"),
     ("post", "/api/v1/agent/scans/{id}/results"),
@@ -151,6 +152,7 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
         Need::Permission(P::Admin),
     ),
     ("post", "/api/v1/scans", Need::Permission(P::Admin)),
+    ("get", "/api/v1/scans", Need::Permission(P::Read)),
     ("get", "/api/v1/scans/{id}", Need::Permission(P::Read)),
     ("get", "/api/v1/findings", Need::Permission(P::Read)),
     ("post", "/api/v1/agent/scans/{id}/results", Need::Agent),
@@ -231,7 +233,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/deployments/{id}/retry",
             post(crate::deploy::retry_deployment),
         )
-        .route("/api/v1/scans", post(crate::vulnscans::create_scan))
+        .route(
+            "/api/v1/scans",
+            post(crate::vulnscans::create_scan).get(crate::vulnscans::list_scans),
+        )
         .route("/api/v1/scans/{id}", get(crate::vulnscans::show_scan))
         .route("/api/v1/findings", get(crate::vulnscans::list_findings))
         .route(

@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub acme: Option<certkeeper_connect::acme::AcmeConfig>,
     /// Limits and trust of the vulnerability scans the server runs.
     pub vulnscan: vulnscans::VulnScanSettings,
+    /// Rules for outbound fetches (CA-issuer certificates from AIA URLs).
+    pub fetch: certkeeper_connect::fetch::FetchPolicy,
+    /// Renew with the certificate's existing key instead of a new one.
+    pub reuse_key: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -87,6 +91,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("policy", &self.policy)
             .field("acme", &self.acme)
             .field("vulnscan", &self.vulnscan)
+            .field("fetch", &self.fetch)
+            .field("reuse_key", &self.reuse_key)
             .finish()
     }
 }
@@ -110,6 +116,8 @@ impl ServerConfig {
             policy: Default::default(),
             acme: None,
             vulnscan: Default::default(),
+            fetch: Default::default(),
+            reuse_key: false,
         }
     }
 }
@@ -279,6 +287,21 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
             }
         }
     });
+    // Scheduled vulnerability scans: every replica looks, a claim per occurrence in the
+    // database starts each once.
+    if !state.config.vulnscan.schedules.is_empty() {
+        let scheduler = state.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) =
+                    vulnscans::schedule_pass(&scheduler, OffsetDateTime::now_utc()).await
+                {
+                    tracing::warn!(error = %e.message, "scan schedule pass failed");
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        });
+    }
     let http01 = match state.config.acme.as_ref().and_then(|a| a.http01_listen) {
         Some(addr) => Some(
             TcpListener::bind(addr)

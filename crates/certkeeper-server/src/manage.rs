@@ -137,24 +137,14 @@ pub async fn import_certificate(
     };
     check_policy(&state, team.as_deref(), &leaf.facts)?;
 
-    // Chain completion: the given chain, then issuers already in the inventory.
     let mut chain = imported.chain.clone();
-    let mut complete = false;
-    for _ in 0..10 {
-        let last = chain.last().map(Vec::as_slice).unwrap_or(&imported.leaf);
-        let issuer = parsed(last)?.facts.issuer;
-        let known = state.store.certificates_with_subject(&issuer).await?;
-        let before = chain.len();
-        complete = import::complete_chain(&imported.leaf, &mut chain, &known);
-        if complete || chain.len() == before {
-            break;
-        }
-    }
+    let complete = complete_chain(&state, &imported.leaf, &mut chain).await?;
     let mut certs = vec![leaf];
     for c in &chain {
         certs.push(parsed(c)?);
     }
     let sha = certs[0].facts.sha256;
+    let renews = completes.as_ref().and_then(|r| r.renews_sha256.clone());
     let completes = completes.map(|r| r.id);
     let sealed = match &key_pkcs8 {
         Some(k) => {
@@ -205,6 +195,7 @@ pub async fn import_certificate(
         "policy": "passed",
         "team": team,
         "request": completes,
+        "renews": renews,
         "warnings": warnings,
     });
     let status = if outcome.new_certificate {
@@ -213,6 +204,74 @@ pub async fn import_certificate(
         StatusCode::OK
     };
     Ok((status, Json(body)))
+}
+
+/// Chain completion: after the given chain, issuers already in the inventory, then the
+/// certificate fetched from the CA-issuers (AIA) URL of the last link, up to ten links.
+/// A fetched certificate is used only if it issues the link (name and signature).
+/// Whether the chain reaches a root.
+async fn complete_chain(
+    state: &AppState,
+    leaf: &[u8],
+    chain: &mut Vec<Vec<u8>>,
+) -> Result<bool, ApiError> {
+    while chain.len() < 10 {
+        let last = chain.last().map(Vec::as_slice).unwrap_or(leaf).to_vec();
+        if import::is_root(&last) {
+            return Ok(true);
+        }
+        let facts = parsed(&last)?.facts;
+        let known = state.store.certificates_with_subject(&facts.issuer).await?;
+        let before = chain.len();
+        if import::complete_chain(leaf, chain, &known) {
+            return Ok(true);
+        }
+        if chain.len() > before {
+            continue;
+        }
+        // Not known here: the issuer from the AIA URL (http or https only; an ldap://
+        // URL alone leaves the chain incomplete, with the usual warning).
+        let Some(url) = facts
+            .ca_issuer_urls
+            .iter()
+            .find(|u| u.starts_with("http://") || u.starts_with("https://"))
+        else {
+            return Ok(false);
+        };
+        let body = certkeeper_connect::fetch::fetch(url, &state.config.fetch)
+            .await
+            .map_err(|e| {
+                use certkeeper_connect::fetch::FetchError as F;
+                let status = match e {
+                    F::Resolve { .. }
+                    | F::Status { .. }
+                    | F::Timeout { .. }
+                    | F::Connect { .. } => StatusCode::BAD_GATEWAY,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                ApiError::new(
+                    status,
+                    e.code(),
+                    format!(
+                        "fetching the issuer of {}: {e}; or give the intermediate by hand (chain)",
+                        facts.subject
+                    ),
+                )
+            })?;
+        let issuer = import::fetched_certificates(&body, url)
+            .map_err(import_error)?
+            .into_iter()
+            .find(|c| import::issues(c, &last))
+            .ok_or_else(|| {
+                import_error(ImportError::FetchedNotIssuer {
+                    url: url.clone(),
+                    subject: facts.subject.clone(),
+                })
+            })?;
+        tracing::info!(url = %url, "chain completed from the CA-issuers URL");
+        chain.push(issuer);
+    }
+    Ok(false)
 }
 
 #[derive(Deserialize)]
@@ -395,6 +454,9 @@ pub struct NewRequest {
     org_unit: Option<String>,
     /// rsa2048 (default), rsa3072, rsa4096, p256, p384, ed25519.
     key_type: Option<String>,
+    /// Renewals of the certificate keep this key instead of generating a new one.
+    #[serde(default)]
+    reuse_key: bool,
 }
 
 fn request_aad(id: &str) -> Vec<u8> {
@@ -410,6 +472,8 @@ fn request_view(r: &certkeeper_store::CertRequest) -> Value {
         "key_type": r.key_type,
         "csr": r.csr_pem,
         "certificate_sha256": r.certificate_sha256,
+        "renews_sha256": r.renews_sha256,
+        "reuse_key": r.reuse_key,
         "created_at": views::rfc3339(r.created_at),
         "team": r.team,
     })
@@ -436,6 +500,19 @@ async fn make_request(
     team: Option<&str>,
     actor: &str,
 ) -> Result<certkeeper_store::CertRequest, ApiError> {
+    make_request_with(state, req, team, actor, None, None).await
+}
+
+/// [`make_request`] with an existing key (PKCS#8 DER) instead of a new one, and the
+/// certificate the request renews, if any.
+async fn make_request_with(
+    state: &AppState,
+    req: NewRequest,
+    team: Option<&str>,
+    actor: &str,
+    existing_key: Option<Vec<u8>>,
+    renews: Option<String>,
+) -> Result<certkeeper_store::CertRequest, ApiError> {
     use certkeeper_pki::csr::{self, CsrRequest, San};
     let bad = |e: csr::CsrError| ApiError::bad_request("invalid_request", e.to_string());
     let spec = CsrRequest {
@@ -459,16 +536,19 @@ async fn make_request(
             .map_err(bad)?,
     };
     let key_type = spec.key.to_string();
-    let generated = tokio::task::spawn_blocking(move || csr::generate(&spec).map(|g| (g, spec)))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "key generation failed",
-            )
-        })?
-        .map_err(bad)?;
+    let reuse_key = req.reuse_key;
+    let generated = tokio::task::spawn_blocking(move || {
+        csr::generate_with_key(&spec, existing_key.as_deref()).map(|g| (g, spec))
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "key generation failed",
+        )
+    })?
+    .map_err(bad)?;
     let (g, spec) = generated;
     let info = csr::inspect(&g.csr_der).map_err(bad)?;
     let policy = state.config.policy.for_team(team);
@@ -514,6 +594,8 @@ async fn make_request(
         created_at: OffsetDateTime::now_utc(),
         issued_by: None,
         team: team.map(str::to_string),
+        renews_sha256: renews,
+        reuse_key,
     };
     state.store.create_request(&record, actor).await?;
     tracing::info!(request = %record.id, "certificate request created");
@@ -1253,11 +1335,13 @@ async fn order_acme_for(
 }
 
 /// Renew the certificate of an issued request: the same names and key type, a new
-/// key, the same issuer (the internal CA or the ACME CA that issued it).
+/// key (or the same one, with `reuse_key`), the same issuer (the internal CA or the
+/// ACME CA that issued it).
 async fn renew(
     state: &AppState,
     old: &certkeeper_store::CertRequest,
     actor: &str,
+    reuse_key: bool,
 ) -> Result<Value, ApiError> {
     let issuer = old.issued_by.clone().ok_or_else(|| {
         ApiError::bad_request(
@@ -1274,9 +1358,17 @@ async fn renew(
         organization: None,
         org_unit: None,
         key_type: Some(old.key_type.clone()),
+        reuse_key: old.reuse_key,
+    };
+    let key = match (
+        &old.certificate_sha256,
+        reuse_key || renews_with_same_key(state, old),
+    ) {
+        (Some(sha), true) => Some(open_cert_key(state, &fingerprint_param(sha)?).await?),
+        _ => None,
     };
     // The renewal belongs to the same team and follows its policy as it is now.
-    let new = make_request(state, spec, old.team.as_deref(), actor).await?;
+    let new = make_request_with(state, spec, old.team.as_deref(), actor, key, None).await?;
     let issued = match issuer.strip_prefix("ca:") {
         Some(ca) => {
             issue_from_ca(
@@ -1313,44 +1405,168 @@ async fn renew(
     Ok(json!({"renewed": old.certificate_sha256, "request": new.id, "certificate": issued}))
 }
 
+/// Whether renewals keep the key: server-wide, or asked for by the request.
+fn renews_with_same_key(state: &AppState, r: &certkeeper_store::CertRequest) -> bool {
+    state.config.reuse_key || r.reuse_key
+}
+
+/// Start the renewal of an imported certificate (a CA outside this server signs it):
+/// a pending request with the certificate's subject, names and key type, and a new key
+/// (or its key, with `reuse_key`), linked to the certificate. Importing the signed
+/// certificate completes it, as any pending request.
+async fn request_renewal(
+    state: &AppState,
+    fp: &Fingerprint,
+    actor: &str,
+    reuse_key: bool,
+) -> Result<Value, ApiError> {
+    let cert = stored_certificate(state, fp).await?;
+    if state.store.sealed_key(fp).await?.is_none() {
+        return Err(ApiError::bad_request(
+            "not_renewable",
+            "no private key is stored for this certificate, so no renewal request can be made for it",
+        ));
+    }
+    // One renewal request at a time: the one waiting for its signed certificate.
+    if let Some(id) = state.store.renewal_request_of(&fp.to_string()).await?
+        && state.store.request(&id).await?.status == "pending"
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "renewal_pending",
+            format!("renewal request {id} is waiting for the CA-signed certificate; import it to complete the renewal"),
+        )
+        .with("request", json!(id)));
+    }
+    // The request this certificate came from (manual CA flow) may ask to keep the key.
+    let origin_reuse = state
+        .store
+        .request_for_certificate(&fp.to_string())
+        .await?
+        .is_some_and(|r| renews_with_same_key(state, &r));
+    let reuse = reuse_key || origin_reuse || state.config.reuse_key;
+    let mut spec = renewal_spec(&cert)?;
+    spec.reuse_key = origin_reuse;
+    let key = match reuse {
+        true => Some(open_cert_key(state, fp).await?),
+        false => None,
+    };
+    // The renewal belongs to the certificate's team and follows its policy.
+    let team = state.store.managed_team(fp).await?.flatten();
+    let new = make_request_with(
+        state,
+        spec,
+        team.as_deref(),
+        actor,
+        key,
+        Some(fp.to_string()),
+    )
+    .await?;
+    state
+        .store
+        .set_renewal_request(&fp.to_string(), &new.id)
+        .await?;
+    tracing::info!(certificate = %fp, request = %new.id, "renewal request made for an imported certificate");
+    Ok(json!({"renews": fp.to_string(), "request": request_view(&new), "reused_key": reuse}))
+}
+
+/// The request fields of an existing certificate: its subject, names and key type.
+fn renewal_spec(
+    cert: &certkeeper_core::inventory::StoredCertificate,
+) -> Result<NewRequest, ApiError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, x) = X509Certificate::from_der(&cert.der).map_err(internal)?;
+    let subject = x.subject();
+    let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
+        it.next().and_then(|a| a.as_str().ok()).map(str::to_string)
+    };
+    let f = &cert.facts;
+    let key_type = match (f.key.key_type.as_str(), f.key.bits, f.key.curve.as_deref()) {
+        ("rsa", Some(3072), _) => "rsa3072",
+        ("rsa", Some(4096), _) => "rsa4096",
+        ("ec", _, Some(c)) if c.contains("384") => "p384",
+        ("ec", _, _) => "p256",
+        ("ed25519", _, _) => "ed25519",
+        _ => "rsa2048",
+    };
+    Ok(NewRequest {
+        common_name: f
+            .common_name
+            .clone()
+            .or_else(|| f.sans.first().cloned())
+            .ok_or_else(|| {
+                ApiError::bad_request("not_renewable", "the certificate names no host")
+            })?,
+        sans: f.sans.clone(),
+        country: first(&mut subject.iter_country()),
+        state: first(&mut subject.iter_state_or_province()),
+        locality: first(&mut subject.iter_locality()),
+        organization: first(&mut subject.iter_organization()),
+        org_unit: first(&mut subject.iter_organizational_unit()),
+        key_type: Some(key_type.into()),
+        reuse_key: false,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RenewOptions {
+    /// Keep the certificate's key instead of generating a new one.
+    #[serde(default)]
+    reuse_key: bool,
+}
+
 /// `POST /api/v1/certificates/{sha256}/renew`: renew now, whatever the renewal time.
+/// A certificate this server issued is issued again; an imported one (with its key
+/// stored) gets a pending renewal request for its CA.
 pub async fn renew_certificate(
     State(state): State<AppState>,
     caller: Caller,
     Path(sha): Path<String>,
+    req: Result<Json<RenewOptions>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let opts = optional_body(req)?;
     let fp = fingerprint_param(&sha)?;
-    let old = state
-        .store
-        .request_for_certificate(&fp.to_string())
-        .await?
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "not_renewable",
-                "no request of this server produced that certificate",
-            )
-        })?;
-    caller.require_team(&format!("certificate {fp}"), old.team.as_deref())?;
-    if old
-        .issued_by
-        .as_deref()
-        .is_some_and(|i| i.starts_with("ca:"))
-    {
-        caller.require(Permission::Issue)?;
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(renew(&state, &old, &caller.actor()).await?),
-    ))
+    let body = match state.store.request_for_certificate(&fp.to_string()).await? {
+        Some(old) if old.issued_by.is_some() => {
+            caller.require_team(&format!("certificate {fp}"), old.team.as_deref())?;
+            if old
+                .issued_by
+                .as_deref()
+                .is_some_and(|i| i.starts_with("ca:"))
+            {
+                caller.require(Permission::Issue)?;
+            }
+            renew(&state, &old, &caller.actor(), opts.reuse_key).await?
+        }
+        _ => {
+            let team = state.store.managed_team(&fp).await?.flatten();
+            caller.require_team(&format!("certificate {fp}"), team.as_deref())?;
+            request_renewal(&state, &fp, &caller.actor(), opts.reuse_key).await?
+        }
+    };
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// Renew everything due at `now` (two thirds through its validity), once across replicas.
+/// A JSON body that may be left out entirely (no Content-Type).
+fn optional_body<T: Default>(req: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match req {
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
+        other => other
+            .map(|Json(r)| r)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text())),
+    }
+}
+
+/// Renew everything due at `now` (two thirds through its validity), once across
+/// replicas: certificates this server issued are issued again; imported ones get a
+/// pending renewal request.
 pub(crate) async fn renewal_pass(state: &AppState, now: OffsetDateTime) -> Result<Value, ApiError> {
     let due = state.store.claim_due_renewals(now, 900, 100).await?;
     let mut renewed = Vec::new();
     let mut failed = Vec::new();
     for old in &due {
-        match renew(state, old, "renewal").await {
+        match renew(state, old, "renewal", false).await {
             Ok(v) => renewed.push(v),
             Err(e) => {
                 tracing::warn!(request = %old.id, error = %e.message, "renewal failed; retried after the claim expires");
@@ -1358,7 +1574,23 @@ pub(crate) async fn renewal_pass(state: &AppState, now: OffsetDateTime) -> Resul
             }
         }
     }
-    Ok(json!({"renewed": renewed, "failed": failed}))
+    let mut requested = Vec::new();
+    for sha in state
+        .store
+        .claim_due_imported_renewals(now, 900, 100)
+        .await?
+    {
+        match request_renewal(state, &fingerprint_param(&sha)?, "renewal", false).await {
+            Ok(v) => requested.push(v),
+            Err(e) => {
+                tracing::warn!(certificate = %sha, error = %e.message, "renewal request failed; retried after the claim expires");
+                failed.push(
+                    json!({"certificate": sha, "error": {"code": e.code, "message": e.message}}),
+                );
+            }
+        }
+    }
+    Ok(json!({"renewed": renewed, "requested": requested, "failed": failed}))
 }
 
 #[derive(Deserialize, Default)]
@@ -1375,12 +1607,7 @@ pub async fn run_renewals(
     _admin: Admin,
     req: Result<Json<RenewalRun>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let req = match req {
-        Err(JsonRejection::MissingJsonContentType(_)) => RenewalRun::default(),
-        other => other
-            .map(|Json(r)| r)
-            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?,
-    };
+    let req = optional_body(req)?;
     Ok(Json(
         renewal_pass(&state, req.at.unwrap_or_else(OffsetDateTime::now_utc)).await?,
     ))

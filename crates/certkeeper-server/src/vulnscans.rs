@@ -43,6 +43,59 @@ pub struct VulnScanSettings {
     pub online_revocation: bool,
     /// Limits of those fetches (time, size, private addresses allowed).
     pub fetch: FetchPolicy,
+    /// Scans that run by themselves.
+    pub schedules: Vec<ScanSchedule>,
+}
+
+/// `[[vulnscan.schedule]]`: a group of endpoints scanned on a schedule.
+#[derive(Debug, Clone)]
+pub struct ScanSchedule {
+    pub name: String,
+    pub schedule: certkeeper_core::schedule::Schedule,
+    /// Host names or patterns (`*.example.com`, IP addresses); empty: every endpoint.
+    pub hosts: Vec<String>,
+    /// Ports; empty: every port.
+    pub ports: Vec<u16>,
+}
+
+impl ScanSchedule {
+    fn covers(&self, e: &ScanEndpoint) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&e.port))
+            && (self.hosts.is_empty()
+                || self
+                    .hosts
+                    .iter()
+                    .any(|h| h == "*" || certkeeper_core::findings::name_matches(h, &e.host)))
+    }
+}
+
+/// An occurrence missed by more than this (no server was running) is skipped.
+const SCHEDULE_GRACE: time::Duration = time::Duration::minutes(15);
+
+/// Every replica runs this every 30 s; the claim in the database starts each
+/// occurrence of each schedule once.
+pub async fn schedule_pass(state: &AppState, now: OffsetDateTime) -> Result<Vec<String>, ApiError> {
+    let mut started = Vec::new();
+    for sch in &state.config.vulnscan.schedules {
+        let Some(due) = sch.schedule.due(now, SCHEDULE_GRACE) else {
+            continue;
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        if !state.store.claim_schedule_run(&sch.name, due, &id).await? {
+            continue;
+        }
+        let endpoints: Vec<ScanEndpoint> = state
+            .store
+            .all_endpoints()
+            .await?
+            .into_iter()
+            .filter(|e| sch.covers(e))
+            .collect();
+        tracing::info!(schedule = %sch.name, due = %views::rfc3339(due), endpoints = endpoints.len(), "scheduled scan");
+        start_scan(state, &id, &format!("schedule:{}", sch.name), endpoints).await?;
+        started.push(id);
+    }
+    Ok(started)
 }
 
 impl Default for VulnScanSettings {
@@ -59,6 +112,7 @@ impl Default for VulnScanSettings {
             expiring_within_days: 30,
             online_revocation: true,
             fetch: FetchPolicy::default(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -128,6 +182,7 @@ pub async fn scan_endpoint(
         }
     };
     let mut chain = scan.chain.clone();
+    let mut report_connections = 0;
     if chain.is_empty() {
         let pc = ProbeConfig {
             connect_timeout: cfg.timeout,
@@ -135,6 +190,7 @@ pub async fn scan_endpoint(
             legacy_fallback: false,
             ..ProbeConfig::default()
         };
+        report_connections += 1;
         if let certkeeper_core::Outcome::Tls { chain: c, .. } =
             certkeeper_probe::probe(t, &pc).await.outcome
         {
@@ -193,7 +249,10 @@ pub async fn scan_endpoint(
     }
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
     report.findings = findings;
-    report.facts = Some(scan.facts);
+    let mut facts_out = scan.facts;
+    // The TLS 1.3 handshake that fetched the certificate counts too.
+    facts_out.connections += report_connections;
+    report.facts = Some(facts_out);
     report
 }
 
@@ -267,14 +326,24 @@ pub async fn create_scan(
         }
     }
     let id = uuid::Uuid::new_v4().to_string();
+    let v = start_scan(&state, &id, &caller.actor(), endpoints).await?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+/// Create scan `id` over `endpoints`: each endpoint is scanned by the agent that saw
+/// it (from where it is reachable), or by the server when no active agent owns it.
+async fn start_scan(
+    state: &AppState,
+    id: &str,
+    actor: &str,
+    endpoints: Vec<ScanEndpoint>,
+) -> Result<Value, ApiError> {
     let now = OffsetDateTime::now_utc();
     state
         .store
-        .create_scan(&id, &caller.actor(), endpoints.len(), now)
+        .create_scan(id, actor, endpoints.len(), now)
         .await?;
     let total = endpoints.len();
-    // Each endpoint is scanned by the agent that saw it (from where it is reachable),
-    // or by the server when no active agent owns it.
     let mut by_agent: std::collections::BTreeMap<String, Vec<ScanEndpoint>> = Default::default();
     let mut here = Vec::new();
     for e in endpoints {
@@ -290,24 +359,43 @@ pub async fn create_scan(
         let job = uuid::Uuid::new_v4().to_string();
         state
             .store
-            .create_scan_job(&id, &job, agent, list, now)
+            .create_scan_job(id, &job, agent, list, now)
             .await?;
         agents.push(json!({"agent": agent, "job": job, "endpoints": list.len()}));
     }
     let by_server = here.len();
     let task_state = state.clone();
-    let scan_id = id.clone();
+    let scan_id = id.to_string();
     tokio::spawn(async move { run_scan(task_state, scan_id, here).await });
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "id": id,
-            "status": "running",
-            "endpoints": total,
-            "by_server": by_server,
-            "by_agents": agents,
-        })),
-    ))
+    Ok(json!({
+        "id": id,
+        "status": "running",
+        "endpoints": total,
+        "by_server": by_server,
+        "by_agents": agents,
+    }))
+}
+
+/// `GET /api/v1/scans`: the latest scans, newest first.
+pub async fn list_scans(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let scans = state.store.scans(100).await?;
+    let items: Vec<Value> = scans
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "status": s.status,
+                "requested_by": s.requested_by,
+                "endpoints": s.endpoints_total,
+                "created_at": views::rfc3339(s.created_at),
+                "finished_at": s.finished_at.map(views::rfc3339),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
 async fn run_scan(state: AppState, id: String, endpoints: Vec<ScanEndpoint>) {

@@ -2308,3 +2308,589 @@ async fn deployments_check_their_input_and_count_only_what_the_inventory_shows_s
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
     s.stop().await;
 }
+
+/// A scan schedule whose occurrence is due starts one scan, however many replicas
+/// share the database; the scan names its schedule.
+#[tokio::test]
+async fn a_due_scan_schedule_runs_once_across_replicas() {
+    use certkeeper_server::vulnscans::ScanSchedule;
+    for tdb in db::all().unwrap() {
+        let kek = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        let admin = "ck_admin_preset_for_schedules_00000000".to_string();
+        // Due a minute ago: within the grace, so the first pass of each replica tries it.
+        let due = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        let text = format!("daily {:02}:{:02}", due.hour(), due.minute());
+        let cfg = |c: &mut ServerConfig| {
+            c.database_url = Some(tdb.url.clone());
+            c.kek = Some(kek.clone());
+            c.admin_token = Some(admin.clone());
+            c.vulnscan.schedules = vec![ScanSchedule {
+                name: "nightly".into(),
+                schedule: text.parse().unwrap(),
+                hosts: vec!["*.example.com".into()],
+                ports: vec![],
+            }];
+        };
+        let a = start(cfg).await.unwrap();
+        let b = start(cfg).await.unwrap();
+        let mut scans = Vec::new();
+        for _ in 0..50 {
+            let v: Value = a.admin_get("/api/v1/scans").await.json().await.unwrap();
+            scans = v["items"].as_array().unwrap().clone();
+            if !scans.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Give the other replica's pass its chance too.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let v: Value = b.admin_get("/api/v1/scans").await.json().await.unwrap();
+        let on_b = v["items"].as_array().unwrap().clone();
+        assert_eq!(on_b.len(), 1, "{} ({})", v, tdb.label);
+        assert_eq!(on_b[0]["requested_by"], "schedule:nightly");
+        assert_eq!(scans.len(), 1);
+        let id = on_b[0]["id"].as_str().unwrap();
+        // No endpoint matches *.example.com: done at once with nothing to scan.
+        let mut s = json!({});
+        for _ in 0..50 {
+            s = a
+                .admin_get(&format!("/api/v1/scans/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if s["status"] == "done" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            (s["status"].as_str(), s["endpoints"].as_u64()),
+            (Some("done"), Some(0)),
+            "{s}"
+        );
+    }
+}
+
+/// A CA-issuers (AIA) extension naming `url`.
+fn aia(url: &str) -> rcgen::CustomExtension {
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let n = body.len();
+        if n < 128 {
+            out.push(n as u8);
+        } else {
+            out.extend([0x82, (n >> 8) as u8, n as u8]);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+    // id-ad-caIssuers 1.3.6.1.5.5.7.48.2, then uniformResourceIdentifier [6].
+    let mut desc = tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02]);
+    desc.extend(tlv(0x86, url.as_bytes()));
+    let content = tlv(0x30, &tlv(0x30, &desc));
+    rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], content)
+}
+
+/// Root → intermediate (AIA → the root's .p7c) → leaves with AIA URLs of our choice,
+/// and a loopback HTTP server (axum) handing out the CA certificates, garbage, a
+/// stranger's CA certificate and a redirect.
+struct AiaPki {
+    base: String,
+    root: Vec<u8>,
+    intermediate: Vec<u8>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl AiaPki {
+    async fn new() -> AiaPki {
+        use axum::routing::get;
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let ca = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root_params = ca("AIA Test Root");
+        let root = root_params.self_signed(&root_key).unwrap().der().to_vec();
+        let root_issuer = rcgen::Issuer::new(root_params, root_key);
+        let mut int_params = ca("AIA Test Intermediate");
+        int_params.custom_extensions = vec![aia(&format!("{base}/root.p7c"))];
+        let int_key = KeyPair::generate().unwrap();
+        let intermediate = int_params
+            .signed_by(&int_key, &root_issuer)
+            .unwrap()
+            .der()
+            .to_vec();
+        // Same name as the intermediate, another key: it does not sign the leaves.
+        let impostor = ca("AIA Test Intermediate")
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .to_vec();
+        // The root as a certs-only PKCS#7, made by openssl.
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("root.pem");
+        std::fs::write(&pem, certkeeper_pki::to_pem(&root)).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["crl2pkcs7", "-nocrl", "-outform", "DER", "-certfile"])
+            .arg(&pem)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let p7c = out.stdout;
+        let int_der = intermediate.clone();
+        let app = axum::Router::new()
+            .route("/int.crt", get(move || async move { int_der }))
+            .route("/root.p7c", get(move || async move { p7c }))
+            .route("/impostor.crt", get(move || async move { impostor }))
+            .route("/garbage", get(|| async { "<html>404 but 200</html>" }))
+            .route(
+                "/moved",
+                get(|| async {
+                    (
+                        StatusCode::FOUND,
+                        [("location", "http://ca.example.net/int.crt")],
+                    )
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        AiaPki {
+            base,
+            root,
+            intermediate,
+            issuer: rcgen::Issuer::new(int_params, int_key),
+        }
+    }
+
+    /// A leaf issued by the intermediate, its AIA pointing at `path` on our server.
+    fn leaf(&self, name: &str, path: &str) -> String {
+        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.custom_extensions = vec![aia(&format!("{}{path}", self.base))];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(1);
+        p.not_after = now + time::Duration::days(90);
+        p.signed_by(&rcgen::KeyPair::generate().unwrap(), &self.issuer)
+            .unwrap()
+            .pem()
+    }
+}
+
+#[tokio::test]
+async fn missing_intermediates_are_fetched_from_the_aia_url_under_the_fetch_rules() {
+    let pki = AiaPki::new().await;
+    let s = start(|c| {
+        c.fetch.allow_private = vec!["127.0.0.0/8".parse().unwrap()];
+        c.fetch.timeout = std::time::Duration::from_secs(3);
+    })
+    .await
+    .unwrap();
+    let import = async |pem: String| {
+        s.admin_post("/api/v1/certificates/import", &json!({"certificate": pem}))
+            .await
+    };
+    // Each bad answer is its own error, and nothing is stored.
+    for (path, status, code) in [
+        ("/garbage", StatusCode::BAD_REQUEST, "aia_unreadable"),
+        ("/impostor.crt", StatusCode::BAD_REQUEST, "aia_not_issuer"),
+        ("/moved", StatusCode::BAD_REQUEST, "fetch_redirect_refused"),
+        (
+            "/nothing-here",
+            StatusCode::BAD_GATEWAY,
+            "fetch_http_status",
+        ),
+    ] {
+        let r = import(pki.leaf("bad.aia.test", path)).await;
+        assert_eq!(error_code(r).await, (status, code.to_string()), "{path}");
+    }
+    let listed: Value = s
+        .admin_get("/api/v1/certificates")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
+
+    // The intermediate is fetched (DER), then the root from the intermediate's own AIA
+    // URL (PKCS#7): the stored chain is complete and in order.
+    let r = import(pki.leaf("www.aia.test", "/int.crt")).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["chain_complete"], true, "{body}");
+    let chain: Vec<&str> = body["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(chain, ["CN=AIA Test Intermediate", "CN=AIA Test Root"]);
+    let sha = body["sha256"].as_str().unwrap();
+    let full = s
+        .admin_post(
+            &format!("/api/v1/certificates/{sha}/export"),
+            &json!({"format": "chain"}),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        full,
+        certkeeper_pki::to_pem(&pki.intermediate),
+        "the served chain stops below the root"
+    );
+    // A second leaf of the same intermediate completes from the inventory alone.
+    let r = import(pki.leaf("api.aia.test", "/garbage")).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "no fetch once the issuer is known"
+    );
+    s.stop().await;
+
+    // Without the allow-list, a loopback AIA URL is refused.
+    let strict = start(|_| {}).await.unwrap();
+    let r = strict
+        .admin_post(
+            "/api/v1/certificates/import",
+            &json!({"certificate": pki.leaf("x.aia.test", "/int.crt")}),
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "fetch_private_address".into())
+    );
+    // Given by hand instead, no fetch is needed.
+    let r = strict
+        .admin_post(
+            "/api/v1/certificates/import",
+            &json!({"certificate": pki.leaf("y.aia.test", "/int.crt"),
+                    "chain": [certkeeper_pki::to_pem(&pki.intermediate), certkeeper_pki::to_pem(&pki.root)]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    strict.stop().await;
+}
+
+/// SHA-256 of the public key in a PEM certificate or CSR.
+fn spki_of_pem(pem: &str) -> String {
+    let der = certkeeper_pki::pem_to_ders(pem.as_bytes())
+        .map(|mut d| d.remove(0))
+        .unwrap_or_default();
+    if pem.contains("CERTIFICATE REQUEST") {
+        let der = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+            .contents;
+        return certkeeper_pki::csr::csr_spki_sha256(&der).unwrap();
+    }
+    certkeeper_pki::cert_spki_sha256(&der).unwrap()
+}
+
+/// `openssl x509 -req`: the CA outside certkeeper signs a renewal request's CSR.
+fn openssl_sign(pki: &TestPki, csr_pem: &str, name: &str) -> String {
+    let csr = pki.dir().join(format!("{name}.csr"));
+    let out = pki.dir().join(format!("{name}.crt"));
+    std::fs::write(&csr, csr_pem).unwrap();
+    let o = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-req",
+            "-days",
+            "90",
+            "-copy_extensions",
+            "copyall",
+            "-set_serial",
+        ])
+        .arg(format!("{}", 1000 + name.len()))
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&pki.intermediate.cert_path)
+        .arg("-CAkey")
+        .arg(&pki.intermediate.key_path)
+        .arg("-out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out).unwrap()
+}
+
+#[tokio::test]
+async fn imported_certificates_renew_through_a_pending_request_once_across_replicas() {
+    let kek = certkeeper_pki::vault::Kek::generate().unwrap();
+    let token = "ck_admin_shared_between_replicas_0123456789".to_string();
+    let mut dbs = vec![db::sqlite().unwrap()];
+    dbs.extend(db::postgres().unwrap());
+    for testdb in &dbs {
+        let label = testdb.label;
+        let replica = || {
+            let (kek, token, url) = (kek.clone(), token.clone(), testdb.url.clone());
+            start(move |c| {
+                c.kek = Some(kek);
+                c.admin_token = Some(token);
+                c.database_url = Some(url);
+            })
+        };
+        let (a, b) = (replica().await.unwrap(), replica().await.unwrap());
+        let pki = TestPki::new().unwrap();
+        let leaf = pki
+            .leaf(
+                &LeafSpec::new("shop.example.com", KeyKind::Rsa2048)
+                    .names(&["shop.example.com", "www.shop.example.com"]),
+            )
+            .unwrap();
+        let imported: Value = a
+            .admin_post(
+                "/api/v1/certificates/import",
+                &json!({"certificate": leaf.cert_pem, "private_key": leaf.key_pem,
+                        "chain": [pki.intermediate.cert_pem, pki.root.cert_pem]}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let old_sha = imported["sha256"].as_str().unwrap().to_string();
+        let at = |days: i64| {
+            (time::OffsetDateTime::now_utc() + time::Duration::days(days))
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        // Valid from yesterday for 90 days: not due at day 57, due at day 60.
+        let early: Value = a
+            .admin_post("/api/v1/renewals", &json!({"at": at(57)}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(early["requested"], json!([]), "{label}: {early}");
+        // Both replicas run the pass at once: one renewal request, not two.
+        let day60 = json!({"at": at(60)});
+        let (ra, rb) = tokio::join!(
+            a.admin_post("/api/v1/renewals", &day60),
+            b.admin_post("/api/v1/renewals", &day60)
+        );
+        let (ra, rb): (Value, Value) = (ra.json().await.unwrap(), rb.json().await.unwrap());
+        let mut requested: Vec<Value> = ra["requested"].as_array().unwrap().clone();
+        requested.extend(rb["requested"].as_array().unwrap().iter().cloned());
+        assert_eq!(requested.len(), 1, "{label}: {ra} {rb}");
+        let req = &requested[0]["request"];
+        assert_eq!(requested[0]["renews"], old_sha.as_str());
+        assert_eq!(requested[0]["reused_key"], false);
+        assert_eq!(req["status"], "pending");
+        assert_eq!(req["renews_sha256"], old_sha.as_str());
+        assert_eq!(req["common_name"], "shop.example.com");
+        assert_eq!(req["key_type"], "rsa2048");
+        let sans: BTreeSet<&str> = req["sans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            sans,
+            BTreeSet::from(["DNS:shop.example.com", "DNS:www.shop.example.com"]),
+            "{label}"
+        );
+        let csr = req["csr"].as_str().unwrap();
+        let info = certkeeper_pki::csr::inspect(csr.as_bytes()).unwrap();
+        assert!(
+            info.subject.contains("certkeeper tests"),
+            "{label}: the subject is kept: {}",
+            info.subject
+        );
+        assert_ne!(
+            spki_of_pem(csr),
+            spki_of_pem(&leaf.cert_pem),
+            "{label}: a new key"
+        );
+        // Later passes, on either replica, make no second request.
+        let again: Value = b
+            .admin_post("/api/v1/renewals", &json!({"at": at(70)}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(again["requested"], json!([]), "{label}: {again}");
+        // By hand while it waits: refused, naming the request that waits.
+        let r = a
+            .admin_post(&format!("/api/v1/certificates/{old_sha}/renew"), &json!({}))
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::CONFLICT, "renewal_pending".into()),
+            "{label}"
+        );
+        // The operator sees what is waiting; the CA signs; importing completes it.
+        let listed: Value = b.admin_get("/api/v1/requests").await.json().await.unwrap();
+        let waiting: Vec<&Value> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["status"] == "pending" && r["renews_sha256"] == old_sha.as_str())
+            .collect();
+        assert_eq!(waiting.len(), 1, "{label}: {listed}");
+        let signed = openssl_sign(&pki, csr, &format!("renewed-{label}"));
+        let done: Value = b
+            .admin_post(
+                "/api/v1/certificates/import",
+                &json!({"certificate": signed}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(done["request"], req["id"], "{label}: {done}");
+        assert_eq!(done["renews"], old_sha.as_str());
+        assert_eq!(done["key_stored"], true);
+        assert_eq!(
+            done["chain_complete"], true,
+            "the chain comes from the inventory"
+        );
+        let shown: Value = a
+            .admin_get(&format!("/api/v1/requests/{}", req["id"].as_str().unwrap()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(shown["status"], "issued");
+        assert_eq!(shown["certificate_sha256"], done["sha256"]);
+
+        // By hand, keeping the key: the renewal request certifies the same key.
+        let new_sha = done["sha256"].as_str().unwrap();
+        let kept: Value = a
+            .admin_post(
+                &format!("/api/v1/certificates/{new_sha}/renew"),
+                &json!({"reuse_key": true}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(kept["reused_key"], true, "{label}: {kept}");
+        assert_eq!(
+            spki_of_pem(kept["request"]["csr"].as_str().unwrap()),
+            spki_of_pem(&signed),
+            "{label}: the same key"
+        );
+        // Signed again and imported, the key pairs with it (the request's sealed copy).
+        let again_signed = openssl_sign(
+            &pki,
+            kept["request"]["csr"].as_str().unwrap(),
+            &format!("kept-{label}"),
+        );
+        let done2: Value = a
+            .admin_post(
+                "/api/v1/certificates/import",
+                &json!({"certificate": again_signed}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(done2["request"], kept["request"]["id"], "{label}: {done2}");
+        assert_eq!(done2["key_stored"], true);
+        a.stop().await;
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reuse_key_renews_issued_certificates_with_the_same_key() {
+    // Server-wide: every renewal keeps its key.
+    let s = start(|c| c.reuse_key = true).await.unwrap();
+    s.admin_post(
+        "/api/v1/cas",
+        &json!({"name": "corp", "common_name": "Corp Root", "profile": {"validity_days": 30}}),
+    )
+    .await;
+    let req: Value = s
+        .admin_post(
+            "/api/v1/requests",
+            &json!({"common_name": "db.corp.example", "key_type": "p256"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first: Value = s
+        .admin_post("/api/v1/cas/corp/issue", &json!({"request_id": req["id"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::days(21))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let due: Value = s
+        .admin_post("/api/v1/renewals", &json!({"at": at}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second = &due["renewed"][0]["certificate"];
+    assert_ne!(second["sha256"], first["sha256"], "{due}");
+    assert_eq!(
+        spki_of_pem(second["certificate"].as_str().unwrap()),
+        spki_of_pem(first["certificate"].as_str().unwrap()),
+        "the same key"
+    );
+    s.stop().await;
+
+    // Per request: asked for when the request is made, kept by its renewals; others
+    // still get a new key.
+    let s = start(|_| {}).await.unwrap();
+    s.admin_post(
+        "/api/v1/cas",
+        &json!({"name": "corp", "common_name": "Corp Root", "profile": {"validity_days": 30}}),
+    )
+    .await;
+    let mut issued = Vec::new();
+    for (cn, reuse) in [("keep.corp.example", true), ("fresh.corp.example", false)] {
+        let req: Value = s
+            .admin_post(
+                "/api/v1/requests",
+                &json!({"common_name": cn, "key_type": "p256", "reuse_key": reuse}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(req["reuse_key"], reuse);
+        let c: Value = s
+            .admin_post("/api/v1/cas/corp/issue", &json!({"request_id": req["id"]}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        issued.push(c);
+    }
+    for (c, same) in issued.iter().zip([true, false]) {
+        let r: Value = s
+            .admin_post(
+                &format!(
+                    "/api/v1/certificates/{}/renew",
+                    c["sha256"].as_str().unwrap()
+                ),
+                &json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let new = r["certificate"]["certificate"].as_str().unwrap();
+        assert_eq!(
+            spki_of_pem(new) == spki_of_pem(c["certificate"].as_str().unwrap()),
+            same,
+            "{r}"
+        );
+    }
+    s.stop().await;
+}

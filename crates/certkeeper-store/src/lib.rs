@@ -134,6 +134,11 @@ macro_rules! migrations {
                 include_str!(concat!("../migrations/", $dir, "/0007_acme.sql")),
             ),
             (
+                8,
+                "0008_import_renewal",
+                include_str!(concat!("../migrations/", $dir, "/0008_import_renewal.sql")),
+            ),
+            (
                 9,
                 "0009_teams",
                 include_str!(concat!("../migrations/", $dir, "/0009_teams.sql")),

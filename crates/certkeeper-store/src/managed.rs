@@ -40,6 +40,10 @@ pub struct CertRequest {
     pub issued_by: Option<String>,
     /// The team owning the request (and the certificate it becomes); `None`: no team.
     pub team: Option<String>,
+    /// The certificate this request renews (a pending renewal of an imported certificate).
+    pub renews_sha256: Option<String>,
+    /// Renewals of this request's certificate keep its key.
+    pub reuse_key: bool,
 }
 
 fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
@@ -61,10 +65,12 @@ fn request_from_row(r: &sqlx::any::AnyRow) -> Result<CertRequest, StoreError> {
         created_at: crate::ts(r.try_get("created_at")?)?,
         issued_by: r.try_get("issued_by")?,
         team: r.try_get("team")?,
+        renews_sha256: r.try_get("renews_sha256")?,
+        reuse_key: r.try_get::<i64, _>("reuse_key")? != 0,
     })
 }
 
-const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, issued_by, team";
+const REQUEST_COLUMNS: &str = "id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, issued_by, team, renews_sha256, reuse_key";
 
 /// Where a sealed key is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,8 +282,8 @@ impl Store {
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO cert_requests (id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, completed_at, team) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', NULL, $10, NULL, $11)",
+            "INSERT INTO cert_requests (id, common_name, sans, key_type, csr_pem, spki_sha256, kek_id, wrapped_dek, ciphertext, status, certificate_sha256, created_at, completed_at, team, renews_sha256, reuse_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', NULL, $10, NULL, $11, $12, $13)",
         )
         .bind(&r.id)
         .bind(&r.common_name)
@@ -290,6 +296,8 @@ impl Store {
         .bind(r.key.ciphertext.clone())
         .bind(r.created_at.unix_timestamp())
         .bind(r.team.as_deref())
+        .bind(&r.renews_sha256)
+        .bind(i64::from(r.reuse_key))
         .execute(&mut *tx)
         .await?;
         audit(&mut tx, actor, "request", &r.id, r.created_at).await?;
@@ -348,6 +356,75 @@ impl Store {
             }
         }
         Ok(claimed)
+    }
+
+    /// Imported certificates (not issued through this server) with a stored key, not
+    /// CA or self-signed, due for renewal at `now` (two thirds through their validity)
+    /// and with no renewal request yet; each claimed for `lease` seconds so that
+    /// replicas do not both make one. Their SHA-256, soonest expiry first.
+    pub async fn claim_due_imported_renewals(
+        &self,
+        now: OffsetDateTime,
+        lease: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let t = now.unix_timestamp();
+        let rows = sqlx::query(
+            "SELECT m.sha256 FROM managed_certificates m JOIN certificates c ON c.sha256 = m.sha256 \
+             WHERE m.renewal_request IS NULL AND (m.renewal_claimed_until IS NULL OR m.renewal_claimed_until < $1) \
+             AND c.is_ca = 0 AND c.self_signed = 0 \
+             AND c.not_before + (c.not_after - c.not_before) * 2 / 3 <= $1 \
+             AND EXISTS (SELECT 1 FROM private_keys k WHERE k.cert_sha256 = m.sha256) \
+             AND NOT EXISTS (SELECT 1 FROM cert_requests r WHERE r.certificate_sha256 = m.sha256 AND r.issued_by IS NOT NULL) \
+             ORDER BY c.not_after, m.sha256 LIMIT $2",
+        )
+        .bind(t)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::new();
+        for r in rows {
+            let sha: String = r.try_get(0)?;
+            let _w = self.writer().await;
+            let won = sqlx::query(
+                "UPDATE managed_certificates SET renewal_claimed_until = $2 WHERE sha256 = $1 AND renewal_request IS NULL \
+                 AND (renewal_claimed_until IS NULL OR renewal_claimed_until < $3)",
+            )
+            .bind(&sha)
+            .bind(t + lease)
+            .bind(t)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+                == 1;
+            if won {
+                claimed.push(sha);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// The request made to renew an imported certificate, if one was.
+    pub async fn renewal_request_of(&self, sha256: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT renewal_request FROM managed_certificates WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        })
+    }
+
+    /// Record the pending request made to renew an imported certificate.
+    pub async fn set_renewal_request(&self, sha256: &str, request: &str) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("UPDATE managed_certificates SET renewal_request = $2 WHERE sha256 = $1")
+            .bind(sha256)
+            .bind(request)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Mark `old` renewed by the request `new`.

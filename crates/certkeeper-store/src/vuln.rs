@@ -235,6 +235,40 @@ impl Store {
         Ok(done)
     }
 
+    /// Claim occurrence `due_at` of schedule `name` for scan `scan_id`: true for the
+    /// one replica that gets it, false for every other.
+    pub async fn claim_schedule_run(
+        &self,
+        name: &str,
+        due_at: OffsetDateTime,
+        scan_id: &str,
+    ) -> Result<bool, StoreError> {
+        let _w = self.writer().await;
+        let n = sqlx::query(
+            "INSERT INTO vuln_schedule_runs (name, due_at, scan_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (name, due_at) DO NOTHING",
+        )
+        .bind(name)
+        .bind(due_at.unix_timestamp())
+        .bind(scan_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The latest scans, newest first.
+    pub async fn scans(&self, limit: u32) -> Result<Vec<VulnScan>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, requested_by, status, endpoints_total, created_at, finished_at FROM vuln_scans \
+             ORDER BY created_at DESC, id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(scan_of).collect()
+    }
+
     /// Hand `endpoints` of scan `scan_id` to their agent as one job.
     pub async fn create_scan_job(
         &self,
@@ -291,14 +325,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
-        let scan = VulnScan {
-            id: get(&row, "id")?,
-            requested_by: get(&row, "requested_by")?,
-            status: get(&row, "status")?,
-            endpoints_total: get::<i64>(&row, "endpoints_total")? as u32,
-            created_at: ts(get(&row, "created_at")?)?,
-            finished_at: opt_ts(get(&row, "finished_at")?)?,
-        };
+        let scan = scan_of(&row)?;
         let rows = sqlx::query(
             "SELECT host, ip, port, scanned_at, error, facts, findings, changes FROM vuln_results \
              WHERE scan_id = $1 ORDER BY host, ip, port",
@@ -375,6 +402,17 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn scan_of(row: &AnyRow) -> Result<VulnScan, StoreError> {
+    Ok(VulnScan {
+        id: get(row, "id")?,
+        requested_by: get(row, "requested_by")?,
+        status: get(row, "status")?,
+        endpoints_total: get::<i64>(row, "endpoints_total")? as u32,
+        created_at: ts(get(row, "created_at")?)?,
+        finished_at: opt_ts(get(row, "finished_at")?)?,
+    })
 }
 
 fn endpoint_of(r: &AnyRow) -> Result<ScanEndpoint, StoreError> {

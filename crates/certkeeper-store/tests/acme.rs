@@ -40,6 +40,8 @@ async fn issued(store: &Store, pki: &TestPki, id: &str, from: i64, days: i64) {
                 created_at: OffsetDateTime::now_utc(),
                 issued_by: None,
                 team: None,
+                renews_sha256: None,
+                reuse_key: false,
             },
             "admin",
         )

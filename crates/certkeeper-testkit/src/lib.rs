@@ -11,4 +11,6 @@ pub mod revocation;
 pub mod servers;
 
 pub use pki::{Issued, KeyKind, LeafSpec, TestPki};
-pub use servers::{IsolatedServer, OpensslServer, free_port, wait_for_port};
+pub use servers::{
+    IsolatedServer, NginxServer, OpensslServer, TlsliteServer, free_port, wait_for_port,
+};

@@ -258,3 +258,104 @@ impl Drop for IsolatedServer {
         let _ = self.child.wait();
     }
 }
+
+/// A tlslite-ng server (PyPI `tlslite-ng`, on `python3`'s path) speaking `min`..`max`
+/// of ssl3, tls1.0, tls1.1, tls1.2 with AES, 3DES and RC4 suites: the one way left to
+/// run an SSLv3 server. Killed on drop.
+pub struct TlsliteServer {
+    child: Child,
+    pub port: u16,
+    _script: tempfile::TempDir,
+}
+
+impl TlsliteServer {
+    pub fn start(cert: &Path, key: &Path, min: &str, max: &str) -> Result<Self> {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir()?;
+        let script = dir.path().join("tlslite_server.py");
+        std::fs::write(&script, include_str!("tlslite_server.py"))?;
+        let python = std::env::var("CERTKEEPER_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg(cert)
+            .arg(key)
+            .arg(min)
+            .arg(max)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the tlslite-ng server (python3 with tlslite-ng)")?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let Ok(port) = line.trim().parse::<u16>() else {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            let _ = child.kill();
+            bail!("the tlslite-ng server did not start (is tlslite-ng installed?): {err}");
+        };
+        Ok(TlsliteServer {
+            child,
+            port,
+            _script: dir,
+        })
+    }
+}
+
+impl Drop for TlsliteServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx (Debian's) serving one TLS site on a free loopback port from its own prefix,
+/// with extra directives for the `server` block (protocols, ciphers …). Killed on drop.
+pub struct NginxServer {
+    child: Child,
+    pub port: u16,
+    _prefix: tempfile::TempDir,
+}
+
+impl NginxServer {
+    /// `fullchain_pem`: the leaf then its intermediates.
+    pub fn start(fullchain_pem: &str, key_pem: &str, directives: &str) -> Result<Self> {
+        let prefix = tempfile::tempdir()?;
+        let p = prefix.path().display().to_string();
+        std::fs::write(prefix.path().join("fullchain.pem"), fullchain_pem)?;
+        std::fs::write(prefix.path().join("site.key"), key_pem)?;
+        let port = free_port()?;
+        std::fs::write(
+            prefix.path().join("nginx.conf"),
+            format!(
+                "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name localhost;\n\
+                 ssl_certificate {p}/fullchain.pem;\n    ssl_certificate_key {p}/site.key;\n    {directives}\n\
+                 location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+            ),
+        )?;
+        let mut child = Command::new("nginx")
+            .args(["-p", &p, "-c", &format!("{p}/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nginx (Debian nginx-light)")?;
+        wait_for_child_port(&mut child, SocketAddr::from(([127, 0, 0, 1], port)))?;
+        Ok(NginxServer {
+            child,
+            port,
+            _prefix: prefix,
+        })
+    }
+}
+
+impl Drop for NginxServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -845,6 +845,9 @@ pub enum RequestCommand {
         /// rsa2048, rsa3072, rsa4096, p256, p384 or ed25519.
         #[arg(long, default_value = "rsa2048", env = "CERTKEEPER_KEY_TYPE")]
         key_type: String,
+        /// Renewals of the certificate keep this key (default: a new key at each renewal).
+        #[arg(long, env = "CERTKEEPER_REUSE_KEY")]
+        reuse_key: bool,
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
@@ -936,6 +939,7 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
             org,
             org_unit,
             key_type,
+            reuse_key,
             output,
             remote,
         } => {
@@ -944,7 +948,7 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
                 .post(
                     "/api/v1/requests",
                     &json!({"common_name": cn, "sans": list_of(&san), "country": country, "organization": org,
-                            "org_unit": org_unit, "key_type": key_type}),
+                            "org_unit": org_unit, "key_type": key_type, "reuse_key": reuse_key}),
                 )
                 .await?;
             if output == Output::Json {
@@ -987,8 +991,12 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
             let api = remote.connect()?;
             let v = api.get("/api/v1/requests", &[]).await?;
             print_items(&v, output, None, |r| {
+                let renews = match r["renews_sha256"].as_str() {
+                    Some(sha) => format!("  (renews {sha})"),
+                    None => String::new(),
+                };
                 format!(
-                    "{:<36}  {:<8}  {:<8}  {}",
+                    "{:<36}  {:<8}  {:<8}  {}{renews}",
                     t(&r["id"], ""),
                     t(&r["status"], ""),
                     t(&r["key_type"], ""),

@@ -295,6 +295,7 @@ async fn vulnscan(link: &Link, job_id: &str, v: &ScanJob) -> Result<(), StepErro
         expiring_within_days: v.expiring_within_days,
         online_revocation: v.online_revocation,
         fetch: fetch_policy(v),
+        schedules: Vec::new(),
     };
     let cfg = certkeeper_server::vulnscans::vuln_config(&settings);
     let judge = CertJudgement {

@@ -54,8 +54,32 @@ struct FileConfig {
     policy: Option<certkeeper_core::policy::CertificatePolicy>,
     /// An ACME CA to order from.
     acme: Option<AcmeFile>,
+    /// Outbound fetches (CA-issuer certificates from AIA URLs).
+    fetch: Option<FetchFile>,
+    /// What a renewal does.
+    renewal: Option<RenewalFile>,
     /// Limits and trust of the vulnerability scans the server runs.
     vulnscan: Option<VulnScanFile>,
+}
+
+/// `[fetch]` in the server TOML.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchFile {
+    /// Private, loopback or link-local ranges fetches may reach anyway.
+    #[serde(default)]
+    allow_private: Vec<ipnet::IpNet>,
+    max_bytes: Option<usize>,
+    timeout_secs: Option<u64>,
+}
+
+/// `[renewal]` in the server TOML.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewalFile {
+    /// Renew with the existing key instead of generating a new one.
+    #[serde(default)]
+    reuse_key: bool,
 }
 
 /// `[vulnscan]` in the server TOML.
@@ -82,6 +106,21 @@ struct VulnScanFile {
     /// (default none), e.g. ["10.0.0.0/8"].
     #[serde(default)]
     fetch_allow_private: Vec<ipnet::IpNet>,
+    /// `[[vulnscan.schedule]]`: groups of endpoints scanned by themselves.
+    #[serde(default)]
+    schedule: Vec<ScheduleFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    name: String,
+    /// "daily HH:MM", "weekly mon HH:MM" or a cron expression (UTC).
+    schedule: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    ports: Vec<u16>,
 }
 
 fn vulnscan_settings(v: VulnScanFile) -> Result<certkeeper_server::vulnscans::VulnScanSettings> {
@@ -125,6 +164,25 @@ fn vulnscan_settings(v: VulnScanFile) -> Result<certkeeper_server::vulnscans::Vu
         s.fetch.max_bytes = b.max(1024);
     }
     s.fetch.allow_private = v.fetch_allow_private;
+    for sch in v.schedule {
+        if sch.name.is_empty() || s.schedules.iter().any(|x| x.name == sch.name) {
+            bail!(
+                "[[vulnscan.schedule]]: every schedule needs a name of its own ({:?})",
+                sch.name
+            );
+        }
+        let schedule = sch
+            .schedule
+            .parse()
+            .with_context(|| format!("[[vulnscan.schedule]] {}", sch.name))?;
+        s.schedules
+            .push(certkeeper_server::vulnscans::ScanSchedule {
+                name: sch.name,
+                schedule,
+                hosts: sch.hosts,
+                ports: sch.ports,
+            });
+    }
     Ok(s)
 }
 
@@ -371,6 +429,18 @@ fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
     if let Some(v) = file.vulnscan {
         cfg.vulnscan = vulnscan_settings(v)?;
     }
+    if let Some(f) = file.fetch {
+        cfg.fetch.allow_private = f.allow_private;
+        if let Some(n) = f.max_bytes {
+            cfg.fetch.max_bytes = n;
+        }
+        if let Some(t) = f.timeout_secs {
+            cfg.fetch.timeout = std::time::Duration::from_secs(t);
+        }
+    }
+    if let Some(r) = file.renewal {
+        cfg.reuse_key = r.reuse_key;
+    }
     if !listen.ip().is_unspecified() {
         cfg.tls_names.push(listen.ip().to_string());
     }
@@ -483,6 +553,30 @@ mod tests {
     fn acme(toml_text: &str) -> Result<certkeeper_connect::acme::AcmeConfig> {
         let file: FileConfig = toml::from_str(toml_text)?;
         acme_config(file.acme.expect("an [acme] section"))
+    }
+
+    #[test]
+    fn vulnscan_section_with_schedules() {
+        let file: FileConfig = toml::from_str(
+            "[vulnscan]\ntimeout_ms = 1500\nsystem_roots = false\n\
+             [[vulnscan.schedule]]\nname = \"web\"\nschedule = \"weekly mon 02:00\"\nhosts = [\"*.example.com\"]\nports = [443]\n\
+             [[vulnscan.schedule]]\nname = \"all\"\nschedule = \"30 3 * * *\"\n",
+        )
+        .unwrap();
+        let s = vulnscan_settings(file.vulnscan.unwrap()).unwrap();
+        assert_eq!(s.timeout, std::time::Duration::from_millis(1500));
+        assert!(!s.roots.system);
+        assert_eq!(s.schedules.len(), 2);
+        assert_eq!(s.schedules[0].schedule.to_string(), "weekly mon 02:00");
+        assert_eq!(s.schedules[0].hosts, ["*.example.com"]);
+        for bad in [
+            "[[vulnscan.schedule]]\nname = \"x\"\nschedule = \"daily 26:00\"\n",
+            "[[vulnscan.schedule]]\nname = \"x\"\nschedule = \"daily 02:00\"\n[[vulnscan.schedule]]\nname = \"x\"\nschedule = \"daily 03:00\"\n",
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            let e = vulnscan_settings(file.vulnscan.unwrap()).unwrap_err();
+            assert!(format!("{e:#}").contains("vulnscan.schedule"), "{e:#}");
+        }
     }
 
     #[test]

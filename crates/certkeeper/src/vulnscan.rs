@@ -237,6 +237,9 @@ fn print_text(r: &EndpointReport) {
             }
         }
         println!("  connections: {}", f.connections);
+        for note in &f.incomplete {
+            println!("  not finished: {}", clean(note));
+        }
     }
     for c in &r.chain {
         println!(

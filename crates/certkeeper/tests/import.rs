@@ -448,11 +448,34 @@ fn request_and_internal_ca_from_the_command_line() {
         "json",
     ]);
     assert_eq!(req["status"], "pending");
+    assert_eq!(
+        req["reuse_key"], false,
+        "a new key at each renewal by default"
+    );
+    let kept = with(&[
+        "request",
+        "new",
+        "--cn",
+        "kept.corp.example",
+        "--reuse-key",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(kept["reuse_key"], true);
     let id = req["id"].as_str().unwrap();
     let issued = with(&["ca", "issue", "corp", "--request", id, "--output", "json"]);
     assert_eq!(issued["key_stored"], true);
     let listed = with(&["request", "list", "--output", "json"]);
-    assert_eq!(listed["items"][0]["status"], "issued");
+    let status_of = |id: &Value| {
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == *id)
+            .map(|r| r["status"].clone())
+    };
+    assert_eq!(status_of(&req["id"]), Some(Value::from("issued")));
+    assert_eq!(status_of(&kept["id"]), Some(Value::from("pending")));
     let ca_file = env.file("ca.pem", ca["certificate"].as_str().unwrap());
     let cert_file = env.file("db.pem", issued["certificate"].as_str().unwrap());
     openssl(&["verify", "-CAfile", s(&ca_file), s(&cert_file)]);

@@ -47,3 +47,10 @@ CREATE TABLE vuln_scan_targets (
     port BIGINT NOT NULL,
     PRIMARY KEY (job_id, host, ip, port)
 );
+-- One row per occurrence of a scan schedule that some replica started.
+CREATE TABLE vuln_schedule_runs (
+    name TEXT NOT NULL,
+    due_at BIGINT NOT NULL,
+    scan_id TEXT NOT NULL,
+    PRIMARY KEY (name, due_at)
+);
