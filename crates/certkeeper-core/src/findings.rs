@@ -183,6 +183,11 @@ pub enum FindingKind {
     WeakSignature,
     WeakKey,
     ValidityTooLong,
+    CertRevoked,
+    OcspStaplingMissing,
+    OcspStapleInvalid,
+    RevocationStatusUnknown,
+    RevocationUnreachable,
 }
 
 impl FindingKind {
@@ -224,6 +229,11 @@ impl FindingKind {
             WeakSignature => "weak_signature",
             WeakKey => "weak_key",
             ValidityTooLong => "validity_too_long",
+            CertRevoked => "cert_revoked",
+            OcspStaplingMissing => "ocsp_stapling_missing",
+            OcspStapleInvalid => "ocsp_staple_invalid",
+            RevocationStatusUnknown => "revocation_status_unknown",
+            RevocationUnreachable => "revocation_unreachable",
         }
     }
 
@@ -847,6 +857,174 @@ pub fn cert_findings(c: &CertCheck<'_>) -> Vec<Finding> {
     out
 }
 
+/// Where a revocation status came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationSource {
+    /// The OCSP response the server stapled to its handshake.
+    Stapled,
+    /// The OCSP responder named in the leaf's AIA.
+    Ocsp,
+    /// The CRL at the leaf's CRL distribution point.
+    Crl,
+}
+
+impl RevocationSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationSource::Stapled => "stapled",
+            RevocationSource::Ocsp => "ocsp",
+            RevocationSource::Crl => "crl",
+        }
+    }
+}
+
+/// What one revocation source said about the leaf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RevocationStatus {
+    Good,
+    Revoked {
+        #[serde(default, with = "time::serde::rfc3339::option")]
+        revoked_at: Option<time::OffsetDateTime>,
+        /// RFC 5280 reason name (`keyCompromise`, …), when one was given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// An answer that says nothing: the responder does not know the certificate,
+    /// or the answer is out of date.
+    Unknown {
+        reason: String,
+    },
+    /// No usable answer: not fetched (refused address, redirect elsewhere, timeout,
+    /// HTTP error, too large) or not decodable/verifiable.
+    Unreachable {
+        reason: String,
+    },
+}
+
+/// One revocation check of the leaf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationCheck {
+    pub source: RevocationSource,
+    /// The responder or CRL address (none for a stapled response).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(flatten)]
+    pub status: RevocationStatus,
+}
+
+/// The revocation side of a scan. `None`/empty means "not tested".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationFacts {
+    /// Whether the server stapled an OCSP response when asked (status_request in a
+    /// TLS ≤ 1.2 hello); `None` when no TLS ≤ 1.2 hello was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stapling: Option<bool>,
+    /// Whether the leaf names an OCSP responder (AIA).
+    #[serde(default)]
+    pub leaf_has_ocsp: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<RevocationCheck>,
+    /// Why the online checks were not run, when they were not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_tested: Option<String>,
+}
+
+/// Revocation findings: a revoked leaf (critical, whichever source said so), a
+/// missing or unusable staple, sources that do not know the leaf or could not be
+/// asked. Worst first.
+pub fn revocation_findings(r: &RevocationFacts) -> Vec<Finding> {
+    use FindingKind::*;
+    let mut out = Vec::new();
+    let date = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let from = |c: &RevocationCheck| match &c.url {
+        Some(u) => format!("{} {u}", c.source.as_str()),
+        None => c.source.as_str().to_string(),
+    };
+    let revoked: Vec<String> = r
+        .checks
+        .iter()
+        .filter_map(|c| match &c.status {
+            RevocationStatus::Revoked { revoked_at, reason } => Some(format!(
+                "revoked {} reason {} (source: {})",
+                revoked_at
+                    .map(date)
+                    .unwrap_or_else(|| "at an unknown time".into()),
+                reason.as_deref().unwrap_or("unspecified"),
+                from(c)
+            )),
+            _ => None,
+        })
+        .collect();
+    if !revoked.is_empty() {
+        out.push(finding(
+            CertRevoked,
+            Severity::Critical,
+            "Certificate revoked",
+            revoked.join("; "),
+            "Replace the certificate now (and the key, if it was compromised).",
+        ));
+    }
+    if r.stapling == Some(false) && r.leaf_has_ocsp {
+        out.push(finding(
+            OcspStaplingMissing,
+            Severity::Low,
+            "OCSP stapling not offered",
+            "the server sent no CertificateStatus to a hello asking for one".into(),
+            "Enable OCSP stapling (nginx ssl_stapling on; Apache SSLUseStapling on).",
+        ));
+    }
+    let (mut bad_staple, mut unknown, mut unreachable) = (Vec::new(), Vec::new(), Vec::new());
+    for c in &r.checks {
+        match (&c.status, c.source) {
+            (
+                RevocationStatus::Unknown { reason } | RevocationStatus::Unreachable { reason },
+                RevocationSource::Stapled,
+            ) => bad_staple.push(reason.clone()),
+            (RevocationStatus::Unknown { reason }, _) => {
+                unknown.push(format!("{}: {reason}", from(c)))
+            }
+            (RevocationStatus::Unreachable { reason }, _) => {
+                unreachable.push(format!("{}: {reason}", from(c)))
+            }
+            _ => {}
+        }
+    }
+    if !bad_staple.is_empty() {
+        out.push(finding(
+            OcspStapleInvalid,
+            Severity::Medium,
+            "Stapled OCSP response unusable",
+            bad_staple.join("; "),
+            "Check the server's OCSP stapling (responder reachable from it, response current).",
+        ));
+    }
+    if !unknown.is_empty() {
+        out.push(finding(
+            RevocationStatusUnknown,
+            Severity::Low,
+            "Revocation status unknown",
+            unknown.join("; "),
+            "Ask the CA why its responder or CRL does not cover this certificate.",
+        ));
+    }
+    if !unreachable.is_empty() {
+        out.push(finding(
+            RevocationUnreachable,
+            Severity::Low,
+            "Revocation source unreachable",
+            unreachable.join("; "),
+            "Make the CA's OCSP responder and CRL reachable from here, or allow the address.",
+        ));
+    }
+    out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
+    out
+}
+
 impl std::str::FromStr for FindingKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -913,6 +1091,11 @@ pub const ALL_KINDS: &[FindingKind] = {
         WeakSignature,
         WeakKey,
         ValidityTooLong,
+        CertRevoked,
+        OcspStaplingMissing,
+        OcspStapleInvalid,
+        RevocationStatusUnknown,
+        RevocationUnreachable,
     ]
 };
 
@@ -1128,7 +1311,7 @@ mod tests {
             // The JSON name is the same stable name.
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
-        assert_eq!(ALL_KINDS.len(), Robot as usize + 12);
+        assert_eq!(ALL_KINDS.len(), RevocationUnreachable as usize + 1);
         assert_eq!("high".parse::<Severity>().unwrap(), Severity::High);
         assert!("severe".parse::<Severity>().is_err());
     }
@@ -1352,5 +1535,108 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].kind, FindingKind::NoTls12);
         assert_eq!(f[0].severity, Severity::Info);
+    }
+    #[test]
+    fn revocation_findings_each_of_its_own() {
+        use RevocationSource::*;
+        let check = |source, status| RevocationCheck {
+            source,
+            url: (source != Stapled).then(|| "http://ca.test/x".to_string()),
+            status,
+        };
+        let kinds = |r: &RevocationFacts| -> Vec<&'static str> {
+            revocation_findings(r)
+                .iter()
+                .map(|f| f.kind.as_str())
+                .collect()
+        };
+        let good = RevocationFacts {
+            stapling: Some(true),
+            leaf_has_ocsp: true,
+            checks: vec![
+                check(Stapled, RevocationStatus::Good),
+                check(Ocsp, RevocationStatus::Good),
+                check(Crl, RevocationStatus::Good),
+            ],
+            not_tested: None,
+        };
+        assert_eq!(kinds(&good), Vec::<&str>::new());
+        assert_eq!(kinds(&RevocationFacts::default()), Vec::<&str>::new());
+        let at = time::macros::datetime!(2026-11-30 10:00 UTC);
+        let revoked = RevocationStatus::Revoked {
+            revoked_at: Some(at),
+            reason: Some("keyCompromise".into()),
+        };
+        let r = RevocationFacts {
+            stapling: Some(false),
+            leaf_has_ocsp: true,
+            checks: vec![
+                check(Ocsp, revoked.clone()),
+                check(
+                    Crl,
+                    RevocationStatus::Unreachable {
+                        reason: "timed out".into(),
+                    },
+                ),
+            ],
+            not_tested: None,
+        };
+        let f = revocation_findings(&r);
+        assert_eq!(
+            kinds(&r),
+            [
+                "cert_revoked",
+                "ocsp_stapling_missing",
+                "revocation_unreachable"
+            ]
+        );
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(
+            f[0].evidence,
+            "revoked 2026-11-30T10:00:00Z reason keyCompromise (source: ocsp http://ca.test/x)"
+        );
+        assert_eq!(f[2].evidence, "crl http://ca.test/x: timed out");
+        // No stapling finding when the leaf names no responder to staple from.
+        let mut no_ocsp = r.clone();
+        no_ocsp.leaf_has_ocsp = false;
+        assert!(!kinds(&no_ocsp).contains(&"ocsp_stapling_missing"));
+        let odd = RevocationFacts {
+            stapling: Some(true),
+            leaf_has_ocsp: true,
+            checks: vec![
+                check(
+                    Stapled,
+                    RevocationStatus::Unreachable {
+                        reason: "signature does not verify".into(),
+                    },
+                ),
+                check(
+                    Ocsp,
+                    RevocationStatus::Unknown {
+                        reason: "the responder does not know the certificate".into(),
+                    },
+                ),
+                check(Stapled, revoked),
+            ],
+            not_tested: None,
+        };
+        assert_eq!(
+            kinds(&odd),
+            [
+                "cert_revoked",
+                "ocsp_staple_invalid",
+                "revocation_status_unknown"
+            ]
+        );
+        assert!(
+            revocation_findings(&odd)[0]
+                .evidence
+                .ends_with("(source: stapled)")
+        );
+        let json = serde_json::to_value(&odd.checks[2]).unwrap();
+        assert_eq!(json["status"], "revoked");
+        assert_eq!(json["revoked_at"], "2026-11-30T10:00:00Z");
+        let back: RevocationCheck = serde_json::from_value(json).unwrap();
+        assert_eq!(back, odd.checks[2]);
     }
 }

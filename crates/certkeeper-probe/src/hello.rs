@@ -38,6 +38,8 @@ pub struct Hello<'a> {
     pub offer_compression: bool,
     /// Offer the heartbeat extension (peer_allowed_to_send).
     pub heartbeat: bool,
+    /// Ask for a stapled OCSP response (status_request, RFC 6066; TLS ≤ 1.2).
+    pub status_request: bool,
 }
 
 /// Every suite id `tls-parser` knows, for one protocol: TLS 1.3 suites for TLS 1.3,
@@ -143,6 +145,10 @@ pub fn client_hello(h: &Hello<'_>) -> Vec<u8> {
         if h.heartbeat {
             extension(&mut ext, 0x000f, &[1]);
         }
+        if h.status_request && !tls13 {
+            // status_type ocsp, no responder ids, no request extensions.
+            extension(&mut ext, 0x0005, &[1, 0, 0, 0, 0]);
+        }
         if tls13 {
             extension(&mut ext, 0x002b, &[2, 0x03, 0x04]);
             // An empty key_share: the server answers with a HelloRetryRequest that
@@ -190,6 +196,8 @@ pub struct ServerFlight {
     pub heartbeat: bool,
     /// The certificate chain from the plaintext Certificate message (TLS ≤ 1.2).
     pub chain: Vec<Vec<u8>>,
+    /// The DER OCSP response of a CertificateStatus message (a stapled response).
+    pub ocsp_staple: Option<Vec<u8>>,
     /// Prime size of the DHE parameters in the ServerKeyExchange.
     pub dh_bits: Option<u32>,
     /// A fatal alert the server sent instead (its description code).
@@ -326,6 +334,10 @@ fn absorb(flight: &mut ServerFlight, msg: &[u8]) -> Result<(), WireError> {
         TlsMessageHandshake::Certificate(c) => {
             flight.chain = c.cert_chain.iter().map(|c| c.data.to_vec()).collect();
         }
+        // status_type 1: ocsp (RFC 6066).
+        TlsMessageHandshake::CertificateStatus(cs) if cs.status_type == 1 => {
+            flight.ocsp_staple = Some(cs.blob.to_vec());
+        }
         TlsMessageHandshake::ServerKeyExchange(ske) => {
             let dhe = flight
                 .suite
@@ -416,6 +428,7 @@ pub async fn open_flight(
         sni,
         offer_compression: false,
         heartbeat,
+        status_request: false,
     };
     let (stream, flight) = open(addr, &h, deadline).await.ok()?;
     (flight.done && flight.accepted() && flight.version == Some(p.wire()))
@@ -488,6 +501,7 @@ mod tests {
             sni: Some("www.example.test"),
             offer_compression: true,
             heartbeat: true,
+            status_request: true,
         });
         let (rest, plain) = tls_parser::parse_tls_plaintext(&rec).unwrap();
         assert!(rest.is_empty());
@@ -503,6 +517,10 @@ mod tests {
                 .any(|e| matches!(e, TlsExtension::SNI(v) if v[0].1 == b"www.example.test"))
         );
         assert!(exts.iter().any(|e| matches!(e, TlsExtension::Heartbeat(1))));
+        assert!(exts.iter().any(|e| matches!(
+            e,
+            TlsExtension::StatusRequest(Some((tls_parser::CertificateStatusType(1), _)))
+        )));
         assert!(
             exts.iter()
                 .any(|e| matches!(e, TlsExtension::RenegotiationInfo(_)))

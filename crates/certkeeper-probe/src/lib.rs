@@ -7,9 +7,11 @@
 //! suites) are retried through OpenSSL at security level 0.
 
 mod capture;
+pub mod fetch;
 pub mod hello;
 mod legacy;
 mod reneg;
+pub mod revocation;
 pub mod robot;
 mod scan;
 pub mod sslv2;

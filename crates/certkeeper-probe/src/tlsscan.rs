@@ -32,6 +32,9 @@ pub struct VulnConfig {
     pub global: Option<Arc<Semaphore>>,
     /// Shared across endpoints: new connections per second.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Limits of the online revocation checks (OCSP, CRL); `None` turns them off
+    /// (a stapled response is still judged).
+    pub revocation: Option<crate::fetch::FetchPolicy>,
 }
 
 impl Default for VulnConfig {
@@ -41,6 +44,7 @@ impl Default for VulnConfig {
             per_host_connections: 4,
             global: None,
             limiter: None,
+            revocation: Some(crate::fetch::FetchPolicy::default()),
         }
     }
 }
@@ -53,6 +57,11 @@ pub struct VulnScan {
     pub chain: Vec<Vec<u8>>,
     /// Whether the scan had to drop SNI to get answers.
     pub sni_dropped: bool,
+    /// Whether the server stapled an OCSP response to a TLS ≤ 1.2 hello asking for
+    /// one; `None` when no such hello was accepted (e.g. a TLS 1.3-only server).
+    pub stapling: Option<bool>,
+    /// The stapled response (DER), from the best protocol that had one.
+    pub ocsp_staple: Option<Vec<u8>>,
 }
 
 /// Why an endpoint could not be scanned at all.
@@ -158,6 +167,9 @@ struct ProtocolRun {
     renegotiation_info: bool,
     compression: bool,
     sni_dropped: bool,
+    /// The answer to the first hello, which asked for a stapled OCSP response
+    /// (TLS 1.0–1.2): `Some(None)` when the server stapled nothing.
+    staple: Option<Option<Vec<u8>>>,
     error: Option<WireError>,
 }
 
@@ -179,6 +191,7 @@ async fn enumerate(s: &Session<'_>, p: Protocol) -> ProtocolRun {
             sni,
             offer_compression: p != Protocol::Tls13,
             heartbeat: false,
+            status_request: first && (Protocol::Tls10..=Protocol::Tls12).contains(&p),
         };
         let mut flight = s.hello(&h).await;
         if first && sni.is_some() && matches!(&flight, Ok(f) if f.alert == Some(112)) {
@@ -209,9 +222,13 @@ async fn enumerate(s: &Session<'_>, p: Protocol) -> ProtocolRun {
                 break;
             }
         };
+        let asked = first && h.status_request;
         first = false;
         if !negotiated(p, &flight) {
             break;
+        }
+        if asked {
+            run.staple = Some(flight.ocsp_staple.clone());
         }
         let suite = flight.suite.expect("accepted");
         if !offered.contains(&suite) {
@@ -240,6 +257,7 @@ async fn enumerate(s: &Session<'_>, p: Protocol) -> ProtocolRun {
             sni,
             offer_compression: false,
             heartbeat: false,
+            status_request: false,
         };
         if let Ok(f) = s.hello(&h).await
             && negotiated(p, &f)
@@ -329,6 +347,15 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
         .map(|r| r.chain.clone())
         .unwrap_or_default();
     out.sni_dropped = runs.iter().any(|r| r.sni_dropped);
+    let asked: Vec<&Option<Vec<u8>>> = runs
+        .iter()
+        .rev()
+        .filter_map(|r| r.staple.as_ref())
+        .collect();
+    if !asked.is_empty() {
+        out.ocsp_staple = asked.iter().find_map(|s| (*s).clone());
+        out.stapling = Some(out.ocsp_staple.is_some());
+    }
 
     // Fallback SCSV: a hello one version below the best the server has, carrying
     // the SCSV, must be refused with inappropriate_fallback (86).
@@ -350,6 +377,7 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
             sni,
             offer_compression: false,
             heartbeat: false,
+            status_request: false,
         };
         let f = s.hello(&h).await.ok()?;
         if f.alert == Some(86) {

@@ -914,3 +914,344 @@ async fn a_timed_out_hello_is_tried_again() {
     assert!(s.facts.incomplete.is_empty(), "{:?}", s.facts.incomplete);
     proxy.abort();
 }
+
+// ---- Revocation: online OCSP (`openssl ocsp`), CRL over HTTP, stapling (`s_server
+// -status_file`), and sources that stall, answer garbage, redirect or are refused.
+
+mod revocation {
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    use certkeeper_core::findings::{
+        RevocationCheck, RevocationSource, RevocationStatus, revocation_findings,
+    };
+    use certkeeper_probe::fetch::{FetchError, FetchPolicy, Method, fetch};
+    use certkeeper_probe::revocation::{Stapling, check_revocation};
+    use certkeeper_testkit::OpensslServer;
+    use certkeeper_testkit::revocation::{CaLeaf, HttpBehaviour, HttpFixture, OpensslCa};
+
+    fn loopback_allowed(timeout: Duration) -> FetchPolicy {
+        FetchPolicy {
+            timeout,
+            allow_private: vec!["127.0.0.0/8".parse().unwrap()],
+            ..FetchPolicy::default()
+        }
+    }
+
+    fn status_of(checks: &[RevocationCheck], source: RevocationSource) -> &RevocationStatus {
+        &checks
+            .iter()
+            .find(|c| c.source == source)
+            .unwrap_or_else(|| panic!("no {source:?} check in {checks:?}"))
+            .status
+    }
+
+    fn kinds(f: &certkeeper_core::findings::RevocationFacts) -> Vec<&'static str> {
+        revocation_findings(f)
+            .iter()
+            .map(|f| f.kind.as_str())
+            .collect()
+    }
+
+    fn assert_revoked(s: &RevocationStatus) {
+        let now = time::OffsetDateTime::now_utc();
+        match s {
+            RevocationStatus::Revoked { revoked_at, reason } => {
+                let at = revoked_at.expect("a revocation date");
+                assert!(at <= now && at > now - time::Duration::minutes(10), "{at}");
+                assert_eq!(reason.as_deref(), Some("keyCompromise"));
+            }
+            other => panic!("not revoked: {other:?}"),
+        }
+    }
+
+    fn unreachable_reason(s: &RevocationStatus) -> &str {
+        match s {
+            RevocationStatus::Unreachable { reason } => reason,
+            other => panic!("not unreachable: {other:?}"),
+        }
+    }
+
+    struct Fixture {
+        ca: OpensslCa,
+        good: CaLeaf,
+        revoked: CaLeaf,
+        _responder: certkeeper_testkit::IsolatedServer,
+        _crl: HttpFixture,
+    }
+
+    fn fixture() -> Fixture {
+        let ca = OpensslCa::new().unwrap();
+        let ocsp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let crl = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ocsp_url = format!("http://{}/", ocsp.local_addr().unwrap());
+        let crl_url = format!("http://{}/ca.crl", crl.local_addr().unwrap());
+        let good = ca.leaf("good.test", &ocsp_url, &crl_url).unwrap();
+        let revoked = ca.leaf("revoked.test", &ocsp_url, &crl_url).unwrap();
+        ca.revoke(&revoked, "keyCompromise").unwrap();
+        let crl = HttpFixture::start_on(crl, HttpBehaviour::Body(ca.crl_der().unwrap())).unwrap();
+        let responder = ca.responder(ocsp).unwrap();
+        Fixture {
+            ca,
+            good,
+            revoked,
+            _responder: responder,
+            _crl: crl,
+        }
+    }
+
+    const NO_STAPLE: Stapling<'static> = Stapling {
+        offered: None,
+        response: None,
+    };
+
+    #[tokio::test]
+    async fn ocsp_and_crl_say_good_and_revoked_with_date_and_reason() {
+        let f = fixture();
+        let now = time::OffsetDateTime::now_utc();
+        let policy = loopback_allowed(Duration::from_secs(5));
+        let good = check_revocation(
+            &[f.good.der.clone(), f.ca.der.clone()],
+            NO_STAPLE,
+            Some(&policy),
+            now,
+        )
+        .await;
+        assert_eq!(
+            status_of(&good.checks, RevocationSource::Ocsp),
+            &RevocationStatus::Good
+        );
+        assert_eq!(
+            status_of(&good.checks, RevocationSource::Crl),
+            &RevocationStatus::Good
+        );
+        assert_eq!(kinds(&good), Vec::<&str>::new());
+
+        let bad = check_revocation(
+            &[f.revoked.der.clone(), f.ca.der.clone()],
+            NO_STAPLE,
+            Some(&policy),
+            now,
+        )
+        .await;
+        assert_revoked(status_of(&bad.checks, RevocationSource::Ocsp));
+        assert_revoked(status_of(&bad.checks, RevocationSource::Crl));
+        assert_eq!(kinds(&bad), ["cert_revoked"]);
+        let finding = &revocation_findings(&bad)[0];
+        assert!(
+            finding
+                .evidence
+                .contains("reason keyCompromise (source: ocsp http://127.0.0.1:"),
+            "{}",
+            finding.evidence
+        );
+        assert!(
+            finding.evidence.contains("(source: crl http://127.0.0.1:"),
+            "{}",
+            finding.evidence
+        );
+
+        // Without the issuer nothing can be verified: not tested, no finding.
+        let alone = check_revocation(
+            std::slice::from_ref(&f.revoked.der),
+            NO_STAPLE,
+            Some(&policy),
+            now,
+        )
+        .await;
+        assert!(alone.checks.is_empty());
+        assert!(alone.not_tested.as_deref().unwrap().contains("issuer"));
+        assert_eq!(kinds(&alone), Vec::<&str>::new());
+
+        // The same sources on loopback without the allow-list: refused, said why.
+        let started = Instant::now();
+        let refused = check_revocation(
+            &[f.revoked.der.clone(), f.ca.der.clone()],
+            NO_STAPLE,
+            Some(&FetchPolicy::default()),
+            now,
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+        for source in [RevocationSource::Ocsp, RevocationSource::Crl] {
+            assert_eq!(
+                unreachable_reason(status_of(&refused.checks, source)),
+                "127.0.0.1 is a loopback address and not in the allow-list"
+            );
+        }
+        assert_eq!(kinds(&refused), ["revocation_unreachable"]);
+    }
+
+    #[tokio::test]
+    async fn stalling_garbage_redirecting_and_oversized_sources_are_unreachable_with_the_reason() {
+        let ca = OpensslCa::new().unwrap();
+        let stall = HttpFixture::start(HttpBehaviour::Stall).unwrap();
+        let garbage =
+            HttpFixture::start(HttpBehaviour::Body(b"<html>hello</html>".to_vec())).unwrap();
+        let elsewhere = format!("http://localhost:{}/ca.crl", garbage.addr.port());
+        let redirect = HttpFixture::start(HttpBehaviour::Redirect(elsewhere.clone())).unwrap();
+        let policy = loopback_allowed(Duration::from_secs(1));
+        let now = time::OffsetDateTime::now_utc();
+
+        let a = ca
+            .leaf("a.test", &stall.url("/"), &garbage.url("/ca.crl"))
+            .unwrap();
+        let started = Instant::now();
+        let r = check_revocation(&[a.der, ca.der.clone()], NO_STAPLE, Some(&policy), now).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(
+            unreachable_reason(status_of(&r.checks, RevocationSource::Ocsp)),
+            "timed out after 1s"
+        );
+        assert_eq!(
+            unreachable_reason(status_of(&r.checks, RevocationSource::Crl)),
+            "the answer is not a CRL"
+        );
+        assert_eq!(kinds(&r), ["revocation_unreachable"]);
+
+        let b = ca
+            .leaf("b.test", &garbage.url("/"), &redirect.url("/ca.crl"))
+            .unwrap();
+        let r = check_revocation(&[b.der, ca.der.clone()], NO_STAPLE, Some(&policy), now).await;
+        assert_eq!(
+            unreachable_reason(status_of(&r.checks, RevocationSource::Ocsp)),
+            "the answer is not an OCSP response"
+        );
+        assert_eq!(
+            unreachable_reason(status_of(&r.checks, RevocationSource::Crl)),
+            format!("redirected to another host: {elsewhere}")
+        );
+
+        // A redirect to the same host is followed, but not for ever.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let again = format!("http://{}/again", listener.local_addr().unwrap());
+        let _looping =
+            HttpFixture::start_on(listener, HttpBehaviour::Redirect(again.clone())).unwrap();
+        assert_eq!(
+            fetch(&again, Method::Get, &policy).await,
+            Err(FetchError::TooManyRedirects)
+        );
+
+        let small = FetchPolicy {
+            max_bytes: 8,
+            ..policy.clone()
+        };
+        assert_eq!(
+            fetch(&garbage.url("/"), Method::Get, &small).await,
+            Err(FetchError::TooLarge(8))
+        );
+        assert_eq!(
+            fetch(&garbage.url("/"), Method::Get, &policy)
+                .await
+                .unwrap(),
+            b"<html>hello</html>"
+        );
+        assert!(matches!(
+            fetch("https://127.0.0.1/", Method::Get, &policy).await,
+            Err(FetchError::Url(_))
+        ));
+        // A name that resolves to loopback is refused like the address itself.
+        let by_name = format!("http://localhost:{}/", garbage.addr.port());
+        assert!(matches!(
+            fetch(&by_name, Method::Get, &FetchPolicy::default()).await,
+            Err(FetchError::Refused { .. })
+        ));
+    }
+
+    async fn scan_with_staple(
+        leaf: &CaLeaf,
+        ca: &OpensslCa,
+        extra: &[&str],
+    ) -> certkeeper_core::findings::RevocationFacts {
+        let srv = OpensslServer::start(&leaf.cert_path, &leaf.key_path, Some(&ca.cert_path), extra)
+            .unwrap();
+        let s = super::scan(srv.port).await;
+        check_revocation(
+            &s.chain,
+            Stapling {
+                offered: s.stapling,
+                response: s.ocsp_staple.as_deref(),
+            },
+            None,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn stapled_responses_are_read_from_the_first_flight_and_judged() {
+        let ca = OpensslCa::new().unwrap();
+        let url = "http://127.0.0.1:9/";
+        let good = ca.leaf("www.test", url, url).unwrap();
+        let revoked = ca.leaf("www.test", url, url).unwrap();
+        ca.revoke(&revoked, "keyCompromise").unwrap();
+        let good_resp = ca.ocsp_response_file(&good).unwrap();
+        let revoked_resp = ca.ocsp_response_file(&revoked).unwrap();
+
+        let r = scan_with_staple(&good, &ca, &["-status_file", good_resp.to_str().unwrap()]).await;
+        assert_eq!(r.stapling, Some(true));
+        assert_eq!(
+            status_of(&r.checks, RevocationSource::Stapled),
+            &RevocationStatus::Good
+        );
+        assert_eq!(kinds(&r), Vec::<&str>::new());
+
+        let r = scan_with_staple(
+            &revoked,
+            &ca,
+            &["-status_file", revoked_resp.to_str().unwrap()],
+        )
+        .await;
+        assert_revoked(status_of(&r.checks, RevocationSource::Stapled));
+        assert_eq!(kinds(&r), ["cert_revoked"]);
+        assert!(
+            revocation_findings(&r)[0]
+                .evidence
+                .ends_with("(source: stapled)")
+        );
+
+        // A staple about another certificate: unusable, said so.
+        let r = scan_with_staple(
+            &good,
+            &ca,
+            &["-status_file", revoked_resp.to_str().unwrap()],
+        )
+        .await;
+        assert_eq!(kinds(&r), ["ocsp_staple_invalid"]);
+
+        // Signed by a responder the CA delegated to: believed. Signed by another
+        // CA's key: not.
+        let delegate = ca.responder_cert().unwrap();
+        let delegated = ca
+            .ocsp_response_signed(&good, &delegate.cert_path, &delegate.key_path)
+            .unwrap();
+        let r = scan_with_staple(&good, &ca, &["-status_file", delegated.to_str().unwrap()]).await;
+        assert_eq!(
+            status_of(&r.checks, RevocationSource::Stapled),
+            &RevocationStatus::Good
+        );
+        assert_eq!(kinds(&r), Vec::<&str>::new());
+        let other = OpensslCa::new().unwrap();
+        let forged = ca
+            .ocsp_response_signed(&good, &other.cert_path, &other.key_path)
+            .unwrap();
+        let r = scan_with_staple(&good, &ca, &["-status_file", forged.to_str().unwrap()]).await;
+        assert_eq!(kinds(&r), ["ocsp_staple_invalid"]);
+        let reason = unreachable_reason(status_of(&r.checks, RevocationSource::Stapled));
+        assert!(
+            reason.starts_with("the OCSP response is not signed by the issuer"),
+            "{reason}"
+        );
+
+        let r = scan_with_staple(&good, &ca, &[]).await;
+        assert_eq!(r.stapling, Some(false));
+        assert!(r.checks.is_empty());
+        assert_eq!(kinds(&r), ["ocsp_stapling_missing"]);
+
+        // TLS 1.3 only: the staple is encrypted there; not tested, no finding.
+        let r = scan_with_staple(&good, &ca, &["-tls1_3"]).await;
+        assert_eq!(r.stapling, None);
+        assert_eq!(kinds(&r), Vec::<&str>::new());
+    }
+}

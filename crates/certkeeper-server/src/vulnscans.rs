@@ -12,9 +12,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use certkeeper_core::findings::{
-    CertCheck, ChainTrust, Finding, FindingKind, Severity, TlsFacts, cert_findings, tls_findings,
+    CertCheck, ChainTrust, Finding, FindingKind, RevocationFacts, Severity, TlsFacts,
+    cert_findings, revocation_findings, tls_findings,
 };
 use certkeeper_pki::trust::TrustRoots;
+use certkeeper_probe::fetch::FetchPolicy;
+use certkeeper_probe::revocation::{Stapling, check_revocation};
 use certkeeper_probe::{ProbeConfig, RateLimiter, Target, VulnConfig, vulnscan};
 use certkeeper_store::{FindingFilter, ScanEndpoint};
 use serde::{Deserialize, Serialize};
@@ -36,6 +39,10 @@ pub struct VulnScanSettings {
     pub rate_per_second: u32,
     pub roots: TrustRoots,
     pub expiring_within_days: u32,
+    /// Ask the leaf's OCSP responder and fetch its CRL.
+    pub online_revocation: bool,
+    /// Limits of those fetches (time, size, private addresses allowed).
+    pub fetch: FetchPolicy,
     /// Scans that run by themselves.
     pub schedules: Vec<ScanSchedule>,
     /// Loopback and link-local ranges the server may scan itself anyway (by default it
@@ -117,6 +124,8 @@ impl Default for VulnScanSettings {
                 extra: Vec::new(),
             },
             expiring_within_days: 30,
+            online_revocation: true,
+            fetch: FetchPolicy::default(),
             schedules: Vec::new(),
             allow_local: Vec::new(),
         }
@@ -137,6 +146,9 @@ pub struct EndpointReport {
     pub trust: Option<ChainTrust>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<ChainEntry>,
+    /// Stapling and the OCSP/CRL answers about the leaf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationFacts>,
     pub findings: Vec<Finding>,
     /// The kinds this scan tested (an open finding not found is fixed only if tested).
     #[serde(default)]
@@ -181,6 +193,7 @@ pub async fn scan_endpoint(
         facts: None,
         trust: None,
         chain: Vec::new(),
+        revocation: None,
         findings: Vec::new(),
         evaluated: Vec::new(),
         warnings: Vec::new(),
@@ -236,6 +249,14 @@ pub async fn scan_endpoint(
             trust: trust.clone(),
         };
         findings.extend(cert_findings(&check));
+        let stapling = Stapling {
+            offered: scan.stapling,
+            response: scan.ocsp_staple.as_deref(),
+        };
+        let revocation =
+            check_revocation(&chain, stapling, cfg.revocation.as_ref(), judge.now).await;
+        findings.extend(revocation_findings(&revocation));
+        report.revocation = Some(revocation);
         report.trust = trust;
         report.chain = facts
             .iter()
@@ -274,6 +295,7 @@ pub fn vuln_config(s: &VulnScanSettings) -> VulnConfig {
         per_host_connections: s.per_host_connections,
         global: Some(Arc::new(tokio::sync::Semaphore::new(s.concurrency.max(1)))),
         limiter: (s.rate_per_second > 0).then(|| Arc::new(RateLimiter::new(s.rate_per_second))),
+        revocation: s.online_revocation.then(|| s.fetch.clone()),
     }
 }
 
@@ -506,6 +528,10 @@ pub(crate) async fn job_payload(
         "ca_pems": cas,
         "expiring_within_days": s.expiring_within_days,
         "max_validity_days": state.config.policy.max_validity_days,
+        "online_revocation": s.online_revocation,
+        "fetch_timeout_ms": s.fetch.timeout.as_millis() as u64,
+        "fetch_max_bytes": s.fetch.max_bytes,
+        "fetch_allow_private": s.fetch.allow_private.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
     }))
 }
 

@@ -7,6 +7,7 @@ pub mod flawed;
 pub mod pebble;
 pub mod peers;
 pub mod pki;
+pub mod revocation;
 pub mod servers;
 
 pub use pki::{Issued, KeyKind, LeafSpec, TestPki};

@@ -145,6 +145,13 @@ impl IsolatedServer {
     /// Run `server` (a shell command that starts the server in the background,
     /// listening on `inner_port`) in a fresh network namespace.
     pub fn start(server: &str, inner_port: u16) -> Result<Self> {
+        Self::start_on(server, inner_port, None)
+    }
+
+    /// Like [`IsolatedServer::start`], forwarding from a listener bound beforehand
+    /// (when the port must be known before the server starts, e.g. to be written
+    /// into certificates it serves).
+    pub fn start_on(server: &str, inner_port: u16, outer: Option<TcpListener>) -> Result<Self> {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir()?;
         let sock = dir.path().join("bridge.sock");
@@ -177,7 +184,10 @@ impl IsolatedServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = match outer {
+            Some(l) => l,
+            None => TcpListener::bind("127.0.0.1:0")?,
+        };
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

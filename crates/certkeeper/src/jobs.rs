@@ -77,6 +77,19 @@ struct ScanJob {
     ca_pems: Vec<String>,
     expiring_within_days: u32,
     max_validity_days: u32,
+    /// Revocation fetch settings (absent from servers older than them: defaults).
+    #[serde(default = "yes")]
+    online_revocation: bool,
+    #[serde(default)]
+    fetch_timeout_ms: Option<u64>,
+    #[serde(default)]
+    fetch_max_bytes: Option<usize>,
+    #[serde(default)]
+    fetch_allow_private: Vec<ipnet::IpNet>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +255,20 @@ pub async fn run_once(dir: &Path, cfg: &AgentConfig, link: &Link) -> Result<Vec<
     Ok(reports)
 }
 
+/// The revocation fetch limits a job asks for, clamped.
+fn fetch_policy(v: &ScanJob) -> certkeeper_probe::fetch::FetchPolicy {
+    let d = certkeeper_probe::fetch::FetchPolicy::default();
+    certkeeper_probe::fetch::FetchPolicy {
+        timeout: v
+            .fetch_timeout_ms
+            .map_or(d.timeout, |t| Duration::from_millis(t.clamp(100, 60_000))),
+        max_bytes: v
+            .fetch_max_bytes
+            .map_or(d.max_bytes, |b| b.clamp(1024, 64 * 1024 * 1024)),
+        allow_private: v.fetch_allow_private.clone(),
+    }
+}
+
 /// Scan the job's endpoints from here and send the results to the server.
 async fn vulnscan(link: &Link, job_id: &str, v: &ScanJob) -> Result<(), StepError> {
     use certkeeper_server::vulnscans::{CertJudgement, scan_endpoint};
@@ -266,6 +293,8 @@ async fn vulnscan(link: &Link, job_id: &str, v: &ScanJob) -> Result<(), StepErro
         rate_per_second: v.rate_per_second,
         roots: roots.clone(),
         expiring_within_days: v.expiring_within_days,
+        online_revocation: v.online_revocation,
+        fetch: fetch_policy(v),
         schedules: Vec::new(),
         allow_local: Vec::new(),
     };

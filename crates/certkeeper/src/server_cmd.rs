@@ -99,6 +99,16 @@ struct VulnScanFile {
     /// Loopback/link-local ranges the server may scan itself.
     #[serde(default)]
     allow_local: Vec<ipnet::IpNet>,
+    /// Ask the leaf's OCSP responder and fetch its CRL (default true).
+    online_revocation: Option<bool>,
+    /// Time limit of one OCSP or CRL fetch (default 5000).
+    fetch_timeout_ms: Option<u64>,
+    /// Largest OCSP response or CRL accepted (default 8 MiB).
+    fetch_max_bytes: Option<usize>,
+    /// Private, loopback or link-local networks revocation fetches may reach
+    /// (default none), e.g. ["10.0.0.0/8"].
+    #[serde(default)]
+    fetch_allow_private: Vec<ipnet::IpNet>,
     /// `[[vulnscan.schedule]]`: groups of endpoints scanned by themselves.
     #[serde(default)]
     schedule: Vec<ScheduleFile>,
@@ -148,6 +158,16 @@ fn vulnscan_settings(v: VulnScanFile) -> Result<certkeeper_server::vulnscans::Vu
         s.expiring_within_days = d;
     }
     s.allow_local = v.allow_local;
+    if let Some(b) = v.online_revocation {
+        s.online_revocation = b;
+    }
+    if let Some(t) = v.fetch_timeout_ms {
+        s.fetch.timeout = std::time::Duration::from_millis(t.max(100));
+    }
+    if let Some(b) = v.fetch_max_bytes {
+        s.fetch.max_bytes = b.max(1024);
+    }
+    s.fetch.allow_private = v.fetch_allow_private;
     for sch in v.schedule {
         if sch.name.is_empty() || s.schedules.iter().any(|x| x.name == sch.name) {
             bail!(
@@ -504,6 +524,34 @@ mod tests {
         let parsed: FileConfig = toml::from_str(&text).unwrap();
         assert_eq!(parsed.listen, Some("127.0.0.1:8443".parse().unwrap()));
         assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 5").is_err());
+    }
+
+    #[test]
+    fn vulnscan_revocation_fetch_settings() {
+        let v = |t: &str| -> Result<certkeeper_server::vulnscans::VulnScanSettings> {
+            let file: FileConfig = toml::from_str(t)?;
+            vulnscan_settings(file.vulnscan.expect("a [vulnscan] section"))
+        };
+        let d = v("[vulnscan]\n").unwrap();
+        assert!(d.online_revocation);
+        assert!(d.fetch.allow_private.is_empty());
+        let s = v(
+            "[vulnscan]\nonline_revocation = false\nfetch_timeout_ms = 1500\n\
+                   fetch_max_bytes = 65536\nfetch_allow_private = [\"10.0.0.0/8\", \"::1/128\"]\n",
+        )
+        .unwrap();
+        assert!(!s.online_revocation);
+        assert_eq!(s.fetch.timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(s.fetch.max_bytes, 65536);
+        assert_eq!(
+            s.fetch.allow_private,
+            vec![
+                "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ]
+        );
+        assert!(v("[vulnscan]\nfetch_allow_private = [\"10.0.0.300/8\"]\n").is_err());
+        assert!(v("[vulnscan]\nallow_private = []\n").is_err());
     }
 
     fn acme(toml_text: &str) -> Result<certkeeper_connect::acme::AcmeConfig> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use certkeeper_core::findings::Severity;
+use certkeeper_core::findings::{RevocationStatus, Severity};
 use certkeeper_probe::{Target, VulnConfig};
 use certkeeper_server::vulnscans::{CertJudgement, EndpointReport, scan_endpoint};
 use clap::Args;
@@ -52,6 +52,21 @@ pub struct VulnscanArgs {
     /// Longest validity the policy allows, in days.
     #[arg(long, default_value_t = 398, env = "CERTKEEPER_MAX_VALIDITY_DAYS")]
     max_validity_days: u32,
+    /// Do not ask OCSP responders or fetch CRLs (a stapled response is still judged).
+    #[arg(long, env = "CERTKEEPER_NO_REVOCATION")]
+    no_revocation: bool,
+    /// Time limit of one OCSP or CRL fetch, in milliseconds.
+    #[arg(long, default_value_t = 5000, env = "CERTKEEPER_FETCH_TIMEOUT_MS")]
+    fetch_timeout_ms: u64,
+    /// Let OCSP and CRL fetches reach this private, loopback or link-local network
+    /// (CIDR); repeatable. Refused by default.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "CERTKEEPER_ALLOW_PRIVATE",
+        value_delimiter = ','
+    )]
+    allow_private: Vec<ipnet::IpNet>,
     /// Exit 1 when a finding of this severity or worse is found.
     #[arg(long, value_enum, env = "CERTKEEPER_FAIL_ON")]
     fail_on: Option<FailOn>,
@@ -151,6 +166,11 @@ pub async fn run(args: VulnscanArgs) -> Result<ExitCode> {
             args.concurrency.max(1),
         ))),
         limiter: (args.rate > 0).then(|| Arc::new(certkeeper_probe::RateLimiter::new(args.rate))),
+        revocation: (!args.no_revocation).then(|| certkeeper_probe::fetch::FetchPolicy {
+            timeout: Duration::from_millis(args.fetch_timeout_ms.max(100)),
+            allow_private: args.allow_private.clone(),
+            ..Default::default()
+        }),
     };
     let judge = CertJudgement {
         roots: &roots,
@@ -228,6 +248,29 @@ fn print_text(r: &EndpointReport) {
             c.not_after,
             c.signature_algorithm
         );
+    }
+    if let Some(rv) = &r.revocation {
+        let stapling = match rv.stapling {
+            Some(true) => "stapled",
+            Some(false) => "not stapled",
+            None => "stapling not tested",
+        };
+        println!("  ocsp: {stapling}");
+        for c in &rv.checks {
+            let status = match &c.status {
+                RevocationStatus::Good => "good".to_string(),
+                RevocationStatus::Revoked { .. } => "revoked".to_string(),
+                RevocationStatus::Unknown { reason } => format!("unknown ({})", clean(reason)),
+                RevocationStatus::Unreachable { reason } => {
+                    format!("unreachable ({})", clean(reason))
+                }
+            };
+            let url = c.url.as_deref().map(clean).unwrap_or_default();
+            println!("  revocation {} {url}: {status}", c.source.as_str());
+        }
+        if let Some(n) = &rv.not_tested {
+            println!("  revocation not tested: {}", clean(n));
+        }
     }
     if r.findings.is_empty() && r.error.is_none() {
         println!("  no findings");

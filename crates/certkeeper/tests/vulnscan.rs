@@ -466,3 +466,223 @@ fn scans_from_the_server_store_findings_and_tell_what_was_fixed() {
     let out = common::ck(&args);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_request"));
 }
+
+/// The checks a report made, as `source status` strings.
+fn revocation_checks(e: &Value) -> Vec<String> {
+    e["revocation"]["checks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    format!(
+                        "{} {}",
+                        c["source"].as_str().unwrap(),
+                        c["status"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn revocation_is_checked_stapled_online_and_by_crl_with_private_addresses_only_when_allowed() {
+    use certkeeper_testkit::revocation::{HttpBehaviour, HttpFixture, OpensslCa};
+    let ca = OpensslCa::new().unwrap();
+    let ocsp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let crl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ocsp_url = format!("http://{}/", ocsp.local_addr().unwrap());
+    let crl_url = format!("http://{}/ca.crl", crl.local_addr().unwrap());
+    let good = ca.leaf("good.test", &ocsp_url, &crl_url).unwrap();
+    let revoked = ca.leaf("revoked.test", &ocsp_url, &crl_url).unwrap();
+    ca.revoke(&revoked, "keyCompromise").unwrap();
+    let staple = ca.ocsp_response_file(&good).unwrap();
+    let _crl = HttpFixture::start_on(crl, HttpBehaviour::Body(ca.crl_der().unwrap())).unwrap();
+    let _responder = ca.responder(ocsp).unwrap();
+    let root = Some(ca.cert_path.as_path());
+    let allow = ["--allow-private", "127.0.0.0/8"];
+
+    // Revoked, no stapling: critical, from both online sources.
+    let srv = OpensslServer::start(
+        &revoked.cert_path,
+        &revoked.key_path,
+        Some(&ca.cert_path),
+        &[],
+    )
+    .unwrap();
+    let (e, code) = vulnscan(
+        "revoked.test",
+        srv.port,
+        root,
+        &[&allow[..], &["--fail-on", "critical"]].concat(),
+    );
+    assert_eq!(
+        kinds(&e),
+        ["cert_revoked", "ocsp_stapling_missing"],
+        "{e:#}"
+    );
+    assert_eq!(code, 1);
+    assert_eq!(revocation_checks(&e), ["ocsp revoked", "crl revoked"]);
+    assert_eq!(e["revocation"]["checks"][0]["reason"], "keyCompromise");
+    assert!(
+        e["revocation"]["checks"][1]["revoked_at"]
+            .as_str()
+            .is_some()
+    );
+    let f = &e["findings"][0];
+    assert_eq!(f["severity"], "critical");
+    assert!(
+        f["evidence"].as_str().unwrap().contains("keyCompromise"),
+        "{f}"
+    );
+
+    // The same without the allow-list: the loopback sources are refused, said why.
+    let (e, _) = vulnscan("revoked.test", srv.port, root, &[]);
+    assert_eq!(
+        kinds(&e),
+        ["ocsp_stapling_missing", "revocation_unreachable"],
+        "{e:#}"
+    );
+    assert_eq!(
+        revocation_checks(&e),
+        ["ocsp unreachable", "crl unreachable"]
+    );
+    assert!(
+        e["revocation"]["checks"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 is a loopback address and not in the allow-list")
+    );
+    // Turned off: nothing fetched, nothing found about it.
+    let (e, _) = vulnscan("revoked.test", srv.port, root, &["--no-revocation"]);
+    assert_eq!(kinds(&e), ["ocsp_stapling_missing"], "{e:#}");
+    assert_eq!(revocation_checks(&e), Vec::<String>::new());
+    drop(srv);
+
+    // Good and stapled: no revocation finding, three good answers.
+    let srv = OpensslServer::start(
+        &good.cert_path,
+        &good.key_path,
+        Some(&ca.cert_path),
+        &["-status_file", staple.to_str().unwrap()],
+    )
+    .unwrap();
+    let (e, code) = vulnscan(
+        "good.test",
+        srv.port,
+        root,
+        &[&allow[..], &["--fail-on", "low"]].concat(),
+    );
+    assert_eq!(kinds(&e), Vec::<String>::new(), "{e:#}");
+    assert_eq!(code, 0);
+    assert_eq!(e["revocation"]["stapling"], true);
+    assert_eq!(
+        revocation_checks(&e),
+        ["stapled good", "ocsp good", "crl good"]
+    );
+}
+
+/// Scans run by an agent (a job) and by the server both check revocation under the
+/// server's `[vulnscan]` fetch settings: the allow-list travels with the job.
+#[test]
+fn scans_from_the_server_and_its_agents_check_revocation_under_the_servers_allow_list() {
+    use certkeeper_testkit::revocation::{HttpBehaviour, HttpFixture, OpensslCa};
+    let ca = OpensslCa::new().unwrap();
+    let ocsp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let crl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ocsp_url = format!("http://{}/", ocsp.local_addr().unwrap());
+    let crl_url = format!("http://{}/ca.crl", crl.local_addr().unwrap());
+    let revoked = ca.leaf("revoked.test", &ocsp_url, &crl_url).unwrap();
+    ca.revoke(&revoked, "keyCompromise").unwrap();
+    let _crl = HttpFixture::start_on(crl, HttpBehaviour::Body(ca.crl_der().unwrap())).unwrap();
+    let _responder = ca.responder(ocsp).unwrap();
+    let srv = OpensslServer::start(
+        &revoked.cert_path,
+        &revoked.key_path,
+        Some(&ca.cert_path),
+        &[],
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vulnscan]\nsystem_roots = false\nca_files = [\"{}\"]\ntimeout_ms = 2000\n\
+             fetch_allow_private = [\"127.0.0.0/8\"]\nfetch_timeout_ms = 3000\n",
+            ca.cert_path.display()
+        ),
+    )
+    .unwrap();
+    let s = common::start_server_env(
+        &dir.path().join("data"),
+        certkeeper_testkit::free_port().unwrap(),
+        None,
+        &[("CERTKEEPER_CONFIG", config.to_str().unwrap())],
+    );
+    let agent = dir.path().join("agent");
+    common::enroll(&s, &agent);
+    let a = agent.to_str().unwrap();
+    let port = srv.port.to_string();
+    common::ok(common::ck(&[
+        "agent",
+        "discover",
+        "--ips",
+        "127.0.0.1",
+        "--ports",
+        &port,
+        "--config-dir",
+        a,
+    ]));
+    common::ok(common::ck(&["agent", "scan", "--config-dir", a]));
+    let endpoint = format!("127.0.0.1:{port}");
+
+    let started = scan_start(&s, &endpoint);
+    assert_eq!(started["by_agents"][0]["endpoints"], 1, "{started:#}");
+    let id = started["id"].as_str().unwrap().to_string();
+    common::ok(common::ck(&["agent", "jobs", "--config-dir", a]));
+    let by_agent = scan_show(&s, &id);
+    let found = result_kinds(&by_agent, "findings");
+    assert!(found.contains(&"cert_revoked".to_string()), "{by_agent:#}");
+    assert!(
+        found.contains(&"ocsp_stapling_missing".to_string()),
+        "{found:?}"
+    );
+    assert!(
+        !found.contains(&"revocation_unreachable".to_string()),
+        "{found:?}"
+    );
+
+    // The server's own scan (the agent revoked) finds the same, and nothing new.
+    let cfg: toml::Value =
+        toml::from_str(&std::fs::read_to_string(agent.join("agent.toml")).unwrap()).unwrap();
+    let agent_id = cfg["agent_id"].as_str().unwrap().to_string();
+    let mut args = vec!["admin", "agents", "revoke", &agent_id];
+    args.extend(common::admin_args(&s));
+    common::ok(common::ck(&args));
+    let by_server = scan_now(&s, &endpoint);
+    assert!(
+        result_kinds(&by_server, "findings").contains(&"cert_revoked".to_string()),
+        "{by_server:#}"
+    );
+    assert_eq!(result_kinds(&by_server, "new"), Vec::<String>::new());
+    let mut args = vec![
+        "scan",
+        "findings",
+        "--output",
+        "json",
+        "--endpoint",
+        &endpoint,
+        "--kind",
+        "cert_revoked",
+    ];
+    args.extend(common::admin_args(&s));
+    let v: Value = serde_json::from_str(&common::ok(common::ck(&args))).unwrap();
+    let item = &v["items"][0];
+    assert_eq!(item["severity"], "critical", "{v:#}");
+    assert!(
+        item["evidence"].as_str().unwrap().contains("keyCompromise"),
+        "{item}"
+    );
+}
