@@ -95,10 +95,18 @@ async fn start_counted(
                     // Hold each connection a little so overlaps show.
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
-                let _ = serve(s, &cert, key, flaws).await;
-                if let Some(c) = &counts {
-                    c.open.fetch_sub(1, SeqCst);
-                }
+                // Counted open from accept until the flight is written (the client's
+                // connection outlives that), so overlaps seen here are real ones.
+                let sent = std::sync::atomic::AtomicBool::new(false);
+                let on_flight = || {
+                    if !sent.swap(true, SeqCst)
+                        && let Some(c) = &counts
+                    {
+                        c.open.fetch_sub(1, SeqCst);
+                    }
+                };
+                let _ = serve(s, &cert, key, flaws, &on_flight).await;
+                on_flight();
             });
         }
     });
@@ -223,7 +231,13 @@ fn pkcs1_ok(m: &[u8]) -> bool {
     }
 }
 
-async fn serve(mut s: TcpStream, cert: &[u8], key: Option<RsaKey>, flaws: Flaws) -> Result<()> {
+async fn serve(
+    mut s: TcpStream,
+    cert: &[u8],
+    key: Option<RsaKey>,
+    flaws: Flaws,
+    flight_sent: &(dyn Fn() + Send + Sync),
+) -> Result<()> {
     let mut first = [0u8; 2];
     s.read_exact(&mut first).await?;
     if first[0] & 0x80 != 0 {
@@ -273,6 +287,7 @@ async fn serve(mut s: TcpStream, cert: &[u8], key: Option<RsaKey>, flaws: Flaws)
     flight.extend_from_slice(&handshake(11, &cm));
     flight.extend_from_slice(&handshake(14, &[]));
     s.write_all(&record(22, version, &flight)).await?;
+    flight_sent();
 
     let mut ccs_taken = false;
     let mut cke_seen = false;

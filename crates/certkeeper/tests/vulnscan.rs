@@ -610,7 +610,7 @@ fn scans_from_the_server_and_its_agents_check_revocation_under_the_servers_allow
         &config,
         format!(
             "[vulnscan]\nsystem_roots = false\nca_files = [\"{}\"]\ntimeout_ms = 2000\n\
-             fetch_allow_private = [\"127.0.0.0/8\"]\nfetch_timeout_ms = 3000\n",
+             fetch_allow_private = [\"127.0.0.0/8\"]\nallow_local = [\"127.0.0.0/8\"]\nfetch_timeout_ms = 3000\n",
             ca.cert_path.display()
         ),
     )
