@@ -25,7 +25,7 @@ pub use capture::probe;
 pub use reneg::client_renegotiation;
 pub use scan::{Expansion, RateLimiter, expand, scan};
 pub use starttls::StartTls;
-pub use tlsscan::{VulnConfig, VulnError, VulnScan, vulnscan};
+pub use tlsscan::{HostSlots, VulnConfig, VulnError, VulnScan, vulnscan};
 
 /// One (host, IP, port) to probe.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,8 +26,11 @@ use crate::scan::RateLimiter;
 pub struct VulnConfig {
     /// Connect + hello + first flight, per connection.
     pub timeout: Duration,
-    /// Connections open at once to one endpoint.
+    /// Connections open at once to one host (IP address), across the endpoints and
+    /// names scanned with this configuration.
     pub per_host_connections: usize,
+    /// The per-host slots, shared by every scan that uses (a clone of) this config.
+    pub host_slots: Arc<HostSlots>,
     /// Shared across endpoints: at most this many connections at once overall.
     pub global: Option<Arc<Semaphore>>,
     /// Shared across endpoints: new connections per second.
@@ -37,11 +40,28 @@ pub struct VulnConfig {
     pub revocation: Option<crate::fetch::FetchPolicy>,
 }
 
+/// One semaphore per IP address: a load balancer with many names in the inventory is
+/// still probed by at most `per_host_connections` connections at once.
+#[derive(Debug, Default)]
+pub struct HostSlots {
+    map: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Arc<Semaphore>>>,
+}
+
+impl HostSlots {
+    fn for_ip(&self, ip: std::net::IpAddr, per_host: usize) -> Arc<Semaphore> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(ip)
+            .or_insert_with(|| Arc::new(Semaphore::new(per_host.max(1))))
+            .clone()
+    }
+}
+
 impl Default for VulnConfig {
     fn default() -> Self {
         VulnConfig {
             timeout: Duration::from_secs(3),
             per_host_connections: 4,
+            host_slots: Arc::default(),
             global: None,
             limiter: None,
             revocation: Some(crate::fetch::FetchPolicy::default()),
@@ -77,7 +97,7 @@ struct Session<'a> {
     addr: SocketAddr,
     sni: Option<&'a str>,
     cfg: &'a VulnConfig,
-    host_slots: Semaphore,
+    host_slots: Arc<Semaphore>,
     connections: AtomicU32,
 }
 
@@ -298,7 +318,7 @@ pub async fn vulnscan(target: &Target, cfg: &VulnConfig) -> Result<VulnScan, Vul
             .map(|n| n.trim_end_matches('.'))
             .filter(|n| !n.is_empty() && n.parse::<std::net::IpAddr>().is_err()),
         cfg,
-        host_slots: Semaphore::new(cfg.per_host_connections.max(1)),
+        host_slots: cfg.host_slots.for_ip(target.ip, cfg.per_host_connections),
         connections: AtomicU32::new(0),
     };
     let (ssl2, ssl3, t10, t11, t12, t13) = tokio::join!(

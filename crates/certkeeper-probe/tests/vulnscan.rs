@@ -853,6 +853,24 @@ async fn connection_limits_are_kept_and_counted() {
         assert!(max <= cap, "cap {cap}: {max} open at once");
         assert!(cap == 1 || max > 1, "the protocols did not run in parallel");
     }
+    // Two names on one address (a load balancer), scanned at once with one config:
+    // the cap is per host, so the two scans share it.
+    let (peer, counts) = flawed::start_counting(leaf.der.clone(), Flaws::default())
+        .await
+        .unwrap();
+    let shared = VulnConfig {
+        per_host_connections: 2,
+        ..cfg()
+    };
+    let (ta, tb) = (
+        target(peer.addr.port(), Some("a.test")),
+        target(peer.addr.port(), Some("b.test")),
+    );
+    let (a, b) = tokio::join!(vulnscan(&ta, &shared), vulnscan(&tb, &shared));
+    let total = a.unwrap().facts.connections + b.unwrap().facts.connections;
+    assert_eq!(counts.total.load(SeqCst), total as usize);
+    let max = counts.max_open.load(SeqCst);
+    assert!(max <= 2, "two names, one host: {max} open at once");
     // 50 new connections a second: the scan cannot be faster than its count allows.
     let (peer, counts) = flawed::start_counting(leaf.der.clone(), Flaws::default())
         .await

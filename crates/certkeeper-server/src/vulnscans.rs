@@ -293,6 +293,7 @@ pub fn vuln_config(s: &VulnScanSettings) -> VulnConfig {
     VulnConfig {
         timeout: s.timeout,
         per_host_connections: s.per_host_connections,
+        host_slots: Default::default(),
         global: Some(Arc::new(tokio::sync::Semaphore::new(s.concurrency.max(1)))),
         limiter: (s.rate_per_second > 0).then(|| Arc::new(RateLimiter::new(s.rate_per_second))),
         revocation: s.online_revocation.then(|| s.fetch.clone()),

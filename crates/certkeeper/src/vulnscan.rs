@@ -162,6 +162,7 @@ pub async fn run(args: VulnscanArgs) -> Result<ExitCode> {
     let cfg = VulnConfig {
         timeout: Duration::from_millis(args.timeout_ms),
         per_host_connections: args.per_host_connections,
+        host_slots: Default::default(),
         global: Some(Arc::new(tokio::sync::Semaphore::new(
             args.concurrency.max(1),
         ))),
