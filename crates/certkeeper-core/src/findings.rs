@@ -143,100 +143,73 @@ impl TlsFacts {
     }
 }
 
-/// Kinds of finding: stable names the API, tickets and benchmarks use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FindingKind {
-    ProtocolSsl2,
-    ProtocolSsl3,
-    ProtocolTls10,
-    ProtocolTls11,
-    NoTls12,
-    NoTls13,
-    CipherNull,
-    CipherAnonymous,
-    CipherExport,
-    CipherDes,
-    #[serde(rename = "cipher_3des")]
-    Cipher3des,
-    CipherRc4,
-    CipherMd5Mac,
-    CipherCbcLegacy,
-    CipherStaticRsa,
-    WeakDhParams,
-    Poodle,
-    NoFallbackScsv,
-    NoSecureRenegotiation,
-    ClientRenegotiation,
-    TlsCompression,
-    Heartbleed,
-    CcsInjection,
-    Robot,
-    CertExpired,
-    CertNotYetValid,
-    CertExpiringSoon,
-    CertSelfSigned,
-    CertUntrusted,
-    ChainIncomplete,
-    ChainMisordered,
-    HostnameMismatch,
-    WeakSignature,
-    WeakKey,
-    ValidityTooLong,
-    CertRevoked,
-    OcspStaplingMissing,
-    OcspStapleInvalid,
-    RevocationStatusUnknown,
-    RevocationUnreachable,
+/// One list makes the enum, its stable names (serde and [`FindingKind::as_str`]) and
+/// [`ALL_KINDS`], so the three cannot drift apart.
+macro_rules! finding_kinds {
+    ($($variant:ident => $name:literal,)*) => {
+        /// Kinds of finding: stable names the API, tickets and benchmarks use.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum FindingKind {
+            $(#[serde(rename = $name)] $variant,)*
+        }
+
+        impl FindingKind {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(FindingKind::$variant => $name,)*
+                }
+            }
+        }
+
+        /// Every kind, for parsing and listings.
+        pub const ALL_KINDS: &[FindingKind] = &[$(FindingKind::$variant,)*];
+    };
+}
+
+finding_kinds! {
+    ProtocolSsl2 => "protocol_ssl2",
+    ProtocolSsl3 => "protocol_ssl3",
+    ProtocolTls10 => "protocol_tls10",
+    ProtocolTls11 => "protocol_tls11",
+    NoTls12 => "no_tls12",
+    NoTls13 => "no_tls13",
+    CipherNull => "cipher_null",
+    CipherAnonymous => "cipher_anonymous",
+    CipherExport => "cipher_export",
+    CipherDes => "cipher_des",
+    Cipher3des => "cipher_3des",
+    CipherRc4 => "cipher_rc4",
+    CipherMd5Mac => "cipher_md5_mac",
+    CipherCbcLegacy => "cipher_cbc_legacy",
+    CipherStaticRsa => "cipher_static_rsa",
+    WeakDhParams => "weak_dh_params",
+    Poodle => "poodle",
+    NoFallbackScsv => "no_fallback_scsv",
+    NoSecureRenegotiation => "no_secure_renegotiation",
+    ClientRenegotiation => "client_renegotiation",
+    TlsCompression => "tls_compression",
+    Heartbleed => "heartbleed",
+    CcsInjection => "ccs_injection",
+    Robot => "robot",
+    CertExpired => "cert_expired",
+    CertNotYetValid => "cert_not_yet_valid",
+    CertExpiringSoon => "cert_expiring_soon",
+    CertSelfSigned => "cert_self_signed",
+    CertUntrusted => "cert_untrusted",
+    ChainIncomplete => "chain_incomplete",
+    ChainMisordered => "chain_misordered",
+    HostnameMismatch => "hostname_mismatch",
+    WeakSignature => "weak_signature",
+    WeakKey => "weak_key",
+    ValidityTooLong => "validity_too_long",
+    CertRevoked => "cert_revoked",
+    OcspStaplingMissing => "ocsp_stapling_missing",
+    OcspStapleInvalid => "ocsp_staple_invalid",
+    RevocationStatusUnknown => "revocation_status_unknown",
+    RevocationUnreachable => "revocation_unreachable",
 }
 
 impl FindingKind {
-    pub fn as_str(self) -> &'static str {
-        use FindingKind::*;
-        match self {
-            ProtocolSsl2 => "protocol_ssl2",
-            ProtocolSsl3 => "protocol_ssl3",
-            ProtocolTls10 => "protocol_tls10",
-            ProtocolTls11 => "protocol_tls11",
-            NoTls12 => "no_tls12",
-            NoTls13 => "no_tls13",
-            CipherNull => "cipher_null",
-            CipherAnonymous => "cipher_anonymous",
-            CipherExport => "cipher_export",
-            CipherDes => "cipher_des",
-            Cipher3des => "cipher_3des",
-            CipherRc4 => "cipher_rc4",
-            CipherMd5Mac => "cipher_md5_mac",
-            CipherCbcLegacy => "cipher_cbc_legacy",
-            CipherStaticRsa => "cipher_static_rsa",
-            WeakDhParams => "weak_dh_params",
-            Poodle => "poodle",
-            NoFallbackScsv => "no_fallback_scsv",
-            NoSecureRenegotiation => "no_secure_renegotiation",
-            ClientRenegotiation => "client_renegotiation",
-            TlsCompression => "tls_compression",
-            Heartbleed => "heartbleed",
-            CcsInjection => "ccs_injection",
-            Robot => "robot",
-            CertExpired => "cert_expired",
-            CertNotYetValid => "cert_not_yet_valid",
-            CertExpiringSoon => "cert_expiring_soon",
-            CertSelfSigned => "cert_self_signed",
-            CertUntrusted => "cert_untrusted",
-            ChainIncomplete => "chain_incomplete",
-            ChainMisordered => "chain_misordered",
-            HostnameMismatch => "hostname_mismatch",
-            WeakSignature => "weak_signature",
-            WeakKey => "weak_key",
-            ValidityTooLong => "validity_too_long",
-            CertRevoked => "cert_revoked",
-            OcspStaplingMissing => "ocsp_stapling_missing",
-            OcspStapleInvalid => "ocsp_staple_invalid",
-            RevocationStatusUnknown => "revocation_status_unknown",
-            RevocationUnreachable => "revocation_unreachable",
-        }
-    }
-
     /// Whether this finding is about a weak cipher suite (listed in tickets by name).
     pub fn is_weak_cipher(self) -> bool {
         use FindingKind::*;
@@ -1051,53 +1024,6 @@ impl std::str::FromStr for Severity {
         .ok_or_else(|| format!("unknown severity {s:?} (info, low, medium, high, critical)"))
     }
 }
-
-/// Every kind, for parsing and listings.
-pub const ALL_KINDS: &[FindingKind] = {
-    use FindingKind::*;
-    &[
-        ProtocolSsl2,
-        ProtocolSsl3,
-        ProtocolTls10,
-        ProtocolTls11,
-        NoTls12,
-        NoTls13,
-        CipherNull,
-        CipherAnonymous,
-        CipherExport,
-        CipherDes,
-        Cipher3des,
-        CipherRc4,
-        CipherMd5Mac,
-        CipherCbcLegacy,
-        CipherStaticRsa,
-        WeakDhParams,
-        Poodle,
-        NoFallbackScsv,
-        NoSecureRenegotiation,
-        ClientRenegotiation,
-        TlsCompression,
-        Heartbleed,
-        CcsInjection,
-        Robot,
-        CertExpired,
-        CertNotYetValid,
-        CertExpiringSoon,
-        CertSelfSigned,
-        CertUntrusted,
-        ChainIncomplete,
-        ChainMisordered,
-        HostnameMismatch,
-        WeakSignature,
-        WeakKey,
-        ValidityTooLong,
-        CertRevoked,
-        OcspStaplingMissing,
-        OcspStapleInvalid,
-        RevocationStatusUnknown,
-        RevocationUnreachable,
-    ]
-};
 
 /// What changed for one endpoint between its open findings and a new scan's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
