@@ -1,0 +1,1 @@
+//! PLACEHOLDER: e-mail over SMTP (being written, issue 4).

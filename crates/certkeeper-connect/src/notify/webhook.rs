@@ -1,0 +1,1 @@
+//! PLACEHOLDER: signed webhook, Slack, PagerDuty (being written, issue 4).
