@@ -9,6 +9,7 @@ pub mod expiry;
 pub mod findings;
 pub mod inventory;
 pub mod jobs;
+pub mod notify;
 pub mod policy;
 pub mod report;
 pub mod schedule;

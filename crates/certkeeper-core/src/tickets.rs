@@ -121,6 +121,65 @@ pub fn expiry_ticket(
     )
 }
 
+/// What a vulnerability ticket reports for one domain at one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VulnFacts {
+    pub domain: String,
+    pub common_name: String,
+    pub ip: IpAddr,
+    /// IANA names of the weak suites found (never the healthy ones).
+    pub weak_ciphers: Vec<String>,
+    /// OCSP, CRL, Heartbleed and POODLE findings, each a line.
+    pub findings: Vec<String>,
+    pub signature_algorithm: String,
+    pub not_after: OffsetDateTime,
+    pub scan_time: OffsetDateTime,
+}
+
+impl VulnFacts {
+    /// Anything to report at all.
+    pub fn is_vulnerable(&self) -> bool {
+        !self.weak_ciphers.is_empty() || !self.findings.is_empty()
+    }
+}
+
+/// The finding kinds a vulnerability ticket is about besides weak ciphers: the
+/// issue's OCSP, CRL, Heartbleed and POODLE.
+pub fn ticket_finding(kind: crate::findings::FindingKind) -> bool {
+    use crate::findings::FindingKind as K;
+    matches!(
+        kind,
+        K::Heartbleed | K::Poodle | K::CertRevoked | K::RevocationStatusUnknown | K::OcspStapleInvalid
+    )
+}
+
+/// Subject and body of a vulnerability ticket (the fixed format of issue 4).
+pub fn vuln_ticket(f: &VulnFacts, external_url: &str) -> (String, String) {
+    let mut body = format!("{}\n{}\n{}\n", f.domain, f.common_name, f.ip);
+    if !f.weak_ciphers.is_empty() {
+        body.push_str("Weak ciphers in use, which should be removed\n");
+        for c in &f.weak_ciphers {
+            body.push_str(c);
+            body.push('\n');
+        }
+    }
+    for line in &f.findings {
+        body.push_str(&format!(
+            "{line}; signature algorithm {}; expires {}\n",
+            f.signature_algorithm,
+            ticket_date(f.not_after)
+        ));
+    }
+    let scan = f
+        .scan_time
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    body.push_str(&format!(
+        "Scan Time: {scan}\nScanned by: certkeeper running at {external_url}"
+    ));
+    (format!("Vulnerabilities for {}", f.domain), body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +283,26 @@ mod tests {
             "The SSL Certificate www.example.com expiring soon, please take care\nCommon Name: www.example.com\nExpiry Date: Dec 05, 2026\nScanned by: certkeeper running at https://ck.example.com:8443"
         );
         assert!(cite_old(&body, "INC0010001").starts_with("Follows INC0010001"));
+    }
+
+    #[test]
+    fn vulnerability_format() {
+        let f = VulnFacts {
+            domain: "test.example.com".into(),
+            common_name: "example.com".into(),
+            ip: "192.0.2.35".parse().unwrap(),
+            weak_ciphers: vec!["TLS_RSA_WITH_RC4_128_SHA".into()],
+            findings: vec!["Heartbleed (CVE-2014-0160): memory disclosed".into()],
+            signature_algorithm: "sha1WithRSAEncryption".into(),
+            not_after: datetime!(2027-01-10 00:00 UTC),
+            scan_time: datetime!(2026-12-02 09:00 UTC),
+        };
+        let (subject, body) = vuln_ticket(&f, "https://ck.test");
+        assert_eq!(subject, "Vulnerabilities for test.example.com");
+        assert_eq!(
+            body,
+            "test.example.com\nexample.com\n192.0.2.35\nWeak ciphers in use, which should be removed\nTLS_RSA_WITH_RC4_128_SHA\nHeartbleed (CVE-2014-0160): memory disclosed; signature algorithm sha1WithRSAEncryption; expires Jan 10, 2027\nScan Time: 2026-12-02T09:00:00Z\nScanned by: certkeeper running at https://ck.test"
+        );
+        assert!(f.is_vulnerable());
     }
 }
