@@ -5,6 +5,7 @@
 mod ingest;
 mod jobs;
 mod managed;
+mod notify;
 mod queries;
 mod tokens;
 mod vuln;
@@ -20,6 +21,10 @@ use time::OffsetDateTime;
 pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
 pub use jobs::{ClaimedJob, Deployment, Job, JobOutcome, NewDeployment};
 pub use managed::{CertRequest, ImportOutcome, KeyHolder, StoredKey};
+pub use notify::{
+    AttemptRow, CandidatePage, CertMeta, DeliveryOutcome, DeliveryRow, NewDelivery, TicketRecord,
+    TicketWork, WorkOutcome,
+};
 pub use tokens::{NewScopedToken, ScopedToken};
 pub use vuln::{FindingFilter, FindingRow, ScanEndpoint, ScanResult, VulnScan};
 
@@ -147,6 +152,11 @@ macro_rules! migrations {
                 10,
                 "0010_vulnscans",
                 include_str!(concat!("../migrations/", $dir, "/0010_vulnscans.sql")),
+            ),
+            (
+                11,
+                "0011_notify",
+                include_str!(concat!("../migrations/", $dir, "/0011_notify.sql")),
             ),
         ]
     };

@@ -956,3 +956,267 @@ async fn the_sweep_closes_scans_no_one_will_finish() {
         assert_eq!(store.scan("s2").await.unwrap().0.status, "abandoned");
     }
 }
+
+#[tokio::test]
+async fn notification_candidates_know_where_served_and_when_renewed() {
+    let pki = TestPki::new().unwrap();
+    // Expires in 10 days, served at n.test; then n.test serves a later one for the
+    // same names: the first counts as renewed. A second certificate stays served.
+    let old = pki
+        .leaf(&LeafSpec::new("n.test", KeyKind::EcdsaP256).valid_days(-80, 90))
+        .unwrap();
+    let new = pki
+        .leaf(&LeafSpec::new("n.test", KeyKind::EcdsaP256).valid_days(-1, 90))
+        .unwrap();
+    let other = pki
+        .leaf(&LeafSpec::new("o.test", KeyKind::EcdsaP256).valid_days(-85, 90))
+        .unwrap();
+    let narrower = pki
+        .leaf(&LeafSpec::new("w.test", KeyKind::EcdsaP256).names(&["w.test", "x.test"]).valid_days(-84, 90))
+        .unwrap();
+    let wider_late = pki
+        .leaf(&LeafSpec::new("w.test", KeyKind::EcdsaP256).valid_days(-1, 90))
+        .unwrap();
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        with_agent(&store, "ag1").await;
+        let now = OffsetDateTime::now_utc();
+        let t0 = now - Duration::days(2);
+        store
+            .ingest(
+                &meta("ag1", "a", 3),
+                &[
+                    tls_sighting("n.test", 443, &[&old.der], t0),
+                    tls_sighting("o.test", 443, &[&other.der], t0),
+                    tls_sighting("w.test", 443, &[&narrower.der], t0),
+                ],
+                t0,
+            )
+            .await
+            .unwrap();
+        let cutoff = now + Duration::days(30);
+        let page = store.notify_candidates(cutoff, None, 100).await.unwrap();
+        let shas: Vec<&str> = page.items.iter().map(|c| c.sha256.as_str()).collect();
+        let old_sha = parsed(&old.der).facts.sha256.to_string();
+        let other_sha = parsed(&other.der).facts.sha256.to_string();
+        let w_sha = parsed(&narrower.der).facts.sha256.to_string();
+        assert_eq!(shas, vec![other_sha.as_str(), w_sha.as_str(), old_sha.as_str()], "{}", tdb.label);
+        assert!(page.items.iter().all(|c| c.renewed_by.is_none()));
+        assert_eq!(page.items[2].served_at.len(), 1);
+        assert_eq!(page.items[2].served_at[0].host, "n.test");
+
+        // n.test moves on to the later certificate; w.test to one that lacks x.test.
+        let t1 = now - Duration::days(1);
+        store
+            .ingest(
+                &meta("ag1", "b", 2),
+                &[
+                    tls_sighting("n.test", 443, &[&new.der], t1),
+                    tls_sighting("w.test", 443, &[&wider_late.der], t1),
+                ],
+                t1,
+            )
+            .await
+            .unwrap();
+        let page = store.notify_candidates(cutoff, None, 100).await.unwrap();
+        let get = |sha: &str| page.items.iter().find(|c| c.sha256 == sha).unwrap().clone();
+        assert_eq!(
+            get(&old_sha).renewed_by.as_deref(),
+            Some(parsed(&new.der).facts.sha256.to_string().as_str()),
+            "{}",
+            tdb.label
+        );
+        assert!(get(&old_sha).served_at.is_empty());
+        assert_eq!(get(&w_sha).renewed_by, None, "the new one does not cover x.test");
+        assert_eq!(get(&other_sha).renewed_by, None);
+
+        // Paging by (not_after, sha256) walks the same list.
+        let first = store.notify_candidates(cutoff, None, 2).await.unwrap();
+        let rest = store
+            .notify_candidates(cutoff, first.next.as_ref(), 2)
+            .await
+            .unwrap();
+        assert_eq!(first.items.len() + rest.items.len(), 3);
+        assert_eq!(rest.items[0].sha256, old_sha);
+
+        // Owner, tags, retirement.
+        store
+            .set_certificate_meta(
+                &other_sha,
+                &certkeeper_store::CertMeta {
+                    owner: Some("web".into()),
+                    tags: vec!["prod".into()],
+                    retired_at: Some(now),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let v = store.notify_view(&other_sha).await.unwrap();
+        assert_eq!(v.owner.as_deref(), Some("web"));
+        assert_eq!(v.tags, vec!["prod".to_string()]);
+        assert!(v.retired);
+        assert!(matches!(
+            store
+                .set_certificate_meta(&"0".repeat(64), &Default::default(), now)
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn messages_are_claimed_once_and_deliveries_leased_retried_and_logged() {
+    use certkeeper_store::{DeliveryOutcome, NewDelivery};
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let keys = vec!["k1".to_string(), "k2".to_string()];
+        let d = |id: &str| NewDelivery {
+            id: id.into(),
+            policy: "default".into(),
+            channel: "email".into(),
+            recipient: "ops@example.test".into(),
+        };
+        let got = store
+            .enqueue_delivery(&d("d1"), &keys, now, |idx| format!("{idx:?}"))
+            .await
+            .unwrap();
+        assert_eq!(got, vec![0, 1]);
+        // A second run (or replica) with one new key claims only that one.
+        let keys2 = vec!["k2".to_string(), "k3".to_string()];
+        let got = store
+            .enqueue_delivery(&d("d2"), &keys2, now, |idx| format!("{idx:?}"))
+            .await
+            .unwrap();
+        assert_eq!(got, vec![1], "{}", tdb.label);
+        let none = store
+            .enqueue_delivery(&d("d3"), &keys, now, |_| unreachable!("nothing new"))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        let all = store.deliveries(None, 10).await.unwrap();
+        assert_eq!(all.len(), 2, "no delivery without a new message");
+
+        // Two workers: each delivery goes to one.
+        let a = store.claim_deliveries("wa", now, 60, 10).await.unwrap();
+        let b = store.claim_deliveries("wb", now, 60, 10).await.unwrap();
+        assert_eq!(a.len(), 2);
+        assert!(b.is_empty(), "{}", tdb.label);
+        let d1 = a.iter().find(|x| x.id == "d1").unwrap();
+        assert_eq!(d1.payload, "[0, 1]");
+        store
+            .finish_delivery(
+                "d1",
+                "wa",
+                &DeliveryOutcome::Retry {
+                    at: now + Duration::seconds(30),
+                    error: "smtp: 451 try later".into(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.finish_delivery("d1", "wa", &DeliveryOutcome::Sent, now).await,
+            Err(StoreError::LeaseLost)
+        ));
+        // Not due yet; then due; d2's lease runs out and it comes back too.
+        assert!(store.claim_deliveries("wc", now + Duration::seconds(10), 60, 10).await.unwrap().is_empty());
+        let later = store
+            .claim_deliveries("wc", now + Duration::seconds(61), 60, 10)
+            .await
+            .unwrap();
+        assert_eq!(later.len(), 2, "{}", tdb.label);
+        store
+            .finish_delivery("d1", "wc", &DeliveryOutcome::Sent, now + Duration::seconds(61))
+            .await
+            .unwrap();
+        let attempts = store.delivery_attempts("d1").await.unwrap();
+        assert_eq!(
+            attempts.iter().map(|a| (a.attempt, a.outcome.as_str())).collect::<Vec<_>>(),
+            vec![(1, "retry"), (2, "sent")]
+        );
+        assert_eq!(attempts[0].error.as_deref(), Some("smtp: 451 try later"));
+        let sent = store.deliveries(Some("sent"), 10).await.unwrap();
+        assert_eq!(sent.len(), 1);
+        let claimed = store.claimed_messages(&keys2).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn ticket_work_is_one_per_key_and_a_newer_action_runs_after_the_one_in_progress() {
+    use certkeeper_store::{TicketRecord, WorkOutcome};
+    for tdb in db::all().unwrap() {
+        let store = Store::open(&tdb.url).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        store.queue_ticket_work("rt", "cm1-a", "{\"v\":1}", now).await.unwrap();
+        store.queue_ticket_work("rt", "cm1-a", "{\"v\":2}", now).await.unwrap();
+        store.queue_ticket_work("rt", "cm1-b", "{\"v\":1}", now).await.unwrap();
+        let w = store.claim_ticket_work("w1", now, 60, 10).await.unwrap();
+        assert_eq!(w.len(), 2, "{}", tdb.label);
+        let a = w.iter().find(|x| x.key == "cm1-a").unwrap().clone();
+        assert_eq!(a.action, "{\"v\":2}", "the latest action replaces one not begun");
+        assert!(store.claim_ticket_work("w2", now, 60, 10).await.unwrap().is_empty());
+        // A newer action while a is in progress: finishing a leaves it pending.
+        store.queue_ticket_work("rt", "cm1-a", "{\"v\":3}", now).await.unwrap();
+        store.finish_ticket_work(&a, &WorkOutcome::Done, now).await.unwrap();
+        let again = store.claim_ticket_work("w2", now, 60, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{}", tdb.label);
+        assert_eq!(again[0].action, "{\"v\":3}");
+        store
+            .finish_ticket_work(
+                &again[0],
+                &WorkOutcome::Retry { at: now + Duration::seconds(5), error: "servicenow is unavailable: HTTP 503".into() },
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.ticket_work_state("rt", "cm1-a").await.unwrap().map(|s| s.0),
+            Some("pending".to_string())
+        );
+        let b = w.iter().find(|x| x.key == "cm1-b").unwrap().clone();
+        store.finish_ticket_work(&b, &WorkOutcome::Done, now).await.unwrap();
+        assert!(matches!(
+            store.finish_ticket_work(&b, &WorkOutcome::Done, now).await,
+            Err(StoreError::LeaseLost)
+        ));
+
+        let rec = TicketRecord {
+            system: "rt".into(),
+            key: "cm1-a".into(),
+            kind: "expiry".into(),
+            key_text: "expiry|0A|192.0.2.10".into(),
+            ticket_id: "12".into(),
+            number: "#12".into(),
+            status: "active".into(),
+            raw_status: "new".into(),
+            priority: "high".into(),
+            ip: "192.0.2.10".into(),
+            serial: "0a".into(),
+            domain: None,
+            sha256: Some("ab".repeat(32)),
+            last_action: "created".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        store.upsert_ticket(&rec).await.unwrap();
+        let mut rec2 = rec.clone();
+        rec2.status = "resolved".into();
+        rec2.last_action = "noted".into();
+        rec2.sha256 = None;
+        store.upsert_ticket(&rec2).await.unwrap();
+        let got = store.ticket("rt", "cm1-a").await.unwrap().unwrap();
+        assert_eq!(got.status, "resolved");
+        assert_eq!(got.sha256, rec.sha256, "kept when not given");
+        assert_eq!(store.tickets(None, None, 10).await.unwrap().len(), 1);
+        assert_eq!(store.tickets(Some("rt"), Some("expiry"), 10).await.unwrap().len(), 1);
+        assert!(store.tickets(Some("jira"), None, 10).await.unwrap().is_empty());
+        assert_eq!(store.tickets_of_certificate(&"ab".repeat(32)).await.unwrap().len(), 1);
+        store.close().await;
+    }
+}
