@@ -252,7 +252,8 @@ impl CertView {
 }
 
 /// The step of the expiry ladder a certificate is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Expires within this many days (the smallest threshold it is within).
     Within(u32),
@@ -375,19 +376,23 @@ pub fn period(schedule: &Schedule, now: OffsetDateTime) -> OffsetDateTime {
 }
 
 /// One certificate in a digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DigestItem {
     pub name: String,
     pub sans: Vec<String>,
     pub serial: String,
     pub sha256: String,
     pub issuer: String,
+    #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
     pub days_left: i64,
     pub stage: Stage,
     pub escalated: bool,
     /// `host:port (ip)` of each endpoint serving it.
     pub endpoints: Vec<String>,
+    /// The distinct addresses serving it.
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
 }
 
 impl DigestItem {
@@ -407,6 +412,7 @@ impl DigestItem {
                 .iter()
                 .map(|s| format!("{}:{} ({})", s.host, s.port, s.ip))
                 .collect(),
+            ips: distinct_ips(&c.served_at),
         }
     }
 
@@ -422,6 +428,17 @@ impl DigestItem {
             d => format!("expires in {d} days ({date})"),
         }
     }
+}
+
+/// The distinct addresses of `served`, in order of first appearance.
+pub fn distinct_ips(served: &[ServedAt]) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = Vec::new();
+    for s in served {
+        if !v.contains(&s.ip) {
+            v.push(s.ip);
+        }
+    }
+    v
 }
 
 /// Digest subject: `certkeeper: 3 certificates expiring soon (1 expired)`.

@@ -6,7 +6,7 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use certkeeper_core::expiry::expiring_cutoff;
 use certkeeper_core::inventory::CertificateFilter;
@@ -65,6 +65,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/agent/scans/{id}/results"),
     ("post", "/api/v1/agent/jobs/claim"),
     ("post", "/api/v1/agent/jobs/{id}/result"),
+    ("get", "/api/v1/notifications/preview"),
+    ("post", "/api/v1/notifications/run"),
+    ("post", "/api/v1/notifications/test"),
+    ("get", "/api/v1/notifications/deliveries"),
+    ("get", "/api/v1/notifications/deliveries/{id}"),
+    ("get", "/api/v1/tickets"),
+    ("post", "/api/v1/ticketing/{system}/test"),
+    ("put", "/api/v1/certificates/{sha256}/meta"),
 ];
 
 /// What every route of [`ROUTES`] needs from its caller; [`auth::authorize`] enforces
@@ -158,6 +166,42 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
     ("post", "/api/v1/agent/scans/{id}/results", Need::Agent),
     ("post", "/api/v1/agent/jobs/claim", Need::Agent),
     ("post", "/api/v1/agent/jobs/{id}/result", Need::Agent),
+    (
+        "get",
+        "/api/v1/notifications/preview",
+        Need::Permission(P::Read),
+    ),
+    (
+        "post",
+        "/api/v1/notifications/run",
+        Need::Permission(P::Admin),
+    ),
+    (
+        "post",
+        "/api/v1/notifications/test",
+        Need::Permission(P::Admin),
+    ),
+    (
+        "get",
+        "/api/v1/notifications/deliveries",
+        Need::Permission(P::Read),
+    ),
+    (
+        "get",
+        "/api/v1/notifications/deliveries/{id}",
+        Need::Permission(P::Read),
+    ),
+    ("get", "/api/v1/tickets", Need::Permission(P::Read)),
+    (
+        "post",
+        "/api/v1/ticketing/{system}/test",
+        Need::Permission(P::Admin),
+    ),
+    (
+        "put",
+        "/api/v1/certificates/{sha256}/meta",
+        Need::Permission(P::Admin),
+    ),
 ];
 
 /// What the route `method path` (OpenAPI path syntax) needs, if it is declared.
@@ -239,6 +283,29 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/scans/{id}", get(crate::vulnscans::show_scan))
         .route("/api/v1/findings", get(crate::vulnscans::list_findings))
+        .route(
+            "/api/v1/notifications/preview",
+            get(crate::notify::preview_route),
+        )
+        .route("/api/v1/notifications/run", post(crate::notify::run_route))
+        .route("/api/v1/notifications/test", post(crate::notify::test_route))
+        .route(
+            "/api/v1/notifications/deliveries",
+            get(crate::notify::list_deliveries),
+        )
+        .route(
+            "/api/v1/notifications/deliveries/{id}",
+            get(crate::notify::show_delivery),
+        )
+        .route("/api/v1/tickets", get(crate::notify::list_tickets))
+        .route(
+            "/api/v1/ticketing/{system}/test",
+            post(crate::notify::test_ticketing),
+        )
+        .route(
+            "/api/v1/certificates/{sha256}/meta",
+            put(crate::notify::put_meta),
+        )
         .route(
             "/api/v1/agent/scans/{id}/results",
             post(crate::vulnscans::agent_results),

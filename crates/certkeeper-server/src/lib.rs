@@ -9,6 +9,7 @@ mod deploy;
 mod error;
 mod identity;
 mod manage;
+pub mod notify;
 mod tokens;
 mod views;
 pub mod vulnscans;
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub fetch: certkeeper_connect::fetch::FetchPolicy,
     /// Renew with the certificate's existing key instead of a new one.
     pub reuse_key: bool,
+    /// Expiry notifications, reports, channels and ticketing systems.
+    pub notify: notify::NotifySettings,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -93,6 +96,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("vulnscan", &self.vulnscan)
             .field("fetch", &self.fetch)
             .field("reuse_key", &self.reuse_key)
+            .field("notify", &self.notify)
             .finish()
     }
 }
@@ -118,6 +122,7 @@ impl ServerConfig {
             vulnscan: Default::default(),
             fetch: Default::default(),
             reuse_key: false,
+            notify: notify::NotifySettings::new(),
         }
     }
 }
@@ -313,6 +318,17 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
     });
+    // Notifications and tickets: schedules claimed once per occurrence, deliveries
+    // and ticket work claimed with leases, on every replica.
+    if state.config.notify.background {
+        let notifier = state.clone();
+        tokio::spawn(async move {
+            loop {
+                notify::background_pass(&notifier, OffsetDateTime::now_utc()).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        });
+    }
     let http01 = match state.config.acme.as_ref().and_then(|a| a.http01_listen) {
         Some(addr) => Some(
             TcpListener::bind(addr)

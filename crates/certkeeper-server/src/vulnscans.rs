@@ -475,12 +475,26 @@ async fn run_scan(state: AppState, id: String, endpoints: Vec<ScanEndpoint>) {
             };
             let r = scan_endpoint(&t, cfg, judge).await;
             let facts = r.facts.as_ref().and_then(|f| serde_json::to_value(f).ok());
+            let at = OffsetDateTime::now_utc();
             if let Err(err) = state
                 .store
-                .record_scan_result(id, e, OffsetDateTime::now_utc(), r.error.as_deref(), facts.as_ref(), &r.findings, &r.evaluated)
+                .record_scan_result(id, e, at, r.error.as_deref(), facts.as_ref(), &r.findings, &r.evaluated)
                 .await
             {
                 tracing::error!(scan = %id, endpoint = %format!("{}:{}", e.host, e.port), error = %err, "scan result not stored");
+            } else if r.error.is_none()
+                && let Err(err) = crate::notify::queue_vulnerability_tickets(
+                    state,
+                    &e.host,
+                    ip,
+                    e.port,
+                    &r.findings,
+                    r.chain.first().map(|c| c.sha256.as_str()),
+                    at,
+                )
+                .await
+            {
+                tracing::error!(scan = %id, error = %err.message, "vulnerability tickets not queued");
             }
         }
     });
@@ -645,6 +659,18 @@ pub async fn agent_results(
                 &r.evaluated,
             )
             .await?;
+        if r.error.is_none() {
+            crate::notify::queue_vulnerability_tickets(
+                &state,
+                &r.host,
+                r.ip,
+                r.port,
+                &r.findings,
+                r.chain.first().map(|c| c.sha256.as_str()),
+                now,
+            )
+            .await?;
+        }
     }
     let done = state.store.finish_scan(&id, now).await?;
     Ok(Json(

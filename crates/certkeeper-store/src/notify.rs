@@ -891,4 +891,72 @@ impl Store {
         .await?;
         rows.iter().map(ticket_from_row).collect()
     }
+
+    /// One delivery.
+    pub async fn delivery(&self, id: &str) -> Result<DeliveryRow, StoreError> {
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM notify_deliveries WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        delivery_from_row(&r)
+    }
+
+    /// Claim one pending delivery by id (a test message sent at once).
+    pub async fn claim_delivery(
+        &self,
+        id: &str,
+        lease_id: &str,
+        now: OffsetDateTime,
+        lease_seconds: i64,
+    ) -> Result<DeliveryRow, StoreError> {
+        let t = now.unix_timestamp();
+        let n = {
+            let _w = self.writer().await;
+            sqlx::query(
+                "UPDATE notify_deliveries SET state = 'leased', lease_id = $2, lease_until = $3, attempts = attempts + 1 \
+                 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(id)
+            .bind(lease_id)
+            .bind(t + lease_seconds)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+        };
+        if n == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        self.delivery(id).await
+    }
+
+    /// The certificate an endpoint serves now.
+    pub async fn endpoint_current_sha(
+        &self,
+        host: &str,
+        ip: &str,
+        port: u16,
+    ) -> Result<Option<String>, StoreError> {
+        let r = sqlx::query("SELECT sha256 FROM endpoints WHERE host = $1 AND ip = $2 AND port = $3")
+            .bind(host)
+            .bind(ip)
+            .bind(i64::from(port))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match r {
+            Some(r) => get(&r, "sha256")?,
+            None => None,
+        })
+    }
+
+    /// A certificate's signature algorithm.
+    pub async fn signature_algorithm(&self, sha256: &str) -> Result<Option<String>, StoreError> {
+        let r = sqlx::query("SELECT signature_algorithm FROM certificates WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map(|r| get(&r, "signature_algorithm")).transpose()
+    }
 }
