@@ -43,14 +43,14 @@ impl std::fmt::Debug for Remote {
     }
 }
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Remote {
-    fn connect(&self) -> Result<Api> {
+    pub(crate) fn connect(&self) -> Result<Api> {
         let Some(base) = &self.server else {
             return Err(crate::usage(
                 "no server given: use --server URL or CERTKEEPER_SERVER",
@@ -79,7 +79,7 @@ impl Remote {
 }
 
 impl Api {
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+    pub(crate) async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         Ok(call(
             self.http.get(&url).query(query).bearer_auth(&self.token),
@@ -117,7 +117,15 @@ impl Api {
             .map(str::to_string);
         Ok((resp.text().await?, next))
     }
-    async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+    pub(crate) async fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        Ok(call(
+            self.http.put(&url).json(body).bearer_auth(&self.token),
+            &url,
+        )
+        .await?)
+    }
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         Ok(call(
             self.http.post(&url).json(body).bearer_auth(&self.token),

@@ -6,6 +6,7 @@ mod agent;
 mod client;
 mod csr;
 mod jobs;
+mod notify_cmd;
 mod server_cmd;
 mod vulnscan;
 
@@ -54,6 +55,13 @@ enum Command {
     /// Vulnerability scans run by the server, and their findings.
     #[command(subcommand)]
     Scan(admin::ScanCommand),
+    /// Expiry notifications: preview (why was I, or was I not, notified), run now,
+    /// test a channel, the delivery log.
+    #[command(subcommand)]
+    Notify(notify_cmd::NotifyCommand),
+    /// Tickets opened in ServiceNow, ServiceDesk Plus, Jira or Request Tracker.
+    #[command(subcommand)]
+    Tickets(notify_cmd::TicketsCommand),
     /// Keys and certificate signing requests, locally.
     #[command(subcommand)]
     Csr(csr::CsrCommand),
@@ -137,6 +145,8 @@ fn main() -> ExitCode {
             Command::Ca(cmd) => admin::run_ca(cmd).await,
             Command::Export(args) => admin::run_export(args).await,
             Command::Deploy(cmd) => admin::run_deploy(cmd).await,
+            Command::Notify(cmd) => notify_cmd::run_notify(cmd).await,
+            Command::Tickets(cmd) => notify_cmd::run_tickets(cmd).await,
         }
     });
     match result {
