@@ -81,7 +81,7 @@ class Handler:
             "from": envelope.mail_from,
             "to": envelope.rcpt_tos,
             "tls": server.transport.get_extra_info("ssl_object") is not None,
-            "auth": session.authenticated,
+            "auth": bool(session.authenticated),
             "headers": headers,
             "parts": parts,
         }
@@ -98,7 +98,8 @@ def authenticator(user, password):
             and auth_data.login == user.encode()
             and auth_data.password == password.encode()
         )
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd answers 535 itself on a failure.
+        return AuthResult(success=ok, handled=False)
 
     return check
 

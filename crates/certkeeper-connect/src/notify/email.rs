@@ -275,6 +275,12 @@ fn tls_parameters(cfg: &SmtpConfig) -> Result<TlsParameters, ChannelError> {
     if let Some(path) = &cfg.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| permanent(format!("cannot read ca_file {}: {e}", path.display())))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(permanent(format!(
+                "ca_file {} holds no PEM certificate",
+                path.display()
+            )));
+        }
         let cert = Certificate::from_pem(&pem).map_err(|e| {
             permanent(format!(
                 "ca_file {} holds no usable PEM certificate: {e}",
