@@ -359,7 +359,8 @@ async fn slack_any(
     if blocks.is_some_and(|b| !b.is_array()) {
         return plain(400, "invalid_payload");
     }
-    if !text_ok && !blocks.is_some_and(|b| b.as_array().is_some_and(|a| !a.is_empty())) {
+    let has_blocks = blocks.is_some_and(|b| b.as_array().is_some_and(|a| !a.is_empty()));
+    if !text_ok && !has_blocks {
         return plain(400, "no_text");
     }
     s.recent.push_back(now);
@@ -503,11 +504,11 @@ fn pd_validate(v: &serde_json::Value) -> Result<(String, String, Option<String>)
             None => errors.push("'payload' is missing".into()),
             Some(p) => {
                 for f in ["summary", "source", "severity"] {
-                    if !p
+                    let given = p
                         .get(f)
                         .and_then(|x| x.as_str())
-                        .is_some_and(|x| !x.is_empty())
-                    {
+                        .is_some_and(|x| !x.is_empty());
+                    if !given {
                         errors.push(format!("'payload.{f}' is missing or blank"));
                     }
                 }
