@@ -269,6 +269,35 @@ async fn nothing_listening_is_transient() {
 }
 
 #[tokio::test]
+async fn a_relay_that_never_answers_times_out_transient() {
+    // Accepts the connection and says nothing (no 220 greeting).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let cfg = SmtpConfig {
+        host: "127.0.0.1".into(),
+        port,
+        tls: SmtpTls::StartTls,
+        username: Some(USER.into()),
+        password: Some(PASSWORD.into()),
+        from: "certkeeper@example.com".into(),
+        ca_file: None,
+        timeout_secs: 1,
+    };
+    let started = std::time::Instant::now();
+    let e = email::send(&cfg, &digest()).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_no_password(&e);
+    hold.abort();
+}
+
+#[tokio::test]
 async fn an_untrusted_certificate_is_permanent_with_a_tls_message() {
     for (sink_tls, tls) in [
         (SinkTls::StartTls, SmtpTls::StartTls),

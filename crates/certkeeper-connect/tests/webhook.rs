@@ -274,6 +274,22 @@ async fn slack_ok_errors_and_rate_limit() {
         .await
         .unwrap_err();
     assert!(!e.is_transient() && check(&e).contains("no_service"), "{e}");
+    // 200 is not enough: the body must be `ok`.
+    let lookalike = WebhookReceiver::start().await.unwrap();
+    lookalike.respond(Reply::status(200).body("{\"ok\":true}"));
+    let e = webhook::post_slack(
+        &SlackConfig {
+            url: lookalike.url("/services/x"),
+        },
+        "hi",
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        !e.is_transient() && check(&e).contains("without \"ok\""),
+        "{e}"
+    );
     let e = webhook::post_slack(&cfg, "  ", None).await.unwrap_err();
     assert!(!e.is_transient(), "{e}");
     let d = format!("{cfg:?}");

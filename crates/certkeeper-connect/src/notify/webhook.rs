@@ -18,6 +18,8 @@ use crate::ticketing::parse_retry_after;
 /// Longest time for one post: connection, TLS, request and answer.
 const TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of an answer is read.
+const MAX_BODY: usize = 64 * 1024;
 /// How much of an error body is quoted back.
 const MAX_QUOTE: usize = 200;
 
@@ -465,16 +467,28 @@ async fn send(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
-    let body = match resp.bytes().await {
-        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(64 * 1024)]).into_owned(),
-        Err(_) if !status.is_success() => String::new(),
-        Err(e) => {
-            return Err(transient(format!(
-                "the answer broke off: {}",
-                chain(&e.without_url())
-            )));
+    // Read at most MAX_BODY bytes of the answer: only a short quote is ever used.
+    let mut resp = resp;
+    let mut buf = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                buf.extend_from_slice(&c[..c.len().min(MAX_BODY - buf.len())]);
+                if buf.len() >= MAX_BODY {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(_) if !status.is_success() => break,
+            Err(e) => {
+                return Err(transient(format!(
+                    "the answer broke off: {}",
+                    chain(&e.without_url())
+                )));
+            }
         }
-    };
+    }
+    let body = String::from_utf8_lossy(&buf).into_owned();
     Ok(Answer {
         status,
         retry_after,
