@@ -1,14 +1,17 @@
 //! Test-only helpers: a throwaway PKI made with rcgen, and real TLS servers
-//! (`openssl s_server`) on loopback ports.
+//! (`openssl s_server`) on loopback ports, a real SMTP server (aiosmtpd) and
+//! in-process receivers for webhooks, Slack and PagerDuty.
 
 pub mod bind;
 pub mod db;
 pub mod flawed;
+pub mod hooks;
 pub mod pebble;
 pub mod peers;
 pub mod pki;
 pub mod revocation;
 pub mod servers;
+pub mod smtp;
 
 pub use pki::{Issued, KeyKind, LeafSpec, TestPki};
 pub use servers::{
