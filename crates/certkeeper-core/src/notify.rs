@@ -252,7 +252,9 @@ impl CertView {
 }
 
 /// The step of the expiry ladder a certificate is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Expires within this many days (the smallest threshold it is within).
@@ -322,10 +324,7 @@ impl fmt::Display for LeftOut {
             LeftOut::NotYetWithin {
                 days_left,
                 threshold,
-            } => write!(
-                f,
-                "{days_left} days left, not yet within {threshold} days"
-            ),
+            } => write!(f, "{days_left} days left, not yet within {threshold} days"),
         }
     }
 }
@@ -445,7 +444,11 @@ pub fn distinct_ips(served: &[ServedAt]) -> Vec<IpAddr> {
 pub fn digest_subject(items: &[DigestItem]) -> String {
     let expired = items.iter().filter(|i| i.stage == Stage::Expired).count();
     let n = items.len();
-    let noun = if n == 1 { "certificate" } else { "certificates" };
+    let noun = if n == 1 {
+        "certificate"
+    } else {
+        "certificates"
+    };
     match expired {
         0 => format!("certkeeper: {n} {noun} expiring soon"),
         e if e == n => format!("certkeeper: {n} {noun} expired"),
@@ -477,9 +480,14 @@ pub fn digest_text(items: &[DigestItem], external_url: &str) -> String {
         for e in &i.endpoints {
             s.push_str(&format!("  served at {e}\n"));
         }
-        s.push_str(&format!("  {external_url}/api/v1/certificates/{}\n\n", i.sha256));
+        s.push_str(&format!(
+            "  {external_url}/api/v1/certificates/{}\n\n",
+            i.sha256
+        ));
     }
-    s.push_str(&format!("Scanned by: certkeeper running at {external_url}\n"));
+    s.push_str(&format!(
+        "Scanned by: certkeeper running at {external_url}\n"
+    ));
     s
 }
 
@@ -717,6 +725,10 @@ mod tests {
         let csv = digest_csv(&items);
         let lines: Vec<&str> = csv.split("\r\n").collect();
         assert_eq!(lines.len(), 4, "{csv}");
-        assert!(lines[2].starts_with("\"<script>\"\"x\"\",y\","), "{}", lines[2]);
+        assert!(
+            lines[2].starts_with("\"<script>\"\"x\"\",y\","),
+            "{}",
+            lines[2]
+        );
     }
 }

@@ -149,7 +149,11 @@ pub fn ticket_finding(kind: crate::findings::FindingKind) -> bool {
     use crate::findings::FindingKind as K;
     matches!(
         kind,
-        K::Heartbleed | K::Poodle | K::CertRevoked | K::RevocationStatusUnknown | K::OcspStapleInvalid
+        K::Heartbleed
+            | K::Poodle
+            | K::CertRevoked
+            | K::RevocationStatusUnknown
+            | K::OcspStapleInvalid
     )
 }
 

@@ -288,7 +288,10 @@ pub fn router(state: AppState) -> Router {
             get(crate::notify::preview_route),
         )
         .route("/api/v1/notifications/run", post(crate::notify::run_route))
-        .route("/api/v1/notifications/test", post(crate::notify::test_route))
+        .route(
+            "/api/v1/notifications/test",
+            post(crate::notify::test_route),
+        )
         .route(
             "/api/v1/notifications/deliveries",
             get(crate::notify::list_deliveries),

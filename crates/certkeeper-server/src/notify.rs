@@ -305,7 +305,10 @@ async fn run_policy(
     for ch in &p.channels {
         for recipient in recipients(settings, *ch, &p.recipients) {
             let picked: Vec<usize> = (0..due.len()).collect();
-            let (n, queued) = enqueue(state, "expiry", &p.name, *ch, &recipient, period, &due, &picked, now).await?;
+            let (n, queued) = enqueue(
+                state, "expiry", &p.name, *ch, &recipient, period, &due, &picked, now,
+            )
+            .await?;
             out.new_messages += n;
             out.deliveries_queued += usize::from(queued);
         }
@@ -318,7 +321,10 @@ async fn run_policy(
                     .filter(|(_, (_, i, _))| i.escalated)
                     .map(|(n, _)| n)
                     .collect();
-                let (n, queued) = enqueue(state, "expiry", &p.name, *ch, recipient, period, &due, &picked, now).await?;
+                let (n, queued) = enqueue(
+                    state, "expiry", &p.name, *ch, recipient, period, &due, &picked, now,
+                )
+                .await?;
                 out.new_messages += n;
                 out.deliveries_queued += usize::from(queued);
             }
@@ -384,7 +390,10 @@ async fn run_report(
     for ch in &r.channels {
         for recipient in recipients(settings, *ch, &r.recipients) {
             let picked: Vec<usize> = (0..due.len()).collect();
-            let (n, queued) = enqueue(state, "report", &r.name, *ch, &recipient, period, &due, &picked, now).await?;
+            let (n, queued) = enqueue(
+                state, "report", &r.name, *ch, &recipient, period, &due, &picked, now,
+            )
+            .await?;
             out.new_messages += n;
             out.deliveries_queued += usize::from(queued);
         }
@@ -558,7 +567,18 @@ async fn follow_up_renewal(
             ips: Vec::new(),
         };
         let due = vec![(format!("renewed|{}", c.sha256), item, c.clone())];
-        enqueue(state, "renewed", "renewal", Channel::PagerDuty, "pagerduty", now, &due, &[0], now).await?;
+        enqueue(
+            state,
+            "renewed",
+            "renewal",
+            Channel::PagerDuty,
+            "pagerduty",
+            now,
+            &due,
+            &[0],
+            now,
+        )
+        .await?;
     }
     Ok(n)
 }
@@ -566,7 +586,12 @@ async fn follow_up_renewal(
 // ---------------------------------------------------------------------------------
 // Delivery
 
-fn retry_at(settings: &NotifySettings, attempts: u32, hint: Option<StdDuration>, now: OffsetDateTime) -> OffsetDateTime {
+fn retry_at(
+    settings: &NotifySettings,
+    attempts: u32,
+    hint: Option<StdDuration>,
+    now: OffsetDateTime,
+) -> OffsetDateTime {
     let step = settings
         .retry_base
         .saturating_mul(1u32 << attempts.saturating_sub(1).min(10))
@@ -576,7 +601,10 @@ fn retry_at(settings: &NotifySettings, attempts: u32, hint: Option<StdDuration>,
 }
 
 /// Deliver what is due: claim, send, record. Returns (sent, retried, failed).
-pub async fn deliver_due(state: &AppState, now: OffsetDateTime) -> Result<(usize, usize, usize), ApiError> {
+pub async fn deliver_due(
+    state: &AppState,
+    now: OffsetDateTime,
+) -> Result<(usize, usize, usize), ApiError> {
     let lease = uuid();
     let mut counts = (0, 0, 0);
     loop {
@@ -608,10 +636,15 @@ pub async fn deliver_due(state: &AppState, now: OffsetDateTime) -> Result<(usize
                     }
                 }
             };
-            if let DeliveryOutcome::Failed { error } | DeliveryOutcome::Retry { error, .. } = &outcome {
+            if let DeliveryOutcome::Failed { error } | DeliveryOutcome::Retry { error, .. } =
+                &outcome
+            {
                 tracing::warn!(delivery = %d.id, channel = %d.channel, error = %error, "delivery failed");
             }
-            state.store.finish_delivery(&d.id, &lease, &outcome, now).await?;
+            state
+                .store
+                .finish_delivery(&d.id, &lease, &outcome, now)
+                .await?;
         }
     }
     Ok(counts)
@@ -632,7 +665,11 @@ fn thread_root(policy: &str, recipient: &str) -> String {
     )
 }
 
-async fn send_delivery(state: &AppState, d: &DeliveryRow, now: OffsetDateTime) -> Result<(), ChannelError> {
+async fn send_delivery(
+    state: &AppState,
+    d: &DeliveryRow,
+    now: OffsetDateTime,
+) -> Result<(), ChannelError> {
     let settings = &state.config.notify;
     let p: Payload = serde_json::from_str(&d.payload).map_err(|e| ChannelError::Permanent {
         channel: "store",
@@ -641,7 +678,10 @@ async fn send_delivery(state: &AppState, d: &DeliveryRow, now: OffsetDateTime) -
     let url = external_url(state);
     match d.channel.as_str() {
         "email" => {
-            let e = settings.email.as_ref().ok_or_else(|| not_configured("email"))?;
+            let e = settings
+                .email
+                .as_ref()
+                .ok_or_else(|| not_configured("email"))?;
             let root = thread_root(&p.policy, &d.recipient);
             let (subject, text) = match p.kind.as_str() {
                 "test" => (
@@ -649,10 +689,17 @@ async fn send_delivery(state: &AppState, d: &DeliveryRow, now: OffsetDateTime) -
                     format!("This is a test message from certkeeper running at {url}.\n"),
                 ),
                 "report" => (
-                    format!("certkeeper report {}: {} certificates expiring", p.policy, p.items.len()),
+                    format!(
+                        "certkeeper report {}: {} certificates expiring",
+                        p.policy,
+                        p.items.len()
+                    ),
                     rules::digest_text(&p.items, &url),
                 ),
-                _ => (rules::digest_subject(&p.items), rules::digest_text(&p.items, &url)),
+                _ => (
+                    rules::digest_subject(&p.items),
+                    rules::digest_text(&p.items, &url),
+                ),
             };
             let mail = email::Email {
                 to: vec![d.recipient.clone()],
@@ -670,7 +717,10 @@ async fn send_delivery(state: &AppState, d: &DeliveryRow, now: OffsetDateTime) -
             email::send(&e.smtp, &mail).await
         }
         "syslog" => {
-            let s = settings.syslog.as_ref().ok_or_else(|| not_configured("syslog"))?;
+            let s = settings
+                .syslog
+                .as_ref()
+                .ok_or_else(|| not_configured("syslog"))?;
             let lines = syslog_lines(settings, s, &p, now);
             syslog::send(s.address, &s.transport, &lines, StdDuration::from_secs(10))
                 .await
@@ -681,7 +731,10 @@ async fn send_delivery(state: &AppState, d: &DeliveryRow, now: OffsetDateTime) -
                 })
         }
         "webhook" => {
-            let w = settings.webhook.as_ref().ok_or_else(|| not_configured("webhook"))?;
+            let w = settings
+                .webhook
+                .as_ref()
+                .ok_or_else(|| not_configured("webhook"))?;
             for (n, i) in p.items.iter().enumerate() {
                 let ev = webhook_event(&p, i, now);
                 webhook::post_generic(w, &ev, &format!("{}-{n}", d.id), now).await?;
@@ -700,16 +753,26 @@ async fn send_delivery(state: &AppState, d: &DeliveryRow, now: OffsetDateTime) -
             Ok(())
         }
         "slack" => {
-            let s = settings.slack.as_ref().ok_or_else(|| not_configured("slack"))?;
+            let s = settings
+                .slack
+                .as_ref()
+                .ok_or_else(|| not_configured("slack"))?;
             let text = if p.kind == "test" {
                 format!("certkeeper: test message from {url}")
             } else {
-                format!("{}\n{}", rules::digest_subject(&p.items), rules::digest_text(&p.items, &url))
+                format!(
+                    "{}\n{}",
+                    rules::digest_subject(&p.items),
+                    rules::digest_text(&p.items, &url)
+                )
             };
             webhook::post_slack(s, &text, None).await
         }
         "pagerduty" => {
-            let pd = settings.pagerduty.as_ref().ok_or_else(|| not_configured("pagerduty"))?;
+            let pd = settings
+                .pagerduty
+                .as_ref()
+                .ok_or_else(|| not_configured("pagerduty"))?;
             if p.kind == "test" {
                 let ev = webhook::PdEvent {
                     action: webhook::PdAction::Trigger,
@@ -733,12 +796,19 @@ async fn send_delivery(state: &AppState, d: &DeliveryRow, now: OffsetDateTime) -
                     },
                     dedup_key: ticketing::token(&format!("expiry|{}", i.sha256)),
                     summary: format!("SSL Certificate {} {}", i.name, i.when()),
-                    source: i.endpoints.first().cloned().unwrap_or_else(|| i.name.clone()),
+                    source: i
+                        .endpoints
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| i.name.clone()),
                     severity: pd_severity(i).into(),
                     timestamp: now,
                     class: "cert-expiry".into(),
                     custom_details: serde_json::to_value(i).unwrap_or_default(),
-                    links: vec![(format!("{url}/api/v1/certificates/{}", i.sha256), "certificate".into())],
+                    links: vec![(
+                        format!("{url}/api/v1/certificates/{}", i.sha256),
+                        "certificate".into(),
+                    )],
                 };
                 webhook::post_pagerduty(pd, &ev).await?;
             }
@@ -853,7 +923,10 @@ fn syslog_lines(
 
 /// Work the due ticket actions: claim per key, ask the system, decide, act, record.
 /// Returns (done, retried, failed).
-pub async fn work_tickets(state: &AppState, now: OffsetDateTime) -> Result<(usize, usize, usize), ApiError> {
+pub async fn work_tickets(
+    state: &AppState,
+    now: OffsetDateTime,
+) -> Result<(usize, usize, usize), ApiError> {
     let lease = uuid();
     let mut counts = (0, 0, 0);
     loop {
@@ -862,7 +935,8 @@ pub async fn work_tickets(state: &AppState, now: OffsetDateTime) -> Result<(usiz
             break;
         }
         // Different keys in parallel; one key is one row, never worked twice at once.
-        let results = futures_util::future::join_all(batch.iter().map(|w| do_work(state, w, now))).await;
+        let results =
+            futures_util::future::join_all(batch.iter().map(|w| do_work(state, w, now))).await;
         for (w, r) in batch.iter().zip(results) {
             let outcome = match r {
                 Ok(()) => {
@@ -919,24 +993,25 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
     let found = conn.find_by_key(&w.key).await?;
     let cores: Vec<_> = found.iter().map(|t| t.to_core()).collect();
     let prior = state.store.ticket(&w.system, &w.key).await.ok().flatten();
-    let record = |t: &ticketing::TicketRef, action: &str, priority: &str, base: &RecordBase| TicketRecord {
-        system: w.system.clone(),
-        key: w.key.clone(),
-        kind: base.kind.into(),
-        key_text: base.key_text.clone(),
-        ticket_id: t.id.clone(),
-        number: t.display_no.clone(),
-        status: norm(t.status).into(),
-        raw_status: t.raw_status.clone(),
-        priority: priority.into(),
-        ip: base.ip.to_string(),
-        serial: base.serial.clone(),
-        domain: base.domain.clone(),
-        sha256: base.sha256.clone(),
-        last_action: action.into(),
-        created_at: prior.as_ref().map(|p| p.created_at).unwrap_or(now),
-        updated_at: now,
-    };
+    let record =
+        |t: &ticketing::TicketRef, action: &str, priority: &str, base: &RecordBase| TicketRecord {
+            system: w.system.clone(),
+            key: w.key.clone(),
+            kind: base.kind.into(),
+            key_text: base.key_text.clone(),
+            ticket_id: t.id.clone(),
+            number: t.display_no.clone(),
+            status: norm(t.status).into(),
+            raw_status: t.raw_status.clone(),
+            priority: priority.into(),
+            ip: base.ip.to_string(),
+            serial: base.serial.clone(),
+            domain: base.domain.clone(),
+            sha256: base.sha256.clone(),
+            last_action: action.into(),
+            created_at: prior.as_ref().map(|p| p.created_at).unwrap_or(now),
+            updated_at: now,
+        };
     match op {
         TicketOp::Expiry {
             key_text,
@@ -955,7 +1030,11 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                 domain: None,
                 sha256: Some(sha256),
             };
-            let priority = if highest { Priority::Highest } else { Priority::High };
+            let priority = if highest {
+                Priority::Highest
+            } else {
+                Priority::High
+            };
             let pname = if highest { "highest" } else { "high" };
             match tickets::decide(&cores, Run::Expiry) {
                 Action::Create => {
@@ -967,11 +1046,18 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                             key: &w.key,
                         })
                         .await?;
-                    state.store.upsert_ticket(&record(&t, "created", pname, &base)).await.map_err(store_err)?;
+                    state
+                        .store
+                        .upsert_ticket(&record(&t, "created", pname, &base))
+                        .await
+                        .map_err(store_err)?;
                 }
                 Action::Nothing => {
                     let t = pick(&found);
-                    let was = prior.as_ref().map(|p| p.priority.as_str()).unwrap_or("high");
+                    let was = prior
+                        .as_ref()
+                        .map(|p| p.priority.as_str())
+                        .unwrap_or("high");
                     let action = if highest && was != "highest" {
                         conn.set_priority(&t.id, Priority::Highest).await?;
                         conn.add_note(
@@ -983,8 +1069,16 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                     } else {
                         "unchanged"
                     };
-                    let p = if highest || was == "highest" { "highest" } else { "high" };
-                    state.store.upsert_ticket(&record(t, action, p, &base)).await.map_err(store_err)?;
+                    let p = if highest || was == "highest" {
+                        "highest"
+                    } else {
+                        "high"
+                    };
+                    state
+                        .store
+                        .upsert_ticket(&record(t, action, p, &base))
+                        .await
+                        .map_err(store_err)?;
                 }
                 Action::Reopen { id, display_no } => {
                     let note = format!(
@@ -995,9 +1089,17 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                             if highest {
                                 conn.set_priority(&id, Priority::Highest).await?;
                             }
-                            let mut t = found.iter().find(|t| t.id == id).cloned().expect("chosen from found");
+                            let mut t = found
+                                .iter()
+                                .find(|t| t.id == id)
+                                .cloned()
+                                .expect("chosen from found");
                             t.status = NormStatus::Active;
-                            state.store.upsert_ticket(&record(&t, "reopened", pname, &base)).await.map_err(store_err)?;
+                            state
+                                .store
+                                .upsert_ticket(&record(&t, "reopened", pname, &base))
+                                .await
+                                .map_err(store_err)?;
                         }
                         Err(TicketError::NotAllowed { .. }) if sys.new_when_reopen_refused => {
                             let cited = tickets::cite_old(&body, &display_no);
@@ -1009,7 +1111,16 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                                     key: &w.key,
                                 })
                                 .await?;
-                            state.store.upsert_ticket(&record(&t, "created_after_refused_reopen", pname, &base)).await.map_err(store_err)?;
+                            state
+                                .store
+                                .upsert_ticket(&record(
+                                    &t,
+                                    "created_after_refused_reopen",
+                                    pname,
+                                    &base,
+                                ))
+                                .await
+                                .map_err(store_err)?;
                         }
                         Err(e) => return Err(e),
                     }
@@ -1034,7 +1145,12 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                 domain: Some(domain),
                 sha256,
             };
-            match tickets::decide(&cores, Run::Vulnerability { still_vulnerable: true }) {
+            match tickets::decide(
+                &cores,
+                Run::Vulnerability {
+                    still_vulnerable: true,
+                },
+            ) {
                 Action::Create => {
                     let t = conn
                         .create_deduped(&NewTicket {
@@ -1044,20 +1160,39 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                             key: &w.key,
                         })
                         .await?;
-                    state.store.upsert_ticket(&record(&t, "created", "high", &base)).await.map_err(store_err)?;
+                    state
+                        .store
+                        .upsert_ticket(&record(&t, "created", "high", &base))
+                        .await
+                        .map_err(store_err)?;
                 }
                 Action::Note { id } => {
                     conn.add_note(&id, &body).await?;
-                    let t = found.iter().find(|t| t.id == id).expect("chosen from found");
-                    state.store.upsert_ticket(&record(t, "noted", "high", &base)).await.map_err(store_err)?;
+                    let t = found
+                        .iter()
+                        .find(|t| t.id == id)
+                        .expect("chosen from found");
+                    state
+                        .store
+                        .upsert_ticket(&record(t, "noted", "high", &base))
+                        .await
+                        .map_err(store_err)?;
                 }
                 Action::Reopen { id, display_no } => {
                     let note = format!("Reopened by certkeeper: still vulnerable.\n{body}");
                     match conn.reopen(&id, &note).await {
                         Ok(()) => {
-                            let mut t = found.iter().find(|t| t.id == id).cloned().expect("chosen from found");
+                            let mut t = found
+                                .iter()
+                                .find(|t| t.id == id)
+                                .cloned()
+                                .expect("chosen from found");
                             t.status = NormStatus::Active;
-                            state.store.upsert_ticket(&record(&t, "reopened", "high", &base)).await.map_err(store_err)?;
+                            state
+                                .store
+                                .upsert_ticket(&record(&t, "reopened", "high", &base))
+                                .await
+                                .map_err(store_err)?;
                         }
                         Err(TicketError::NotAllowed { .. }) if sys.new_when_reopen_refused => {
                             let cited = tickets::cite_old(&body, &display_no);
@@ -1069,7 +1204,16 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                                     key: &w.key,
                                 })
                                 .await?;
-                            state.store.upsert_ticket(&record(&t, "created_after_refused_reopen", "high", &base)).await.map_err(store_err)?;
+                            state
+                                .store
+                                .upsert_ticket(&record(
+                                    &t,
+                                    "created_after_refused_reopen",
+                                    "high",
+                                    &base,
+                                ))
+                                .await
+                                .map_err(store_err)?;
                         }
                         Err(e) => return Err(e),
                     }
@@ -1089,7 +1233,10 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                 domain: None,
                 sha256: Some(sha256),
             };
-            let active = found.iter().filter(|t| t.status == NormStatus::Active).min_by_key(|t| t.created);
+            let active = found
+                .iter()
+                .filter(|t| t.status == NormStatus::Active)
+                .min_by_key(|t| t.created);
             match active {
                 Some(t) => {
                     conn.add_note(&t.id, &note).await?;
@@ -1098,12 +1245,20 @@ async fn do_work(state: &AppState, w: &TicketWork, now: OffsetDateTime) -> Resul
                         conn.resolve(&t.id, &note).await?;
                         t.status = NormStatus::Resolved;
                     }
-                    state.store.upsert_ticket(&record(&t, "renewed", &prior.priority, &base)).await.map_err(store_err)?;
+                    state
+                        .store
+                        .upsert_ticket(&record(&t, "renewed", &prior.priority, &base))
+                        .await
+                        .map_err(store_err)?;
                 }
                 None => {
                     // Closed by someone already: record what is there.
                     if let Some(t) = found.iter().max_by_key(|t| t.created) {
-                        state.store.upsert_ticket(&record(t, "renewed", &prior.priority, &base)).await.map_err(store_err)?;
+                        state
+                            .store
+                            .upsert_ticket(&record(t, "renewed", &prior.priority, &base))
+                            .await
+                            .map_err(store_err)?;
                     }
                 }
             }
@@ -1151,7 +1306,13 @@ pub async fn queue_vulnerability_tickets(
     leaf_sha256: Option<&str>,
     scanned_at: OffsetDateTime,
 ) -> Result<usize, ApiError> {
-    let systems: Vec<&TicketSystem> = state.config.notify.ticketing.iter().filter(|t| t.vulnerability).collect();
+    let systems: Vec<&TicketSystem> = state
+        .config
+        .notify
+        .ticketing
+        .iter()
+        .filter(|t| t.vulnerability)
+        .collect();
     if systems.is_empty() {
         return Ok(0);
     }
@@ -1172,7 +1333,12 @@ pub async fn queue_vulnerability_tickets(
     }
     let sha = match leaf_sha256 {
         Some(s) => Some(s.to_string()),
-        None => state.store.endpoint_current_sha(host, &ip.to_string(), port).await?,
+        None => {
+            state
+                .store
+                .endpoint_current_sha(host, &ip.to_string(), port)
+                .await?
+        }
     };
     let Some(sha) = sha else {
         return Ok(0);
@@ -1180,7 +1346,11 @@ pub async fn queue_vulnerability_tickets(
     let Ok(view) = state.store.notify_view(&sha).await else {
         return Ok(0);
     };
-    let sig = state.store.signature_algorithm(&sha).await?.unwrap_or_default();
+    let sig = state
+        .store
+        .signature_algorithm(&sha)
+        .await?
+        .unwrap_or_default();
     let cn = view.display_name();
     let mut domains: Vec<String> = Vec::new();
     for n in view.names() {
@@ -1215,7 +1385,10 @@ pub async fn queue_vulnerability_tickets(
         })
         .expect("serialises");
         for s in &systems {
-            state.store.queue_ticket_work(s.connector.system(), &key, &op, scanned_at).await?;
+            state
+                .store
+                .queue_ticket_work(s.connector.system(), &key, &op, scanned_at)
+                .await?;
             queued += 1;
         }
     }
@@ -1227,11 +1400,18 @@ pub async fn queue_vulnerability_tickets(
 
 /// What each policy would do at `at`, and why each certificate within its horizon
 /// (or the one asked about) is left out.
-pub async fn preview(state: &AppState, at: OffsetDateTime, only: Option<&str>) -> Result<Value, ApiError> {
+pub async fn preview(
+    state: &AppState,
+    at: OffsetDateTime,
+    only: Option<&str>,
+) -> Result<Value, ApiError> {
     let settings = &state.config.notify;
     let mut policies = Vec::new();
-    let mut all: Vec<(ExpiryPolicy, &'static str)> =
-        settings.effective_policies().into_iter().map(|p| (p, "expiry")).collect();
+    let mut all: Vec<(ExpiryPolicy, &'static str)> = settings
+        .effective_policies()
+        .into_iter()
+        .map(|p| (p, "expiry"))
+        .collect();
     for r in &settings.reports {
         all.push((
             ExpiryPolicy {
@@ -1257,7 +1437,10 @@ pub async fn preview(state: &AppState, at: OffsetDateTime, only: Option<&str>) -
                 let mut v = Vec::new();
                 let mut after = None;
                 loop {
-                    let page = state.store.notify_candidates(cutoff, after.as_ref(), PAGE).await?;
+                    let page = state
+                        .store
+                        .notify_candidates(cutoff, after.as_ref(), PAGE)
+                        .await?;
                     v.extend(page.items);
                     match page.next {
                         Some(n) => after = Some(n),
@@ -1321,15 +1504,30 @@ pub async fn preview(state: &AppState, at: OffsetDateTime, only: Option<&str>) -
                     for s in settings.ticketing.iter().filter(|t| t.expiry) {
                         let rec = state.store.ticket(s.connector.system(), &tk).await?;
                         let (action, reason) = match &rec {
-                            None => ("create".to_string(), "no ticket for this certificate at this address".to_string()),
+                            None => (
+                                "create".to_string(),
+                                "no ticket for this certificate at this address".to_string(),
+                            ),
                             Some(r) if r.status == "active" => {
                                 if d.escalated && r.priority != "highest" {
-                                    ("escalate".into(), format!("ticket {} is open; it goes to the highest priority", r.number))
+                                    (
+                                        "escalate".into(),
+                                        format!(
+                                            "ticket {} is open; it goes to the highest priority",
+                                            r.number
+                                        ),
+                                    )
                                 } else {
                                     ("nothing".into(), format!("ticket {} is open", r.number))
                                 }
                             }
-                            Some(r) => ("reopen".into(), format!("ticket {} is {} but the certificate is not renewed", r.number, r.status)),
+                            Some(r) => (
+                                "reopen".into(),
+                                format!(
+                                    "ticket {} is {} but the certificate is not renewed",
+                                    r.number, r.status
+                                ),
+                            ),
                         };
                         ticket_actions.push(json!({
                             "system": s.connector.system(),
@@ -1368,7 +1566,8 @@ pub async fn preview(state: &AppState, at: OffsetDateTime, only: Option<&str>) -
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Schedules in the background: each policy's occurrence is claimed once across
@@ -1381,7 +1580,12 @@ pub async fn background_pass(state: &AppState, now: OffsetDateTime) {
         .effective_policies()
         .into_iter()
         .map(|p| (format!("notify:{}", p.name), p.schedule))
-        .chain(settings.reports.iter().map(|r| (format!("report:{}", r.name), r.schedule.clone())))
+        .chain(
+            settings
+                .reports
+                .iter()
+                .map(|r| (format!("report:{}", r.name), r.schedule.clone())),
+        )
         .collect();
     for (name, s) in schedules {
         if let Some(at) = s.due(now, grace) {
@@ -1418,7 +1622,12 @@ fn parse_at(s: &str) -> Result<OffsetDateTime, ApiError> {
         return Ok(t);
     }
     let d = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
-        .map_err(|_| ApiError::bad_request("invalid_request", format!("at {s:?}: expected YYYY-MM-DD or an RFC 3339 time")))?;
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("at {s:?}: expected YYYY-MM-DD or an RFC 3339 time"),
+            )
+        })?;
     Ok(d.with_hms(9, 0, 0).expect("valid").assume_utc())
 }
 
@@ -1436,7 +1645,10 @@ pub async fn preview_route(
 }
 
 /// `POST /api/v1/notifications/run`: run now, then deliver and work the tickets.
-pub async fn run_route(State(state): State<AppState>, _caller: Caller) -> Result<Json<Value>, ApiError> {
+pub async fn run_route(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let summary = run_at(&state, now).await?;
     let (sent, retried, failed) = deliver_due(&state, now).await?;
@@ -1502,9 +1714,14 @@ pub async fn test_route(
         let row = state.store.claim_delivery(&d.id, &lease, now, 60).await?;
         let outcome = match send_delivery(&state, &row, now).await {
             Ok(()) => DeliveryOutcome::Sent,
-            Err(e) => DeliveryOutcome::Failed { error: e.to_string() },
+            Err(e) => DeliveryOutcome::Failed {
+                error: e.to_string(),
+            },
         };
-        state.store.finish_delivery(&d.id, &lease, &outcome, now).await?;
+        state
+            .store
+            .finish_delivery(&d.id, &lease, &outcome, now)
+            .await?;
         results.push(json!({
             "delivery": d.id,
             "recipient": r,
@@ -1563,7 +1780,9 @@ pub async fn list_deliveries(
 ) -> Result<Json<Value>, ApiError> {
     let limit = i64::from(q.limit.unwrap_or(100).min(state.config.max_page_size));
     let rows = state.store.deliveries(q.state.as_deref(), limit).await?;
-    Ok(Json(json!({"items": rows.iter().map(delivery_view).collect::<Vec<_>>(), "next_cursor": null})))
+    Ok(Json(
+        json!({"items": rows.iter().map(delivery_view).collect::<Vec<_>>(), "next_cursor": null}),
+    ))
 }
 
 /// `GET /api/v1/notifications/deliveries/{id}`: a delivery with every attempt.
@@ -1596,7 +1815,10 @@ pub async fn list_tickets(
     Query(q): Query<TicketsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = i64::from(q.limit.unwrap_or(100).min(state.config.max_page_size));
-    let rows = state.store.tickets(q.system.as_deref(), q.kind.as_deref(), limit).await?;
+    let rows = state
+        .store
+        .tickets(q.system.as_deref(), q.kind.as_deref(), limit)
+        .await?;
     let mut items = Vec::new();
     for t in rows {
         let work = state.store.ticket_work_state(&t.system, &t.key).await?;
@@ -1629,14 +1851,20 @@ pub async fn test_ticketing(
     _caller: Caller,
     Path(system): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let sys = state.config.notify.system(&system).ok_or_else(|| {
-        ApiError::not_found(&format!("ticketing system {system:?}"))
-    })?;
+    let sys = state
+        .config
+        .notify
+        .system(&system)
+        .ok_or_else(|| ApiError::not_found(&format!("ticketing system {system:?}")))?;
     match sys.connector.test_connection().await {
         Ok(()) => Ok(Json(json!({"system": system, "ok": true}))),
-        Err(e) => Err(ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "ticketing_unreachable", e.to_string())
-            .with("system", json!(system))
-            .with("reason", json!(e.code()))),
+        Err(e) => Err(ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "ticketing_unreachable",
+            e.to_string(),
+        )
+        .with("system", json!(system))
+        .with("reason", json!(e.code()))),
     }
 }
 
@@ -1661,12 +1889,20 @@ pub async fn put_meta(
     let meta = certkeeper_store::CertMeta {
         owner: req.owner.filter(|o| !o.trim().is_empty()),
         tags: req.tags,
-        retired_at: if req.retired { old.retired_at.or(Some(now)) } else { None },
+        retired_at: if req.retired {
+            old.retired_at.or(Some(now))
+        } else {
+            None
+        },
     };
-    state.store.set_certificate_meta(&sha, &meta, now).await.map_err(|e| match e {
-        certkeeper_store::StoreError::NotFound => ApiError::not_found("certificate"),
-        e => e.into(),
-    })?;
+    state
+        .store
+        .set_certificate_meta(&sha, &meta, now)
+        .await
+        .map_err(|e| match e {
+            certkeeper_store::StoreError::NotFound => ApiError::not_found("certificate"),
+            e => e.into(),
+        })?;
     Ok(Json(json!({
         "sha256": sha,
         "owner": meta.owner,

@@ -167,7 +167,11 @@ fn json_list(s: &str) -> Result<Vec<String>, StoreError> {
 
 /// Names a certificate covers, lower case.
 fn name_set(cn: &Option<String>, sans: &[String]) -> Vec<String> {
-    let mut v: Vec<String> = cn.iter().chain(sans).map(|s| s.to_ascii_lowercase()).collect();
+    let mut v: Vec<String> = cn
+        .iter()
+        .chain(sans)
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
     v.sort();
     v.dedup();
     v
@@ -206,10 +210,11 @@ impl Store {
 
     /// Owner, tags and retirement of a certificate (defaults when never set).
     pub async fn certificate_meta(&self, sha256: &str) -> Result<CertMeta, StoreError> {
-        let row = sqlx::query("SELECT owner, tags, retired_at FROM certificate_meta WHERE sha256 = $1")
-            .bind(sha256)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT owner, tags, retired_at FROM certificate_meta WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(&self.pool)
+                .await?;
         match row {
             None => Ok(CertMeta::default()),
             Some(r) => Ok(CertMeta {
@@ -587,10 +592,16 @@ impl Store {
         let t = now.unix_timestamp();
         let (state, run_after, error, sent_at, logged) = match outcome {
             DeliveryOutcome::Sent => ("sent", t, None, Some(t), "sent"),
-            DeliveryOutcome::Retry { at, error } => {
-                ("pending", at.unix_timestamp(), Some(error.as_str()), None, "retry")
+            DeliveryOutcome::Retry { at, error } => (
+                "pending",
+                at.unix_timestamp(),
+                Some(error.as_str()),
+                None,
+                "retry",
+            ),
+            DeliveryOutcome::Failed { error } => {
+                ("failed", t, Some(error.as_str()), None, "failed")
             }
-            DeliveryOutcome::Failed { error } => ("failed", t, Some(error.as_str()), None, "failed"),
         };
         sqlx::query(
             "UPDATE notify_deliveries SET state = $2, run_after = $3, last_error = $4, sent_at = $5, lease_id = NULL, lease_until = NULL WHERE id = $1",
@@ -703,7 +714,8 @@ impl Store {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        let due = "((state = 'pending' AND run_after <= $1) OR (state = 'leased' AND lease_until < $1))";
+        let due =
+            "((state = 'pending' AND run_after <= $1) OR (state = 'leased' AND lease_until < $1))";
         let sql = format!(
             "UPDATE ticket_work SET state = 'leased', lease_id = $2, lease_until = $3, attempts = attempts + 1 \
              WHERE (system, ticket_key) IN (SELECT system, ticket_key FROM ticket_work WHERE {due} \
@@ -751,7 +763,9 @@ impl Store {
         let t = now.unix_timestamp();
         let (state, run_after, error) = match outcome {
             WorkOutcome::Done => ("done", t, None),
-            WorkOutcome::Retry { at, error } => ("pending", at.unix_timestamp(), Some(error.as_str())),
+            WorkOutcome::Retry { at, error } => {
+                ("pending", at.unix_timestamp(), Some(error.as_str()))
+            }
             WorkOutcome::Failed { error } => ("failed", t, Some(error.as_str())),
         };
         let n = sqlx::query(
@@ -870,7 +884,11 @@ impl Store {
     }
 
     /// One ticket record.
-    pub async fn ticket(&self, system: &str, key: &str) -> Result<Option<TicketRecord>, StoreError> {
+    pub async fn ticket(
+        &self,
+        system: &str,
+        key: &str,
+    ) -> Result<Option<TicketRecord>, StoreError> {
         let r = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE system = $1 AND ticket_key = $2"
         )))
@@ -882,7 +900,10 @@ impl Store {
     }
 
     /// Expiry ticket records of a certificate.
-    pub async fn tickets_of_certificate(&self, sha256: &str) -> Result<Vec<TicketRecord>, StoreError> {
+    pub async fn tickets_of_certificate(
+        &self,
+        sha256: &str,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE sha256 = $1 AND kind = 'expiry' ORDER BY system, ticket_key"
         )))
@@ -939,12 +960,13 @@ impl Store {
         ip: &str,
         port: u16,
     ) -> Result<Option<String>, StoreError> {
-        let r = sqlx::query("SELECT sha256 FROM endpoints WHERE host = $1 AND ip = $2 AND port = $3")
-            .bind(host)
-            .bind(ip)
-            .bind(i64::from(port))
-            .fetch_optional(&self.pool)
-            .await?;
+        let r =
+            sqlx::query("SELECT sha256 FROM endpoints WHERE host = $1 AND ip = $2 AND port = $3")
+                .bind(host)
+                .bind(ip)
+                .bind(i64::from(port))
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match r {
             Some(r) => get(&r, "sha256")?,
             None => None,

@@ -972,7 +972,11 @@ async fn notification_candidates_know_where_served_and_when_renewed() {
         .leaf(&LeafSpec::new("o.test", KeyKind::EcdsaP256).valid_days(-85, 90))
         .unwrap();
     let narrower = pki
-        .leaf(&LeafSpec::new("w.test", KeyKind::EcdsaP256).names(&["w.test", "x.test"]).valid_days(-84, 90))
+        .leaf(
+            &LeafSpec::new("w.test", KeyKind::EcdsaP256)
+                .names(&["w.test", "x.test"])
+                .valid_days(-84, 90),
+        )
         .unwrap();
     let wider_late = pki
         .leaf(&LeafSpec::new("w.test", KeyKind::EcdsaP256).valid_days(-1, 90))
@@ -1000,7 +1004,12 @@ async fn notification_candidates_know_where_served_and_when_renewed() {
         let old_sha = parsed(&old.der).facts.sha256.to_string();
         let other_sha = parsed(&other.der).facts.sha256.to_string();
         let w_sha = parsed(&narrower.der).facts.sha256.to_string();
-        assert_eq!(shas, vec![other_sha.as_str(), w_sha.as_str(), old_sha.as_str()], "{}", tdb.label);
+        assert_eq!(
+            shas,
+            vec![other_sha.as_str(), w_sha.as_str(), old_sha.as_str()],
+            "{}",
+            tdb.label
+        );
         assert!(page.items.iter().all(|c| c.renewed_by.is_none()));
         assert_eq!(page.items[2].served_at.len(), 1);
         assert_eq!(page.items[2].served_at[0].host, "n.test");
@@ -1027,7 +1036,11 @@ async fn notification_candidates_know_where_served_and_when_renewed() {
             tdb.label
         );
         assert!(get(&old_sha).served_at.is_empty());
-        assert_eq!(get(&w_sha).renewed_by, None, "the new one does not cover x.test");
+        assert_eq!(
+            get(&w_sha).renewed_by,
+            None,
+            "the new one does not cover x.test"
+        );
         assert_eq!(get(&other_sha).renewed_by, None);
 
         // Paging by (not_after, sha256) walks the same list.
@@ -1119,23 +1132,39 @@ async fn messages_are_claimed_once_and_deliveries_leased_retried_and_logged() {
             .await
             .unwrap();
         assert!(matches!(
-            store.finish_delivery("d1", "wa", &DeliveryOutcome::Sent, now).await,
+            store
+                .finish_delivery("d1", "wa", &DeliveryOutcome::Sent, now)
+                .await,
             Err(StoreError::LeaseLost)
         ));
         // Not due yet; then due; d2's lease runs out and it comes back too.
-        assert!(store.claim_deliveries("wc", now + Duration::seconds(10), 60, 10).await.unwrap().is_empty());
+        assert!(
+            store
+                .claim_deliveries("wc", now + Duration::seconds(10), 60, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let later = store
             .claim_deliveries("wc", now + Duration::seconds(61), 60, 10)
             .await
             .unwrap();
         assert_eq!(later.len(), 2, "{}", tdb.label);
         store
-            .finish_delivery("d1", "wc", &DeliveryOutcome::Sent, now + Duration::seconds(61))
+            .finish_delivery(
+                "d1",
+                "wc",
+                &DeliveryOutcome::Sent,
+                now + Duration::seconds(61),
+            )
             .await
             .unwrap();
         let attempts = store.delivery_attempts("d1").await.unwrap();
         assert_eq!(
-            attempts.iter().map(|a| (a.attempt, a.outcome.as_str())).collect::<Vec<_>>(),
+            attempts
+                .iter()
+                .map(|a| (a.attempt, a.outcome.as_str()))
+                .collect::<Vec<_>>(),
             vec![(1, "retry"), (2, "sent")]
         );
         assert_eq!(attempts[0].error.as_deref(), Some("smtp: 451 try later"));
@@ -1153,34 +1182,68 @@ async fn ticket_work_is_one_per_key_and_a_newer_action_runs_after_the_one_in_pro
     for tdb in db::all().unwrap() {
         let store = Store::open(&tdb.url).await.unwrap();
         let now = OffsetDateTime::now_utc();
-        store.queue_ticket_work("rt", "cm1-a", "{\"v\":1}", now).await.unwrap();
-        store.queue_ticket_work("rt", "cm1-a", "{\"v\":2}", now).await.unwrap();
-        store.queue_ticket_work("rt", "cm1-b", "{\"v\":1}", now).await.unwrap();
+        store
+            .queue_ticket_work("rt", "cm1-a", "{\"v\":1}", now)
+            .await
+            .unwrap();
+        store
+            .queue_ticket_work("rt", "cm1-a", "{\"v\":2}", now)
+            .await
+            .unwrap();
+        store
+            .queue_ticket_work("rt", "cm1-b", "{\"v\":1}", now)
+            .await
+            .unwrap();
         let w = store.claim_ticket_work("w1", now, 60, 10).await.unwrap();
         assert_eq!(w.len(), 2, "{}", tdb.label);
         let a = w.iter().find(|x| x.key == "cm1-a").unwrap().clone();
-        assert_eq!(a.action, "{\"v\":2}", "the latest action replaces one not begun");
-        assert!(store.claim_ticket_work("w2", now, 60, 10).await.unwrap().is_empty());
+        assert_eq!(
+            a.action, "{\"v\":2}",
+            "the latest action replaces one not begun"
+        );
+        assert!(
+            store
+                .claim_ticket_work("w2", now, 60, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // A newer action while a is in progress: finishing a leaves it pending.
-        store.queue_ticket_work("rt", "cm1-a", "{\"v\":3}", now).await.unwrap();
-        store.finish_ticket_work(&a, &WorkOutcome::Done, now).await.unwrap();
+        store
+            .queue_ticket_work("rt", "cm1-a", "{\"v\":3}", now)
+            .await
+            .unwrap();
+        store
+            .finish_ticket_work(&a, &WorkOutcome::Done, now)
+            .await
+            .unwrap();
         let again = store.claim_ticket_work("w2", now, 60, 10).await.unwrap();
         assert_eq!(again.len(), 1, "{}", tdb.label);
         assert_eq!(again[0].action, "{\"v\":3}");
         store
             .finish_ticket_work(
                 &again[0],
-                &WorkOutcome::Retry { at: now + Duration::seconds(5), error: "servicenow is unavailable: HTTP 503".into() },
+                &WorkOutcome::Retry {
+                    at: now + Duration::seconds(5),
+                    error: "servicenow is unavailable: HTTP 503".into(),
+                },
                 now,
             )
             .await
             .unwrap();
         assert_eq!(
-            store.ticket_work_state("rt", "cm1-a").await.unwrap().map(|s| s.0),
+            store
+                .ticket_work_state("rt", "cm1-a")
+                .await
+                .unwrap()
+                .map(|s| s.0),
             Some("pending".to_string())
         );
         let b = w.iter().find(|x| x.key == "cm1-b").unwrap().clone();
-        store.finish_ticket_work(&b, &WorkOutcome::Done, now).await.unwrap();
+        store
+            .finish_ticket_work(&b, &WorkOutcome::Done, now)
+            .await
+            .unwrap();
         assert!(matches!(
             store.finish_ticket_work(&b, &WorkOutcome::Done, now).await,
             Err(StoreError::LeaseLost)
@@ -1214,9 +1277,29 @@ async fn ticket_work_is_one_per_key_and_a_newer_action_runs_after_the_one_in_pro
         assert_eq!(got.status, "resolved");
         assert_eq!(got.sha256, rec.sha256, "kept when not given");
         assert_eq!(store.tickets(None, None, 10).await.unwrap().len(), 1);
-        assert_eq!(store.tickets(Some("rt"), Some("expiry"), 10).await.unwrap().len(), 1);
-        assert!(store.tickets(Some("jira"), None, 10).await.unwrap().is_empty());
-        assert_eq!(store.tickets_of_certificate(&"ab".repeat(32)).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .tickets(Some("rt"), Some("expiry"), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .tickets(Some("jira"), None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .tickets_of_certificate(&"ab".repeat(32))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         store.close().await;
     }
 }

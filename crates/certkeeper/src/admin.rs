@@ -285,6 +285,21 @@ pub enum CertsCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Set a certificate's owner and tags (notification scopes), or mark it retired
+    /// (it notifies no more). Replaces what was set before.
+    Label {
+        sha256: String,
+        #[arg(long, env = "CERTKEEPER_OWNER")]
+        owner: Option<String>,
+        /// Repeatable.
+        #[arg(long = "tag", env = "CERTKEEPER_TAGS", value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Retired: no longer in use, never notified about.
+        #[arg(long, env = "CERTKEEPER_RETIRED")]
+        retired: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// `30s`, `15m`, `24h`, `7d`, or plain seconds.
@@ -437,6 +452,38 @@ pub async fn run_admin(cmd: AdminCommand) -> Result<ExitCode> {
 
 pub async fn run_certs(cmd: CertsCommand) -> Result<ExitCode> {
     match cmd {
+        CertsCommand::Label {
+            sha256,
+            owner,
+            tags,
+            retired,
+            remote,
+        } => {
+            let api = remote.connect()?;
+            let v = api
+                .put(
+                    &format!("/api/v1/certificates/{sha256}/meta"),
+                    &json!({"owner": owner, "tags": tags, "retired": retired}),
+                )
+                .await?;
+            println!(
+                "{sha256}: owner {}, tags [{}]{}",
+                v["owner"].as_str().unwrap_or("-"),
+                v["tags"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
+                if v["retired"] == true {
+                    ", retired"
+                } else {
+                    ""
+                }
+            );
+        }
         CertsCommand::List {
             expiring_within,
             expired,

@@ -6,6 +6,7 @@ mod agent;
 mod client;
 mod csr;
 mod jobs;
+mod notify_cfg;
 mod notify_cmd;
 mod server_cmd;
 mod vulnscan;

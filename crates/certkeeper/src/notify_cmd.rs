@@ -135,7 +135,11 @@ pub async fn run_notify(cmd: NotifyCommand) -> Result<ExitCode> {
                         s(&n["stage"]),
                         s(&n["sha256"]),
                         s(&n["days_left"]),
-                        if n["escalated"] == true { " ESCALATED" } else { "" }
+                        if n["escalated"] == true {
+                            " ESCALATED"
+                        } else {
+                            ""
+                        }
                     );
                     for c in n["channels"].as_array().into_iter().flatten() {
                         println!(

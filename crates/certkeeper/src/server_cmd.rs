@@ -60,6 +60,19 @@ struct FileConfig {
     renewal: Option<RenewalFile>,
     /// Limits and trust of the vulnerability scans the server runs.
     vulnscan: Option<VulnScanFile>,
+    /// `[[notifications.expiry]]`, `[[notifications.report]]` and their settings.
+    notifications: Option<crate::notify_cfg::NotificationsFile>,
+    /// SMTP relay and default recipients.
+    email: Option<toml::Table>,
+    syslog: Option<crate::notify_cfg::SyslogFile>,
+    /// Our signed webhook.
+    webhook: Option<toml::Table>,
+    /// A Slack-compatible incoming webhook.
+    slack: Option<toml::Table>,
+    /// PagerDuty Events v2.
+    pagerduty: Option<toml::Table>,
+    /// `[ticketing.servicenow]`, `[ticketing.servicedesk_plus]`, `[ticketing.jira]`, `[ticketing.rt]`.
+    ticketing: Option<std::collections::BTreeMap<String, toml::Table>>,
 }
 
 /// `[fetch]` in the server TOML.
@@ -445,6 +458,15 @@ fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
     if let Some(r) = file.renewal {
         cfg.reuse_key = r.reuse_key;
     }
+    cfg.notify = crate::notify_cfg::settings(crate::notify_cfg::Sections {
+        notifications: file.notifications,
+        email: file.email,
+        syslog: file.syslog,
+        webhook: file.webhook,
+        slack: file.slack,
+        pagerduty: file.pagerduty,
+        ticketing: file.ticketing,
+    })?;
     if !listen.ip().is_unspecified() {
         cfg.tls_names.push(listen.ip().to_string());
     }
