@@ -3,82 +3,12 @@
 //! back field by field, so what arrives is what a collector parses.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use certkeeper_connect::syslog::{self, Kind, Record, Severity, Transport};
+use certkeeper_testkit::rsyslog::{lines, rsyslog};
 use time::macros::datetime;
-
-struct Rsyslog {
-    child: Child,
-    udp: u16,
-    tcp: u16,
-    out: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rsyslog() -> Rsyslog {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let (udp, tcp) = (
-        certkeeper_testkit::free_port().unwrap(),
-        certkeeper_testkit::free_port().unwrap(),
-    );
-    let out = dir.path().join("out.log");
-    std::fs::write(
-        dir.path().join("rsyslog.conf"),
-        format!(
-            "global(workDirectory=\"{d}\")\nmodule(load=\"imudp\")\nmodule(load=\"imtcp\")\n\
-             input(type=\"imudp\" address=\"127.0.0.1\" port=\"{udp}\")\n\
-             input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{tcp}\")\n\
-             template(name=\"fields\" type=\"string\" string=\"%PRI%|%TIMESTAMP:::date-rfc3339%|%HOSTNAME%|%APP-NAME%|%PROCID%|%MSGID%|%STRUCTURED-DATA%|%msg%\\n\")\n\
-             *.* action(type=\"omfile\" file=\"{}\" template=\"fields\")\n",
-            out.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("rsyslogd")
-        .args(["-n", "-f"])
-        .arg(dir.path().join("rsyslog.conf"))
-        .arg("-i")
-        .arg(dir.path().join("pid"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rsyslogd (apt-get install rsyslog)");
-    certkeeper_testkit::wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], tcp)),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    Rsyslog {
-        child,
-        udp,
-        tcp,
-        out,
-        _dir: dir,
-    }
-}
-
-fn lines(path: &Path, want: usize) -> Vec<String> {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let l: Vec<String> = text.lines().map(str::to_string).collect();
-        if l.len() >= want || Instant::now() > until {
-            return l;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn message(n: u32, sev: Severity) -> String {
     let params = [

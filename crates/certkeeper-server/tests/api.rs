@@ -2,9 +2,7 @@
 //! over real HTTP(S) with reqwest.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 
-use anyhow::Result;
 use base64::Engine;
 use certkeeper_server::{Prepared, ServerConfig, prepare};
 use certkeeper_testkit::{KeyKind, LeafSpec, TestPki, db};
@@ -12,104 +10,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-struct Running {
-    base: String,
-    admin: String,
-    fingerprint: Option<String>,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    /// `GET base+path` as the administrator.
-    async fn admin_get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.admin)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// `POST base+path` with a JSON body as the administrator.
-    async fn admin_post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.admin)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-fn install_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-async fn start(config: impl FnOnce(&mut ServerConfig)) -> Result<Running> {
-    install_provider();
-    let dir = tempfile::tempdir()?;
-    let mut cfg = ServerConfig::new(dir.path());
-    cfg.http = true;
-    config(&mut cfg);
-    let http = cfg.http;
-    let preset = cfg.admin_token.clone();
-    let prepared: Prepared = prepare(cfg).await?;
-    let admin = match (&prepared.created_admin_token, preset) {
-        (Some(t), _) => t.clone(),
-        (None, Some(p)) => p,
-        (None, None) => std::fs::read_to_string(dir.path().join("admin.token"))?,
-    };
-    let fingerprint = prepared.certificate_fingerprint.map(|f| f.to_string());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        prepared
-            .launch(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    let (base, client) = if http {
-        (format!("http://{addr}"), reqwest::Client::new())
-    } else {
-        let pem = std::fs::read(dir.path().join("server.crt"))?;
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-            .build()?;
-        (format!("https://{addr}"), client)
-    };
-    // Ready when /healthz answers, not after a sleep.
-    for _ in 0..200 {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
-            && r.status() == StatusCode::OK
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    Ok(Running {
-        base,
-        admin,
-        fingerprint,
-        client,
-        _dir: dir,
-        stop: Some(tx),
-        task,
-    })
-}
+mod common;
+use common::*;
 
 async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
     let status = r.status();

@@ -10,6 +10,7 @@ pub mod pebble;
 pub mod peers;
 pub mod pki;
 pub mod revocation;
+pub mod rsyslog;
 pub mod servers;
 pub mod smtp;
 

@@ -1,0 +1,111 @@
+//! The server in-process for tests: a real server on 127.0.0.1:0 with a temp data
+//! dir, spoken to over real HTTP(S) with reqwest.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use certkeeper_server::{Prepared, ServerConfig, prepare};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub struct Running {
+    pub base: String,
+    pub admin: String,
+    pub fingerprint: Option<String>,
+    pub client: reqwest::Client,
+    pub _dir: tempfile::TempDir,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// `GET base+path` as the administrator.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST base+path` with a JSON body as the administrator.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+pub fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub async fn start(config: impl FnOnce(&mut ServerConfig)) -> Result<Running> {
+    install_provider();
+    let dir = tempfile::tempdir()?;
+    let mut cfg = ServerConfig::new(dir.path());
+    cfg.http = true;
+    config(&mut cfg);
+    let http = cfg.http;
+    let preset = cfg.admin_token.clone();
+    let prepared: Prepared = prepare(cfg).await?;
+    let admin = match (&prepared.created_admin_token, preset) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => p,
+        (None, None) => std::fs::read_to_string(dir.path().join("admin.token"))?,
+    };
+    let fingerprint = prepared.certificate_fingerprint.map(|f| f.to_string());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        prepared
+            .launch(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let (base, client) = if http {
+        (format!("http://{addr}"), reqwest::Client::new())
+    } else {
+        let pem = std::fs::read(dir.path().join("server.crt"))?;
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+            .build()?;
+        (format!("https://{addr}"), client)
+    };
+    // Ready when /healthz answers, not after a sleep.
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status() == StatusCode::OK
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(Running {
+        base,
+        admin,
+        fingerprint,
+        client,
+        _dir: dir,
+        stop: Some(tx),
+        task,
+    })
+}
+
