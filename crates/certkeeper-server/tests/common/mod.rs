@@ -15,9 +15,11 @@ pub struct Running {
     pub admin: String,
     pub fingerprint: Option<String>,
     pub client: reqwest::Client,
-    pub _dir: tempfile::TempDir,
+    pub _dir: Option<tempfile::TempDir>,
     pub stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<()>,
+    /// The server's state, for driving its jobs with an injected clock.
+    pub state: certkeeper_server::AppState,
 }
 
 impl Running {
@@ -55,9 +57,19 @@ pub fn install_provider() {
 }
 
 pub async fn start(config: impl FnOnce(&mut ServerConfig)) -> Result<Running> {
-    install_provider();
     let dir = tempfile::tempdir()?;
-    let mut cfg = ServerConfig::new(dir.path());
+    let mut r = start_at(dir.path(), config).await?;
+    r._dir = Some(dir);
+    Ok(r)
+}
+
+/// A server on a data directory the caller keeps (to restart on it).
+pub async fn start_at(
+    data_dir: &std::path::Path,
+    config: impl FnOnce(&mut ServerConfig),
+) -> Result<Running> {
+    install_provider();
+    let mut cfg = ServerConfig::new(data_dir);
     cfg.http = true;
     config(&mut cfg);
     let http = cfg.http;
@@ -66,9 +78,10 @@ pub async fn start(config: impl FnOnce(&mut ServerConfig)) -> Result<Running> {
     let admin = match (&prepared.created_admin_token, preset) {
         (Some(t), _) => t.clone(),
         (None, Some(p)) => p,
-        (None, None) => std::fs::read_to_string(dir.path().join("admin.token"))?,
+        (None, None) => std::fs::read_to_string(data_dir.join("admin.token"))?,
     };
     let fingerprint = prepared.certificate_fingerprint.map(|f| f.to_string());
+    let state = prepared.state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel();
@@ -83,7 +96,7 @@ pub async fn start(config: impl FnOnce(&mut ServerConfig)) -> Result<Running> {
     let (base, client) = if http {
         (format!("http://{addr}"), reqwest::Client::new())
     } else {
-        let pem = std::fs::read(dir.path().join("server.crt"))?;
+        let pem = std::fs::read(data_dir.join("server.crt"))?;
         let client = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
             .build()?;
@@ -103,9 +116,10 @@ pub async fn start(config: impl FnOnce(&mut ServerConfig)) -> Result<Running> {
         admin,
         fingerprint,
         client,
-        _dir: dir,
+        _dir: None,
         stop: Some(tx),
         task,
+        state,
     })
 }
 
