@@ -8,7 +8,9 @@ pub mod pebble;
 pub mod peers;
 pub mod pki;
 pub mod revocation;
+pub mod sdp_sim;
 pub mod servers;
+pub mod servicenow_sim;
 
 pub use pki::{Issued, KeyKind, LeafSpec, TestPki};
 pub use servers::{
