@@ -511,18 +511,15 @@ fn serve(
         return list(&g.opts, &rows, JOURNAL_FIELDS, &[], &params, uri, &view);
     }
     match (method.clone(), record) {
-        (Method::GET, None) => {
-            let rows = g.incidents.clone();
-            list(
-                &g.opts,
-                &rows,
-                INCIDENT_FIELDS,
-                &g.journal,
-                &params,
-                uri,
-                &view,
-            )
-        }
+        (Method::GET, None) => list(
+            &g.opts,
+            &g.incidents,
+            INCIDENT_FIELDS,
+            &g.journal,
+            &params,
+            uri,
+            &view,
+        ),
         (Method::GET, Some(id)) => match g.incidents.iter().find(|r| r["sys_id"] == id) {
             Some(r) => ok_json(
                 StatusCode::OK,
