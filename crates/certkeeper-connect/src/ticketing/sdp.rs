@@ -624,7 +624,17 @@ async fn answer(resp: reqwest::Response, op: Op) -> Result<Value, TicketError> {
         message: super::describe_transport_error(&e),
         retry_after: None,
     })?;
-    let body: Option<Value> = serde_json::from_str(&text).ok();
+    classify(status, retry_after, &text, op)
+}
+
+/// The mapping of [`answer`], on the status, `Retry-After` and body text.
+fn classify(
+    status: u16,
+    retry_after: Option<std::time::Duration>,
+    text: &str,
+    op: Op,
+) -> Result<Value, TicketError> {
+    let body: Option<Value> = serde_json::from_str(text).ok();
     let Some(body) = body else {
         return Err(match status {
             401 => TicketError::Auth {
@@ -640,6 +650,9 @@ async fn answer(resp: reqwest::Response, op: Op) -> Result<Value, TicketError> {
         });
     };
     let sts = statuses(&body);
+    if sts.is_empty() && (200..300).contains(&status) {
+        return Err(protocol(format!("HTTP {status} without a response_status")));
+    }
     let ok = (200..300).contains(&status)
         && !sts.is_empty()
         && sts.iter().all(|s| code(s) == Some(2000));
@@ -772,6 +785,73 @@ mod tests {
         let mut bad = SdpConfig::new("http://x", "k");
         bad.udf_field = "udf_fields.x\"".into();
         assert!(Sdp::new(bad, RetryPolicy::default()).is_err());
+    }
+
+    #[test]
+    fn envelopes_map_to_errors() {
+        let ok_list =
+            r#"{"requests":[],"response_status":[{"status_code":2000,"status":"success"}]}"#;
+        assert!(classify(200, None, ok_list, Op::Other).is_ok());
+        let ok_one = r#"{"request":{},"response_status":{"status_code":2000,"status":"success"}}"#;
+        assert!(classify(201, None, ok_one, Op::Other).is_ok());
+        // HTTP 200 is not enough: the status code must be 2000.
+        let failed_in_200 = r#"{"response_status":[{"status_code":4000,"status":"failed","messages":[{"status_code":4001,"field":"status","message":"no such status"}]}]}"#;
+        match classify(200, None, failed_in_200, Op::Other) {
+            Err(TicketError::Rejected { message, .. }) => {
+                assert!(message.contains("4001 field status"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = |code: u32, field: &str| {
+            format!(
+                r#"{{"response_status":{{"status_code":4000,"status":"failed","messages":[{{"status_code":{code},"field":"{field}","type":"failed","message":"m"}}]}}}}"#
+            )
+        };
+        assert!(matches!(
+            classify(401, None, &err(4022, "x"), Op::Other),
+            Err(TicketError::Auth { .. })
+        ));
+        let e = classify(
+            429,
+            Some(std::time::Duration::from_secs(3)),
+            &err(4015, "x"),
+            Op::Other,
+        )
+        .unwrap_err();
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(3)));
+        assert!(matches!(
+            classify(403, None, &err(4002, "status"), Op::Reopen),
+            Err(TicketError::NotAllowed { .. })
+        ));
+        assert!(matches!(
+            classify(400, None, &err(4009, "status"), Op::Reopen),
+            Err(TicketError::NotAllowed { .. })
+        ));
+        assert!(matches!(
+            classify(403, None, &err(4002, "status"), Op::Other),
+            Err(TicketError::Rejected { .. })
+        ));
+        assert!(matches!(
+            classify(500, None, &err(4004, "x"), Op::Other),
+            Err(TicketError::Unavailable { .. })
+        ));
+        match classify(400, None, &err(4012, "group"), Op::Other) {
+            Err(TicketError::Rejected { message, .. }) => {
+                assert!(
+                    message.starts_with("the mandatory field group is missing"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(200, None, "<html>", Op::Other),
+            Err(TicketError::Protocol { .. })
+        ));
+        assert!(matches!(
+            classify(200, None, "{}", Op::Other),
+            Err(TicketError::Protocol { .. })
+        ));
     }
 
     #[test]
