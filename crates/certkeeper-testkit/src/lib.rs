@@ -11,7 +11,9 @@ pub mod peers;
 pub mod pki;
 pub mod revocation;
 pub mod rsyslog;
+pub mod sdp_sim;
 pub mod servers;
+pub mod servicenow_sim;
 pub mod smtp;
 
 pub use pki::{Issued, KeyKind, LeafSpec, TestPki};
