@@ -4,10 +4,12 @@
 pub mod bind;
 pub mod db;
 pub mod flawed;
+pub mod jira_sim;
 pub mod pebble;
 pub mod peers;
 pub mod pki;
 pub mod revocation;
+pub mod rt;
 pub mod servers;
 
 pub use pki::{Issued, KeyKind, LeafSpec, TestPki};
