@@ -14,8 +14,14 @@
 //!   answers 410. Data Center: `/rest/api/2/search` with `startAt`/`total`.
 //! - Workflow: To Do (new) → Start Progress → In Progress (indeterminate) → Done
 //!   (done, sets a resolution) → Reopen → To Do (clears it); a switch removes Reopen.
+//! - A switch makes searches ignore the labels clause, to prove the client post-filters.
 //! - Faults: 429 + `Retry-After` after N calls, 5xx after N calls, and a create that
 //!   commits and then stalls past the client's timeout.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "the simulator's errors are whole HTTP responses; their size does not matter in a test server"
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -155,6 +161,7 @@ struct Inner {
     next_num: u64,
     hide_fresh: Duration,
     allow_reopen: bool,
+    sloppy_labels: bool,
     faults: Faults,
     calls: Vec<SimCall>,
 }
@@ -185,6 +192,7 @@ impl JiraSim {
             next_num: 1,
             hide_fresh: Duration::ZERO,
             allow_reopen: true,
+            sloppy_labels: false,
             faults: Faults {
                 rate_skip: 0,
                 rate_times: 0,
@@ -218,6 +226,12 @@ impl JiraSim {
     /// Cloud's eventual consistency: searches miss issues younger than this.
     pub fn hide_fresh_issues(&self, d: Duration) {
         self.lock().hide_fresh = d;
+    }
+
+    /// Searches ignore `labels = …` clauses (a misbehaving index): only the client's
+    /// post-filter keeps other issues out.
+    pub fn ignore_labels_in_search(&self, on: bool) {
+        self.lock().sloppy_labels = on;
     }
 
     /// Remove (false) or restore (true) the Done → Reopen transition.
@@ -1001,7 +1015,7 @@ fn run_jql(g: &Inner, jql: &str, hide_fresh: bool) -> Result<Vec<SimIssue>, Resp
     let mut hits: Vec<SimIssue> = g
         .issues
         .iter()
-        .filter(|i| q.labels.iter().all(|l| i.labels.contains(l)))
+        .filter(|i| g.sloppy_labels || q.labels.iter().all(|l| i.labels.contains(l)))
         .filter(|i| !hide_fresh || now.duration_since(i.created_at) >= g.hide_fresh)
         .cloned()
         .collect();

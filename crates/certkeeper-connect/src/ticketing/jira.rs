@@ -146,9 +146,13 @@ struct Recent {
     at: Instant,
 }
 
-/// The Jira connector.
+/// The Jira connector (cheap to clone: clones share the client and the memory of fresh keys).
 #[derive(Clone)]
 pub struct Jira {
+    inner: Arc<JiraInner>,
+}
+
+struct JiraInner {
     /// `<url>/rest/api/3` or `/2`.
     api: String,
     flavour: JiraFlavour,
@@ -162,10 +166,10 @@ pub struct Jira {
 impl fmt::Debug for Jira {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Jira")
-            .field("api", &self.api)
+            .field("api", &self.inner.api)
             .field("auth", &"***")
-            .field("cfg", &self.cfg)
-            .field("retry", &self.retry)
+            .field("cfg", &self.inner.cfg)
+            .field("retry", &self.inner.retry)
             .finish()
     }
 }
@@ -239,24 +243,27 @@ impl Jira {
             }
         }
         Ok(Jira {
-            api,
-            flavour: cfg.flavour,
-            auth,
-            client: http_client(SYSTEM, &retry)?,
-            cfg,
-            retry,
-            recent: Arc::new(Mutex::new(Vec::new())),
+            inner: Arc::new(JiraInner {
+                api,
+                flavour: cfg.flavour,
+                auth,
+                client: http_client(SYSTEM, &retry)?,
+                cfg,
+                retry,
+                recent: Arc::new(Mutex::new(Vec::new())),
+            }),
         })
     }
 
     pub(super) fn retry_policy(&self) -> &RetryPolicy {
-        &self.retry
+        &self.inner.retry
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.api))
-            .header(AUTHORIZATION, self.auth.clone())
+        self.inner
+            .client
+            .request(method, format!("{}{path}", self.inner.api))
+            .header(AUTHORIZATION, self.inner.auth.clone())
             .header(reqwest::header::ACCEPT, "application/json")
     }
 
@@ -267,7 +274,7 @@ impl Jira {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, TicketError> {
-        let resp = send_retrying(SYSTEM, &self.retry, || {
+        let resp = send_retrying(SYSTEM, &self.inner.retry, || {
             let mut r = self.req(method.clone(), path).query(query);
             if let Some(b) = body {
                 r = r.json(b);
@@ -280,7 +287,7 @@ impl Jira {
 
     /// Rich text as the API version wants it: ADF on v3, a string on v2.
     fn rich(&self, text: &str) -> Value {
-        match self.flavour {
+        match self.inner.flavour {
             JiraFlavour::Datacenter => Value::String(text.into()),
             JiraFlavour::Cloud => adf(text),
         }
@@ -288,7 +295,7 @@ impl Jira {
 
     fn comment_json(&self, text: &str) -> Value {
         let mut c = json!({ "body": self.rich(text) });
-        if self.cfg.internal_comments {
+        if self.inner.cfg.internal_comments {
             c["properties"] =
                 json!([{ "key": "sd.public.comment", "value": { "internal": true } }]);
         }
@@ -299,10 +306,10 @@ impl Jira {
         check_token(SYSTEM, token)?;
         let jql = format!(
             "project = {} AND labels = \"{token}\" ORDER BY created DESC",
-            self.cfg.project
+            self.inner.cfg.project
         );
         let mut issues: Vec<Value> = Vec::new();
-        match self.flavour {
+        match self.inner.flavour {
             JiraFlavour::Cloud => {
                 let mut next: Option<String> = None;
                 for _ in 0..50 {
@@ -383,10 +390,10 @@ impl Jira {
     }
 
     fn remember(&self, token: &str, key: &str) {
-        if self.flavour != JiraFlavour::Cloud {
+        if self.inner.flavour != JiraFlavour::Cloud {
             return;
         }
-        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
         r.retain(|x| x.at.elapsed() < REMEMBER_FOR);
         r.push(Recent {
             token: token.into(),
@@ -396,7 +403,7 @@ impl Jira {
     }
 
     fn remembered(&self, token: &str) -> Vec<String> {
-        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
         r.iter()
             .filter(|x| x.token == token && x.at.elapsed() < REMEMBER_FOR)
             .map(|x| x.key.clone())
@@ -406,8 +413,8 @@ impl Jira {
     pub async fn create(&self, t: &NewTicket<'_>) -> Result<TicketRef, TicketError> {
         check_token(SYSTEM, t.key)?;
         let body = json!({ "fields": {
-            "project": { "key": self.cfg.project },
-            "issuetype": { "name": self.cfg.issue_type },
+            "project": { "key": self.inner.cfg.project },
+            "issuetype": { "name": self.inner.cfg.issue_type },
             "summary": t.subject,
             "description": self.rich(t.body),
             "priority": { "name": self.priority(t.priority) },
@@ -416,7 +423,7 @@ impl Jira {
         // One attempt: a create is never retried blindly (Connector::create_deduped).
         let resp = send_once(
             SYSTEM,
-            &self.retry,
+            &self.inner.retry,
             self.req(reqwest::Method::POST, "/issue").json(&body),
         )
         .await?;
@@ -473,7 +480,7 @@ impl Jira {
             return self.add_note(id, note).await;
         }
         let moves = self.moves(id).await?;
-        let Some(m) = pick(&moves, &self.cfg.reopen_transitions, |m| {
+        let Some(m) = pick(&moves, &self.inner.cfg.reopen_transitions, |m| {
             m.to_category != "done"
         }) else {
             return Err(TicketError::NotAllowed {
@@ -509,10 +516,12 @@ impl Jira {
         }
         for _ in 0..3 {
             let moves = self.moves(id).await?;
-            if let Some(m) = pick(&moves, &self.cfg.resolve_transitions, |m| {
+            if let Some(m) = pick(&moves, &self.inner.cfg.resolve_transitions, |m| {
                 m.to_category == "done"
             }) {
-                let resolution = m.offers_resolution.then_some(self.cfg.resolution.as_str());
+                let resolution = m
+                    .offers_resolution
+                    .then_some(self.inner.cfg.resolution.as_str());
                 return self.transition(id, m, Some(note), resolution).await;
             }
             let Some(step) = moves.iter().find(|m| m.to_category == "indeterminate") else {
@@ -533,7 +542,7 @@ impl Jira {
         match self
             .call(
                 reqwest::Method::GET,
-                &format!("/project/{}", self.cfg.project),
+                &format!("/project/{}", self.inner.cfg.project),
                 &[],
                 None,
             )
@@ -544,7 +553,7 @@ impl Jira {
                 system: SYSTEM,
                 message: format!(
                     "project {} does not exist or is not visible to this account",
-                    self.cfg.project
+                    self.inner.cfg.project
                 ),
             }),
             Err(e) => Err(e),
@@ -553,8 +562,8 @@ impl Jira {
 
     fn priority(&self, p: Priority) -> &str {
         match p {
-            Priority::High => &self.cfg.priority_high,
-            Priority::Highest => &self.cfg.priority_highest,
+            Priority::High => &self.inner.cfg.priority_high,
+            Priority::Highest => &self.inner.cfg.priority_highest,
         }
     }
 
@@ -651,7 +660,7 @@ impl Jira {
         Ok(TicketRef {
             id: key.clone(),
             display_no: key,
-            status: norm_status(category, resolution, &self.cfg.canceled_resolutions),
+            status: norm_status(category, resolution, &self.inner.cfg.canceled_resolutions),
             raw_status,
             created,
         })
@@ -884,7 +893,7 @@ mod tests {
         };
         let basic = with(json!({"email": "a@b.test", "api_token": "tok-secret-1"}));
         let j = Jira::new(basic.clone(), RetryPolicy::default()).unwrap();
-        assert_eq!(j.api, "https://x.atlassian.net/rest/api/3");
+        assert_eq!(j.inner.api, "https://x.atlassian.net/rest/api/3");
         for shown in [format!("{j:?}"), format!("{basic:?}")] {
             assert!(!shown.contains("tok-secret-1"), "{shown}");
         }
@@ -894,7 +903,7 @@ mod tests {
         assert!(Jira::new(none, RetryPolicy::default()).is_err());
         let dc = with(json!({"pat": "p", "flavour": "datacenter"}));
         assert_eq!(
-            Jira::new(dc, RetryPolicy::default()).unwrap().api,
+            Jira::new(dc, RetryPolicy::default()).unwrap().inner.api,
             "https://x.atlassian.net/rest/api/2"
         );
         let bad_project = with(json!({"pat": "p", "project": "o ps"}));

@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Value, json};
@@ -104,9 +105,13 @@ impl fmt::Debug for RtConfig {
     }
 }
 
-/// The RT connector.
+/// The RT connector (cheap to clone: clones share the client).
 #[derive(Clone)]
 pub struct Rt {
+    inner: Arc<RtInner>,
+}
+
+struct RtInner {
     base: String,
     auth: HeaderValue,
     queue: String,
@@ -121,14 +126,14 @@ pub struct Rt {
 impl fmt::Debug for Rt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rt")
-            .field("base", &self.base)
+            .field("base", &self.inner.base)
             .field("auth", &"***")
-            .field("queue", &self.queue)
-            .field("custom_field", &self.custom_field)
-            .field("note_kind", &self.note_kind)
-            .field("high", &self.high)
-            .field("highest", &self.highest)
-            .field("retry", &self.retry)
+            .field("queue", &self.inner.queue)
+            .field("custom_field", &self.inner.custom_field)
+            .field("note_kind", &self.inner.note_kind)
+            .field("high", &self.inner.high)
+            .field("highest", &self.inner.highest)
+            .field("retry", &self.inner.retry)
             .finish()
     }
 }
@@ -245,26 +250,29 @@ impl Rt {
         let high = priority_value(&cfg.priority_high, &cfg.priority_labels)?;
         let highest = priority_value(&cfg.priority_highest, &cfg.priority_labels)?;
         Ok(Rt {
-            base,
-            auth,
-            queue: cfg.queue,
-            custom_field: cfg.custom_field,
-            note_kind: cfg.note_kind,
-            high,
-            highest,
-            client: http_client(SYSTEM, &retry)?,
-            retry,
+            inner: Arc::new(RtInner {
+                base,
+                auth,
+                queue: cfg.queue,
+                custom_field: cfg.custom_field,
+                note_kind: cfg.note_kind,
+                high,
+                highest,
+                client: http_client(SYSTEM, &retry)?,
+                retry,
+            }),
         })
     }
 
     pub(super) fn retry_policy(&self) -> &RetryPolicy {
-        &self.retry
+        &self.inner.retry
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.base))
-            .header(AUTHORIZATION, self.auth.clone())
+        self.inner
+            .client
+            .request(method, format!("{}{path}", self.inner.base))
+            .header(AUTHORIZATION, self.inner.auth.clone())
             .header(reqwest::header::ACCEPT, "application/json")
     }
 
@@ -277,7 +285,7 @@ impl Rt {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, TicketError> {
-        let resp = send_retrying(SYSTEM, &self.retry, || {
+        let resp = send_retrying(SYSTEM, &self.inner.retry, || {
             let mut r = self.req(method.clone(), path).query(query);
             if let Some(b) = body {
                 r = r.json(b);
@@ -290,7 +298,7 @@ impl Rt {
 
     pub async fn find_by_key(&self, token: &str) -> Result<Vec<TicketRef>, TicketError> {
         check_token(SYSTEM, token)?;
-        let query = format!("'CF.{{{}}}' = '{token}'", self.custom_field);
+        let query = format!("'CF.{{{}}}' = '{token}'", self.inner.custom_field);
         let mut out = Vec::new();
         let mut page = 1u32;
         loop {
@@ -336,7 +344,7 @@ impl Rt {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter(|cf| cf.get("name").and_then(Value::as_str) == Some(&self.custom_field))
+            .filter(|cf| cf.get("name").and_then(Value::as_str) == Some(&self.inner.custom_field))
             .flat_map(|cf| {
                 cf.get("values")
                     .and_then(Value::as_array)
@@ -351,17 +359,17 @@ impl Rt {
     pub async fn create(&self, t: &NewTicket<'_>) -> Result<TicketRef, TicketError> {
         check_token(SYSTEM, t.key)?;
         let body = json!({
-            "Queue": self.queue,
+            "Queue": self.inner.queue,
             "Subject": t.subject,
             "Priority": self.priority(t.priority).to_string(),
             "Content": t.body,
             "ContentType": "text/plain",
-            "CustomFields": { self.custom_field.as_str(): t.key },
+            "CustomFields": { self.inner.custom_field.as_str(): t.key },
         });
         // One attempt: a create is never retried blindly (Connector::create_deduped).
         let resp = send_once(
             SYSTEM,
-            &self.retry,
+            &self.inner.retry,
             self.req(reqwest::Method::POST, "/ticket").json(&body),
         )
         .await?;
@@ -376,7 +384,7 @@ impl Rt {
                 status: 201,
                 message: format!(
                     "ticket {id} was created without the custom field {:?}: apply it to queue {:?}",
-                    self.custom_field, self.queue
+                    self.inner.custom_field, self.inner.queue
                 ),
             });
         }
@@ -391,7 +399,7 @@ impl Rt {
 
     pub async fn add_note(&self, id: &str, text: &str) -> Result<(), TicketError> {
         check_id(id)?;
-        let kind = match self.note_kind {
+        let kind = match self.inner.note_kind {
             NoteKind::Comment => "comment",
             NoteKind::Correspond => "correspond",
         };
@@ -482,7 +490,7 @@ impl Rt {
         let queue = self
             .call(
                 reqwest::Method::GET,
-                &format!("/queue/{}", urlencode_path(&self.queue)),
+                &format!("/queue/{}", urlencode_path(&self.inner.queue)),
                 &[],
                 None,
             )
@@ -491,7 +499,10 @@ impl Rt {
             Ok(_) => Ok(()),
             Err(TicketError::Rejected { status: 404, .. }) => Err(TicketError::Config {
                 system: SYSTEM,
-                message: format!("queue {:?} does not exist or is not visible", self.queue),
+                message: format!(
+                    "queue {:?} does not exist or is not visible",
+                    self.inner.queue
+                ),
             }),
             Err(e) => Err(e),
         }
@@ -499,8 +510,8 @@ impl Rt {
 
     fn priority(&self, p: Priority) -> i64 {
         match p {
-            Priority::High => self.high,
-            Priority::Highest => self.highest,
+            Priority::High => self.inner.high,
+            Priority::Highest => self.inner.highest,
         }
     }
 }
@@ -715,7 +726,7 @@ mod tests {
     #[test]
     fn config_is_strict_and_debug_hides_the_token() {
         let rt = Rt::new(cfg(), RetryPolicy::default()).unwrap();
-        assert_eq!(rt.base, "http://127.0.0.1:18080/REST/2.0");
+        assert_eq!(rt.inner.base, "http://127.0.0.1:18080/REST/2.0");
         for shown in [format!("{rt:?}"), format!("{:?}", cfg())] {
             assert!(!shown.contains("secretsecret"), "{shown}");
         }
