@@ -368,3 +368,22 @@ async fn test_connection_creates_nothing() -> Result {
     assert_eq!(raw.ticket_count().await?, before);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_missing_custom_field_is_a_config_error() -> Result {
+    let Some(rt) = test_rt() else { return Ok(()) };
+    let _g = COUNTING.read().await;
+    let mut cfg = config(&rt);
+    cfg.custom_field = "NoSuchField".into();
+    let c = connector(cfg);
+    let err = c.test_connection().await.unwrap_err();
+    assert!(matches!(err, TicketError::Config { .. }), "{err:?}");
+    assert!(err.to_string().contains("NoSuchField"), "{err}");
+    // RT drops an unknown field on create without a word; the connector notices.
+    let err = create(&c, &unique_key("nocf"), "nocf.example.test")
+        .await
+        .unwrap_err();
+    let err = *err.downcast::<TicketError>().map_err(|e| e.to_string())?;
+    assert!(matches!(err, TicketError::Config { .. }), "{err:?}");
+    Ok(())
+}

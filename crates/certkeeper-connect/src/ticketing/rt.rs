@@ -379,11 +379,10 @@ impl Rt {
         // custom field not applied to the queue is dropped without an error).
         let ticket = self.ticket(&id).await?;
         if !self.cf_values(&ticket).iter().any(|x| x == t.key) {
-            return Err(TicketError::Rejected {
+            return Err(TicketError::Config {
                 system: SYSTEM,
-                status: 201,
                 message: format!(
-                    "ticket {id} was created without the custom field {:?}: apply it to queue {:?}",
+                    "ticket {id} was created without the custom field {:?}: create it for tickets and apply it to queue {:?}",
                     self.inner.custom_field, self.inner.queue
                 ),
             });
@@ -481,11 +480,34 @@ impl Rt {
         Ok(())
     }
 
-    /// An authenticated read (`GET /REST/2.0/rt`, then the queue) that creates nothing.
+    /// Authenticated reads that create nothing: `GET /REST/2.0/rt`, the queue, and a
+    /// search for the custom field (TicketSQL on a field that does not exist silently
+    /// finds nothing, so every key would look new).
     pub async fn test_connection(&self) -> Result<(), TicketError> {
         let v = self.call(reqwest::Method::GET, "/rt", &[], None).await?;
         if v.get("Version").is_none() {
             return Err(protocol("GET /REST/2.0/rt did not name a version"));
+        }
+        let cf_search = json!([
+            { "field": "Name", "value": self.inner.custom_field },
+            { "field": "LookupType", "value": "RT::Queue-RT::Ticket" },
+        ]);
+        let found = self
+            .call(
+                reqwest::Method::POST,
+                "/customfields",
+                &[],
+                Some(&cf_search),
+            )
+            .await?;
+        if found.get("total").and_then(Value::as_u64).unwrap_or(0) == 0 {
+            return Err(TicketError::Config {
+                system: SYSTEM,
+                message: format!(
+                    "there is no ticket custom field {:?} (or it is not visible to this user)",
+                    self.inner.custom_field
+                ),
+            });
         }
         let queue = self
             .call(
