@@ -458,3 +458,28 @@ async fn the_wrong_flavour_meets_cloud_s_410() -> Result {
     assert!(err.to_string().contains("flavour"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn after_a_create_the_oldest_active_twin_wins() -> Result {
+    for flavour in BOTH {
+        let (sim, c) = setup(flavour).await;
+        let k = key("twin");
+        let (subject, body) = expiry("twin.example.test");
+        let t = NewTicket {
+            subject: &subject,
+            body: &body,
+            priority: Priority::High,
+            key: &k,
+        };
+        // A twin made elsewhere a moment earlier.
+        let first = c.create(&t).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let got = c.create_deduped(&t).await?;
+        assert_eq!(got.id, first.id, "{flavour:?}");
+        assert_eq!(sim.issues().len(), 2);
+        let found = c.find_by_key(&k).await?;
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[1].id, first.id, "newest first");
+    }
+    Ok(())
+}
