@@ -58,6 +58,9 @@ fn configure(n: NotifySettings, url: Option<String>) -> impl FnOnce(&mut ServerC
     move |c: &mut ServerConfig| {
         c.notify = n;
         c.database_url = url;
+        // Replicas of one database share the key-encryption key.
+        c.admin_token = Some("ck_admin_notify_tests_preset_token_0123456789".into());
+        c.kek = Some("Y2VydGtlZXBlci10ZXN0LWtlay0zMi1ieXRlcy4uLi4=".into());
         c.external_url = Some("https://ck.example.test:8443".into());
     }
 }
@@ -298,6 +301,8 @@ async fn a_relay_that_is_down_is_retried_later_and_the_attempts_are_logged() {
     // A port nothing listens on: the relay is down.
     let dead = certkeeper_testkit::free_port().unwrap();
     n.email.as_mut().unwrap().smtp.port = dead;
+    n.policies[0].escalation_recipients.clear();
+    n.retry_base = std::time::Duration::from_secs(10);
     let s = start(configure(n, None)).await.unwrap();
     enroll(&s.state, "ag1").await;
     serve(&s.state, "r1", "down.example.test", [192, 0, 2, 20], &a, now).await;
@@ -313,7 +318,7 @@ async fn a_relay_that_is_down_is_retried_later_and_the_attempts_are_logged() {
     assert_eq!(notify::deliver_due(&s.state, now + Duration::seconds(1)).await.unwrap(), (0, 0, 0));
     // The relay is back (the state's settings point at the live sink from now on is
     // not possible in-process), so check the retry is claimable when due and logged.
-    let later = now + Duration::seconds(5);
+    let later = now + Duration::seconds(11);
     assert_eq!(notify::deliver_due(&s.state, later).await.unwrap(), (0, 1, 0));
     let one: Value = s
         .admin_get(&format!("/api/v1/notifications/deliveries/{}", d["id"].as_str().unwrap()))
