@@ -6,17 +6,14 @@
 
 mod common;
 
-use std::net::IpAddr;
-
 use certkeeper_connect::notify::email::{SmtpConfig, SmtpTls};
 use certkeeper_connect::syslog;
 use certkeeper_core::notify::{Channel, ExpiryPolicy};
 use certkeeper_server::notify::{self, EmailSettings, NotifySettings, SyslogSettings};
 use certkeeper_server::{AppState, ServerConfig};
-use certkeeper_store::{NewAgent, ParsedCert, ReportMeta, Sighting, SightingResult};
 use certkeeper_testkit::rsyslog::{lines, rsyslog};
 use certkeeper_testkit::smtp::{SinkOptions, SmtpSink};
-use certkeeper_testkit::{KeyKind, LeafSpec, TestPki, db};
+use certkeeper_testkit::{TestPki, db};
 use common::*;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
@@ -65,83 +62,12 @@ fn configure(n: NotifySettings, url: Option<String>) -> impl FnOnce(&mut ServerC
     }
 }
 
-async fn enroll(state: &AppState, id: &str) {
-    let now = OffsetDateTime::now_utc();
-    let tok = format!("enroll-{id}");
-    state
-        .store
-        .create_enrollment_token(&tok, now, now + Duration::hours(1), 1)
-        .await
-        .unwrap();
-    state
-        .store
-        .enroll_agent(
-            &tok,
-            &NewAgent {
-                id: id.into(),
-                name: id.into(),
-                hostname: "scanner".into(),
-                version: "0.1.0".into(),
-            },
-            &format!("cred-{id}"),
-            now,
-        )
-        .await
-        .unwrap();
-}
-
-async fn serve(state: &AppState, report: &str, host: &str, ip: [u8; 4], der: &[u8], at: OffsetDateTime) {
-    let parsed = ParsedCert {
-        facts: certkeeper_pki::parse_der(der).unwrap(),
-        der: der.to_vec(),
-    };
-    state
-        .store
-        .ingest(
-            &ReportMeta {
-                agent_id: "ag1",
-                report_id: report,
-                watched_endpoints: 1,
-                hostname: "scanner",
-                agent_version: "0.1.0",
-            },
-            &[Sighting {
-                host: host.into(),
-                ip: IpAddr::from(ip),
-                port: 443,
-                sni: Some(host.into()),
-                seen_at: at,
-                result: SightingResult::Tls {
-                    protocol: "TLSv1.3".into(),
-                    cipher: "TLS_AES_128_GCM_SHA256".into(),
-                    starttls: None,
-                    chain: vec![parsed],
-                    note: None,
-                },
-            }],
-            at,
-        )
-        .await
-        .unwrap();
-}
-
-fn sha(der: &[u8]) -> String {
-    certkeeper_pki::parse_der(der).unwrap().sha256.to_string()
-}
-
 /// Run, deliver; the number of mails the sink holds afterwards.
 async fn step(state: &AppState, sink: &SmtpSink, at: OffsetDateTime) -> usize {
     notify::run_at(state, at).await.unwrap();
     let (_, retried, failed) = notify::deliver_due(state, at).await.unwrap();
     assert_eq!((retried, failed), (0, 0), "every delivery went out at {at}");
     sink.messages().unwrap().len()
-}
-
-fn leaf(pki: &TestPki, name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Vec<u8> {
-    let mut spec = LeafSpec::new(name, KeyKind::EcdsaP256);
-    spec.not_before = not_before;
-    spec.not_after = not_after;
-    pki.leaf(&spec).unwrap().der
 }
 
 #[tokio::test]
@@ -151,27 +77,73 @@ async fn thresholds_once_expired_per_period_quiet_when_renewed_or_retired() {
     let now = OffsetDateTime::now_utc();
     let t0 = now.replace_time(time::Time::from_hms(9, 30, 0).unwrap());
     let day = |d: f64| t0 + Duration::seconds_f64(d * 86400.0);
-    let a = leaf(&pki, "a.example.test", t0 - Duration::days(60), t0 + Duration::days(31));
-    let r = leaf(&pki, "r.example.test", t0 - Duration::days(60), t0 + Duration::days(31));
-    let r2 = leaf(&pki, "r.example.test", t0 + Duration::days(9), t0 + Duration::days(99));
+    let a = leaf(
+        &pki,
+        "a.example.test",
+        t0 - Duration::days(60),
+        t0 + Duration::days(31),
+    );
+    let r = leaf(
+        &pki,
+        "r.example.test",
+        t0 - Duration::days(60),
+        t0 + Duration::days(31),
+    );
+    let r2 = leaf(
+        &pki,
+        "r.example.test",
+        t0 + Duration::days(9),
+        t0 + Duration::days(99),
+    );
     for tdb in db::all().unwrap() {
         let sink = SmtpSink::start(&SinkOptions::default()).unwrap();
         let rs = rsyslog();
         let data = tempfile::tempdir().unwrap();
         let url = (tdb.label == "postgres").then(|| tdb.url.clone());
-        let s = start_at(data.path(), configure(settings(&sink, Some(rs.tcp)), url.clone()))
-            .await
-            .unwrap();
+        let s = start_at(
+            data.path(),
+            configure(settings(&sink, Some(rs.tcp)), url.clone()),
+        )
+        .await
+        .unwrap();
         enroll(&s.state, "ag1").await;
-        serve(&s.state, "r1", "a.example.test", [192, 0, 2, 10], &a, day(-1.0)).await;
-        serve(&s.state, "r2", "r.example.test", [192, 0, 2, 11], &r, day(-1.0)).await;
+        serve(
+            &s.state,
+            "r1",
+            "a.example.test",
+            [192, 0, 2, 10],
+            &a,
+            day(-1.0),
+        )
+        .await;
+        serve(
+            &s.state,
+            "r2",
+            "r.example.test",
+            [192, 0, 2, 11],
+            &r,
+            day(-1.0),
+        )
+        .await;
 
-        assert_eq!(step(&s.state, &sink, day(0.0)).await, 0, "31 days left: nothing yet");
-        assert_eq!(step(&s.state, &sink, day(2.0)).await, 1, "{}: the 30-day digest", tdb.label);
+        assert_eq!(
+            step(&s.state, &sink, day(0.0)).await,
+            0,
+            "31 days left: nothing yet"
+        );
+        assert_eq!(
+            step(&s.state, &sink, day(2.0)).await,
+            1,
+            "{}: the 30-day digest",
+            tdb.label
+        );
         let mails = sink.messages().unwrap();
         let m = &mails[0];
         assert_eq!(m.to, vec!["ops@example.test".to_string()]);
-        assert_eq!(m.header("Subject"), Some("certkeeper: 2 certificates expiring soon"));
+        assert_eq!(
+            m.header("Subject"),
+            Some("certkeeper: 2 certificates expiring soon")
+        );
         assert_eq!(m.header("Auto-Submitted"), Some("auto-generated"));
         let csv = m.part("text/csv").expect("a CSV attachment");
         assert!(csv.content.contains("a.example.test") && csv.content.contains("r.example.test"));
@@ -179,39 +151,79 @@ async fn thresholds_once_expired_per_period_quiet_when_renewed_or_retired() {
         let html = m.part("text/html").expect("an HTML part");
         assert!(html.content.contains("a.example.test"));
         let text = m.part("text/plain").unwrap();
-        assert!(text.content.contains("Scanned by: certkeeper running at https://ck.example.test:8443"));
+        assert!(
+            text.content
+                .contains("Scanned by: certkeeper running at https://ck.example.test:8443")
+        );
         let thread = m.header("In-Reply-To").unwrap().to_string();
         // Syslog: one message per certificate, warning (local0 → <132>), structured data.
         let got = lines(&rs.out, 2);
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(got.iter().all(|l| l.starts_with("132|")), "{got:?}");
-        assert!(got.iter().all(|l| l.contains("|CERTEXP|[certkeeper@32473 key=\"cm1-")), "{got:?}");
-        assert!(got.iter().any(|l| l.contains("ip=\"192.0.2.10\"") && l.contains("a.example.test expires")));
+        assert!(
+            got.iter()
+                .all(|l| l.contains("|CERTEXP|[certkeeper@32473 key=\"cm1-")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|l| l.contains("ip=\"192.0.2.10\"") && l.contains("a.example.test expires"))
+        );
 
         // The same period again, a restart, and (PostgreSQL) a second replica: nothing new.
         assert_eq!(step(&s.state, &sink, day(2.1)).await, 1);
         s.stop().await;
-        let s = start_at(data.path(), configure(settings(&sink, Some(rs.tcp)), url.clone()))
-            .await
-            .unwrap();
-        assert_eq!(step(&s.state, &sink, day(2.2)).await, 1, "{}: after a restart", tdb.label);
+        let s = start_at(
+            data.path(),
+            configure(settings(&sink, Some(rs.tcp)), url.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            step(&s.state, &sink, day(2.2)).await,
+            1,
+            "{}: after a restart",
+            tdb.label
+        );
         let second = if url.is_some() {
             let other = tempfile::tempdir().unwrap();
-            Some((start_at(other.path(), configure(settings(&sink, Some(rs.tcp)), url.clone())).await.unwrap(), other))
+            Some((
+                start_at(
+                    other.path(),
+                    configure(settings(&sink, Some(rs.tcp)), url.clone()),
+                )
+                .await
+                .unwrap(),
+                other,
+            ))
         } else {
             None
         };
         if let Some((b, _)) = &second {
             // Both replicas run the same occurrence at once: each message once.
-            let (x, y) = tokio::join!(notify::run_at(&s.state, day(3.0)), notify::run_at(&b.state, day(3.0)));
+            let (x, y) = tokio::join!(
+                notify::run_at(&s.state, day(3.0)),
+                notify::run_at(&b.state, day(3.0))
+            );
             let (x, y) = (x.unwrap(), y.unwrap());
             assert_eq!(x.policies[0].new_messages + y.policies[0].new_messages, 0);
         }
 
         // r.example.test is renewed at day 10: the endpoint serves a later certificate.
-        serve(&s.state, "r3", "r.example.test", [192, 0, 2, 11], &r2, day(10.0)).await;
+        serve(
+            &s.state,
+            "r3",
+            "r.example.test",
+            [192, 0, 2, 11],
+            &r2,
+            day(10.0),
+        )
+        .await;
         let preview: Value = s
-            .admin_get(&format!("/api/v1/notifications/preview?at={}", rfc(day(17.0))))
+            .admin_get(&format!(
+                "/api/v1/notifications/preview?at={}",
+                rfc(day(17.0))
+            ))
             .await
             .json()
             .await
@@ -221,32 +233,79 @@ async fn thresholds_once_expired_per_period_quiet_when_renewed_or_retired() {
         assert_eq!(p0["notify"][0]["stage"], "14d");
         assert_eq!(p0["notify"][0]["channels"][0]["status"], "would_send");
         let left = p0["left_out"].as_array().unwrap();
-        let renewed = left.iter().find(|l| l["sha256"] == sha(&r)).expect("r is left out");
+        let renewed = left
+            .iter()
+            .find(|l| l["sha256"] == sha(&r))
+            .expect("r is left out");
         assert_eq!(renewed["reason_code"], "renewed");
         assert!(renewed["reason"].as_str().unwrap().contains(&sha(&r2)));
 
-        assert_eq!(step(&s.state, &sink, day(17.0)).await, 2, "{}: the 14-day digest", tdb.label);
+        assert_eq!(
+            step(&s.state, &sink, day(17.0)).await,
+            2,
+            "{}: the 14-day digest",
+            tdb.label
+        );
         let m = sink.messages().unwrap().pop().unwrap();
-        assert_eq!(m.header("Subject"), Some("certkeeper: 1 certificate expiring soon"));
-        assert!(!m.part("text/csv").unwrap().content.contains("r.example.test"), "renewed means quiet");
-        assert_eq!(m.header("In-Reply-To"), Some(thread.as_str()), "one thread per recipient");
+        assert_eq!(
+            m.header("Subject"),
+            Some("certkeeper: 1 certificate expiring soon")
+        );
+        assert!(
+            !m.part("text/csv")
+                .unwrap()
+                .content
+                .contains("r.example.test"),
+            "renewed means quiet"
+        );
+        assert_eq!(
+            m.header("In-Reply-To"),
+            Some(thread.as_str()),
+            "one thread per recipient"
+        );
         assert_ne!(m.header("Message-ID"), mails[0].header("Message-ID"));
 
         // 7 days: escalated, so the escalation recipient hears too.
-        assert_eq!(step(&s.state, &sink, day(24.5)).await, 4, "{}: ops and boss", tdb.label);
+        assert_eq!(
+            step(&s.state, &sink, day(24.5)).await,
+            4,
+            "{}: ops and boss",
+            tdb.label
+        );
         let all = sink.messages().unwrap();
-        assert!(all[2..].iter().any(|m| m.to == vec!["boss@example.test".to_string()]));
-        assert!(all[3].part("text/plain").unwrap().content.contains("[ESCALATED]"));
+        assert!(
+            all[2..]
+                .iter()
+                .any(|m| m.to == vec!["boss@example.test".to_string()])
+        );
+        assert!(
+            all[3]
+                .part("text/plain")
+                .unwrap()
+                .content
+                .contains("[ESCALATED]")
+        );
         assert_eq!(step(&s.state, &sink, day(25.0)).await, 4);
         // 1 day, then expired: expired is told once a period until retired.
         assert_eq!(step(&s.state, &sink, day(30.5)).await, 6);
         assert_eq!(step(&s.state, &sink, day(31.5)).await, 8);
         let m = sink.messages().unwrap().pop().unwrap();
-        assert_eq!(m.header("Subject"), Some("certkeeper: 1 certificate expired"));
+        assert_eq!(
+            m.header("Subject"),
+            Some("certkeeper: 1 certificate expired")
+        );
         assert_eq!(step(&s.state, &sink, day(31.6)).await, 8, "same period");
-        assert_eq!(step(&s.state, &sink, day(32.5)).await, 10, "the next day again");
+        assert_eq!(
+            step(&s.state, &sink, day(32.5)).await,
+            10,
+            "the next day again"
+        );
         let crit = lines(&rs.out, 1);
-        assert!(crit.iter().any(|l| l.starts_with("130|") && l.contains("a.example.test expired")), "critical once expired: {crit:?}");
+        assert!(
+            crit.iter()
+                .any(|l| l.starts_with("130|") && l.contains("a.example.test expired")),
+            "critical once expired: {crit:?}"
+        );
 
         // Marked retired: quiet, and the preview says why.
         let r = s
@@ -258,23 +317,47 @@ async fn thresholds_once_expired_per_period_quiet_when_renewed_or_retired() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(step(&s.state, &sink, day(33.5)).await, 10, "retired means quiet");
+        assert_eq!(
+            step(&s.state, &sink, day(33.5)).await,
+            10,
+            "retired means quiet"
+        );
         let preview: Value = s
-            .admin_get(&format!("/api/v1/notifications/preview?at={}&certificate={}", rfc(day(33.5)), sha(&a)))
+            .admin_get(&format!(
+                "/api/v1/notifications/preview?at={}&certificate={}",
+                rfc(day(33.5)),
+                sha(&a)
+            ))
             .await
             .json()
             .await
             .unwrap();
-        assert_eq!(preview["policies"][0]["left_out"][0]["reason_code"], "retired");
+        assert_eq!(
+            preview["policies"][0]["left_out"][0]["reason_code"],
+            "retired"
+        );
 
         // The delivery log lists every delivery, sent, with one attempt each.
-        let log: Value = s.admin_get("/api/v1/notifications/deliveries?limit=100").await.json().await.unwrap();
+        let log: Value = s
+            .admin_get("/api/v1/notifications/deliveries?limit=100")
+            .await
+            .json()
+            .await
+            .unwrap();
         let items = log["items"].as_array().unwrap();
-        assert!(items.iter().all(|d| d["state"] == "sent" && d["attempts"] == 1), "{log}");
+        assert!(
+            items
+                .iter()
+                .all(|d| d["state"] == "sent" && d["attempts"] == 1),
+            "{log}"
+        );
         let email_deliveries = items.iter().filter(|d| d["channel"] == "email").count();
         assert_eq!(email_deliveries, 10);
         let one: Value = s
-            .admin_get(&format!("/api/v1/notifications/deliveries/{}", items[0]["id"].as_str().unwrap()))
+            .admin_get(&format!(
+                "/api/v1/notifications/deliveries/{}",
+                items[0]["id"].as_str().unwrap()
+            ))
             .await
             .json()
             .await
@@ -288,14 +371,20 @@ async fn thresholds_once_expired_per_period_quiet_when_renewed_or_retired() {
 }
 
 fn rfc(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
 
 #[tokio::test]
 async fn a_relay_that_is_down_is_retried_later_and_the_attempts_are_logged() {
     let pki = TestPki::new().unwrap();
     let now = OffsetDateTime::now_utc();
-    let a = leaf(&pki, "down.example.test", now - Duration::days(60), now + Duration::days(5));
+    let a = leaf(
+        &pki,
+        "down.example.test",
+        now - Duration::days(60),
+        now + Duration::days(5),
+    );
     let sink = SmtpSink::start(&SinkOptions::default()).unwrap();
     let mut n = settings(&sink, None);
     // A port nothing listens on: the relay is down.
@@ -305,23 +394,52 @@ async fn a_relay_that_is_down_is_retried_later_and_the_attempts_are_logged() {
     n.retry_base = std::time::Duration::from_secs(10);
     let s = start(configure(n, None)).await.unwrap();
     enroll(&s.state, "ag1").await;
-    serve(&s.state, "r1", "down.example.test", [192, 0, 2, 20], &a, now).await;
+    serve(
+        &s.state,
+        "r1",
+        "down.example.test",
+        [192, 0, 2, 20],
+        &a,
+        now,
+    )
+    .await;
     notify::run_at(&s.state, now).await.unwrap();
     let (sent, retried, failed) = notify::deliver_due(&s.state, now).await.unwrap();
     assert_eq!((sent, retried, failed), (0, 1, 0));
-    let log: Value = s.admin_get("/api/v1/notifications/deliveries").await.json().await.unwrap();
+    let log: Value = s
+        .admin_get("/api/v1/notifications/deliveries")
+        .await
+        .json()
+        .await
+        .unwrap();
     let d = &log["items"][0];
     assert_eq!(d["state"], "pending");
-    assert!(d["last_error"].as_str().unwrap().contains("will retry"), "{d}");
+    assert!(
+        d["last_error"].as_str().unwrap().contains("will retry"),
+        "{d}"
+    );
     // Not due again before its time; a second run does not queue it twice.
-    notify::run_at(&s.state, now + Duration::seconds(1)).await.unwrap();
-    assert_eq!(notify::deliver_due(&s.state, now + Duration::seconds(1)).await.unwrap(), (0, 0, 0));
+    notify::run_at(&s.state, now + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        notify::deliver_due(&s.state, now + Duration::seconds(1))
+            .await
+            .unwrap(),
+        (0, 0, 0)
+    );
     // The relay is back (the state's settings point at the live sink from now on is
     // not possible in-process), so check the retry is claimable when due and logged.
     let later = now + Duration::seconds(11);
-    assert_eq!(notify::deliver_due(&s.state, later).await.unwrap(), (0, 1, 0));
+    assert_eq!(
+        notify::deliver_due(&s.state, later).await.unwrap(),
+        (0, 1, 0)
+    );
     let one: Value = s
-        .admin_get(&format!("/api/v1/notifications/deliveries/{}", d["id"].as_str().unwrap()))
+        .admin_get(&format!(
+            "/api/v1/notifications/deliveries/{}",
+            d["id"].as_str().unwrap()
+        ))
         .await
         .json()
         .await
@@ -337,20 +455,34 @@ async fn a_relay_that_is_down_is_retried_later_and_the_attempts_are_logged() {
 async fn notify_test_sends_through_the_channel_and_reports_failures() {
     let sink = SmtpSink::start(&SinkOptions::default()).unwrap();
     let rs = rsyslog();
-    let s = start(configure(settings(&sink, Some(rs.tcp)), None)).await.unwrap();
-    let r = s.admin_post("/api/v1/notifications/test", &json!({"channel": "email"})).await;
+    let s = start(configure(settings(&sink, Some(rs.tcp)), None))
+        .await
+        .unwrap();
+    let r = s
+        .admin_post("/api/v1/notifications/test", &json!({"channel": "email"}))
+        .await;
     assert_eq!(r.status(), 200);
     let mails = sink.messages().unwrap();
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].header("Subject"), Some("certkeeper: test message"));
-    let r = s.admin_post("/api/v1/notifications/test", &json!({"channel": "syslog"})).await;
+    let r = s
+        .admin_post("/api/v1/notifications/test", &json!({"channel": "syslog"}))
+        .await;
     assert_eq!(r.status(), 200);
-    assert!(lines(&rs.out, 1).iter().any(|l| l.contains("certkeeper: test message")));
-    let r = s.admin_post("/api/v1/notifications/test", &json!({"channel": "slack"})).await;
+    assert!(
+        lines(&rs.out, 1)
+            .iter()
+            .any(|l| l.contains("certkeeper: test message"))
+    );
+    let r = s
+        .admin_post("/api/v1/notifications/test", &json!({"channel": "slack"}))
+        .await;
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "channel_not_configured");
-    let r = s.admin_post("/api/v1/notifications/test", &json!({"channel": "pigeon"})).await;
+    let r = s
+        .admin_post("/api/v1/notifications/test", &json!({"channel": "pigeon"}))
+        .await;
     assert_eq!(r.status(), 400);
     s.stop().await;
 }

@@ -26,10 +26,7 @@ impl Drop for Rsyslog {
 pub fn rsyslog() -> Rsyslog {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
-    let (udp, tcp) = (
-        crate::free_port().unwrap(),
-        crate::free_port().unwrap(),
-    );
+    let (udp, tcp) = (crate::free_port().unwrap(), crate::free_port().unwrap());
     let out = dir.path().join("out.log");
     std::fs::write(
         dir.path().join("rsyslog.conf"),
@@ -78,4 +75,3 @@ pub fn lines(path: &Path, want: usize) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-

@@ -10,6 +10,13 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use std::net::IpAddr;
+
+use certkeeper_server::AppState;
+use certkeeper_store::{NewAgent, ParsedCert, ReportMeta, Sighting, SightingResult};
+use certkeeper_testkit::{KeyKind, LeafSpec, TestPki};
+use time::{Duration, OffsetDateTime};
+
 pub struct Running {
     pub base: String,
     pub admin: String,
@@ -123,3 +130,87 @@ pub async fn start_at(
     })
 }
 
+pub async fn enroll(state: &AppState, id: &str) {
+    let now = OffsetDateTime::now_utc();
+    let tok = format!("enroll-{id}");
+    state
+        .store
+        .create_enrollment_token(&tok, now, now + Duration::hours(1), 1)
+        .await
+        .unwrap();
+    state
+        .store
+        .enroll_agent(
+            &tok,
+            &NewAgent {
+                id: id.into(),
+                name: id.into(),
+                hostname: "scanner".into(),
+                version: "0.1.0".into(),
+            },
+            &format!("cred-{id}"),
+            now,
+        )
+        .await
+        .unwrap();
+}
+
+/// Record that `host` at `ip`:443 serves `der`, as an agent report would.
+pub async fn serve(
+    state: &AppState,
+    report: &str,
+    host: &str,
+    ip: [u8; 4],
+    der: &[u8],
+    at: OffsetDateTime,
+) {
+    let parsed = ParsedCert {
+        facts: certkeeper_pki::parse_der(der).unwrap(),
+        der: der.to_vec(),
+    };
+    state
+        .store
+        .ingest(
+            &ReportMeta {
+                agent_id: "ag1",
+                report_id: report,
+                watched_endpoints: 1,
+                hostname: "scanner",
+                agent_version: "0.1.0",
+            },
+            &[Sighting {
+                host: host.into(),
+                ip: IpAddr::from(ip),
+                port: 443,
+                sni: Some(host.into()),
+                seen_at: at,
+                result: SightingResult::Tls {
+                    protocol: "TLSv1.3".into(),
+                    cipher: "TLS_AES_128_GCM_SHA256".into(),
+                    starttls: None,
+                    chain: vec![parsed],
+                    note: None,
+                },
+            }],
+            at,
+        )
+        .await
+        .unwrap();
+}
+
+pub fn sha(der: &[u8]) -> String {
+    certkeeper_pki::parse_der(der).unwrap().sha256.to_string()
+}
+
+/// A leaf of the test PKI with exactly this validity.
+pub fn leaf(
+    pki: &TestPki,
+    name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Vec<u8> {
+    let mut spec = LeafSpec::new(name, KeyKind::EcdsaP256);
+    spec.not_before = not_before;
+    spec.not_after = not_after;
+    pki.leaf(&spec).unwrap().der
+}
