@@ -321,7 +321,7 @@ fn ticket_system(name: &str, mut t: toml::Table) -> Result<Option<TicketSystem>>
     secrets(
         &mut t,
         &env,
-        &["password", "technician_key", "api_token", "token"],
+        &["password", "technician_key", "api_token", "pat", "token"],
     )?;
     let retry = RetryPolicy::default();
     let conv = |e: toml::de::Error| anyhow!("{what}: {}", e.message());
@@ -517,6 +517,53 @@ mod tests {
         let p = d.effective_policies();
         assert_eq!(p[0].channels, vec![Channel::Syslog]);
         assert_eq!(p[0].within_days, vec![30, 14, 7, 1]);
+    }
+
+    #[test]
+    fn every_ticketing_system_is_built_with_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = |name: &str, value: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, value).unwrap();
+            p.display().to_string()
+        };
+        let text = format!(
+            "[ticketing.servicenow]\nurl = \"https://sn.example.test\"\nusername = \"ck\"\npassword_file = \"{}\"\n\
+             [ticketing.servicedesk_plus]\nurl = \"https://sdp.example.test:8080\"\ntechnician_key_file = \"{}\"\ncreate_for = [\"expiry\"]\n\
+             [ticketing.jira]\nurl = \"https://x.atlassian.net\"\nflavour = \"cloud\"\nemail = \"pki@example.test\"\napi_token_file = \"{}\"\nproject = \"OPS\"\n\
+             [ticketing.rt]\nurl = \"https://rt.example.test\"\ntoken_file = \"{}\"\nresolve_on_renewal = true\n",
+            secret("sn", "sn-secret-pw"),
+            secret("sdp", "sdp-secret-key"),
+            secret("jira", "jira-secret-token"),
+            secret("rt", "1-14-rtsecret"),
+        );
+        let s = parse(&text).unwrap();
+        let names: Vec<&str> = s.ticketing.iter().map(|t| t.connector.system()).collect();
+        assert_eq!(names, vec!["jira", "rt", "servicedesk_plus", "servicenow"]);
+        let sdp = s
+            .ticketing
+            .iter()
+            .find(|t| t.connector.system() == "servicedesk_plus")
+            .unwrap();
+        assert!(sdp.expiry && !sdp.vulnerability);
+        assert!(
+            s.ticketing
+                .iter()
+                .find(|t| t.connector.system() == "rt")
+                .unwrap()
+                .resolve_on_renewal
+        );
+        let debug = format!("{s:?} {:?}", s.ticketing);
+        for secret in [
+            "sn-secret-pw",
+            "sdp-secret-key",
+            "jira-secret-token",
+            "1-14-rtsecret",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        let e = parse("[ticketing.servicenow]\nurl = \"https://sn.example.test\"\nusername = \"ck\"\npassword = \"x\"\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("[ticketing.servicenow]"), "{e}");
     }
 
     #[test]

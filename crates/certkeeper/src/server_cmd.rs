@@ -545,6 +545,19 @@ mod tests {
         .unwrap();
         let parsed: FileConfig = toml::from_str(&text).unwrap();
         assert_eq!(parsed.listen, Some("127.0.0.1:8443".parse().unwrap()));
+        let n = crate::notify_cfg::settings(crate::notify_cfg::Sections {
+            notifications: parsed.notifications,
+            email: parsed.email,
+            syslog: parsed.syslog,
+            webhook: parsed.webhook,
+            slack: parsed.slack,
+            pagerduty: parsed.pagerduty,
+            ticketing: parsed.ticketing,
+        })
+        .unwrap();
+        assert_eq!(n.policies[0].within_days, vec![30, 14, 7, 1]);
+        assert_eq!(n.reports[0].name, "monthly");
+        assert!(n.email.is_some() && n.syslog.is_some());
         assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 5").is_err());
     }
 
