@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use time::{Duration, OffsetDateTime};
 
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, Zone};
 
 /// A channel a notification goes out through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,6 +156,8 @@ pub struct ExpiryPolicy {
     /// Thresholds in days, largest first.
     pub within_days: Vec<u32>,
     pub schedule: Schedule,
+    /// The wall clock the schedule's times are read on.
+    pub zone: Zone,
     pub scope: Scope,
     pub channels: Vec<Channel>,
     /// E-mail recipients; empty: the `[email] to` list.
@@ -176,6 +178,7 @@ impl ExpiryPolicy {
             name: "default".into(),
             within_days: vec![30, 14, 7, 1],
             schedule: Schedule::Daily { hour: 9, minute: 0 },
+            zone: Zone::utc(),
             scope: Scope::default(),
             channels,
             recipients: Vec::new(),
@@ -368,10 +371,10 @@ pub fn message_key(policy: &str, sha256: &str, stage: Stage, period: OffsetDateT
     }
 }
 
-/// The period a run at `now` belongs to: the schedule's latest occurrence, or `now`
-/// itself for a schedule with none yet.
-pub fn period(schedule: &Schedule, now: OffsetDateTime) -> OffsetDateTime {
-    schedule.previous(now).unwrap_or(now)
+/// The period a run at `now` belongs to: the schedule's latest occurrence (on the
+/// zone's wall clock), or `now` itself for a schedule with none yet.
+pub fn period(schedule: &Schedule, zone: &Zone, now: OffsetDateTime) -> OffsetDateTime {
+    schedule.previous_in(now, zone).unwrap_or(now)
 }
 
 /// One certificate in a digest.
@@ -666,9 +669,9 @@ mod tests {
     #[test]
     fn message_keys_threshold_once_expired_per_period() {
         let s: Schedule = "daily 09:00".parse().unwrap();
-        let day1 = period(&s, NOW + Duration::hours(3));
-        let day1_again = period(&s, NOW + Duration::hours(20));
-        let day2 = period(&s, NOW + Duration::hours(25));
+        let day1 = period(&s, &Zone::utc(), NOW + Duration::hours(3));
+        let day1_again = period(&s, &Zone::utc(), NOW + Duration::hours(20));
+        let day2 = period(&s, &Zone::utc(), NOW + Duration::hours(25));
         assert_eq!(day1, day1_again);
         assert_ne!(day1, day2);
         let sha = "ab".repeat(32);

@@ -18,7 +18,7 @@ use certkeeper_connect::ticketing::{self, Connector, NewTicket, Priority, Ticket
 use certkeeper_core::notify::{
     self as rules, CertView, Channel, DigestItem, ExpiryPolicy, LeftOut, Scope, Stage,
 };
-use certkeeper_core::schedule::Schedule;
+use certkeeper_core::schedule::{Schedule, Zone};
 use certkeeper_core::tickets::{self, Action, NormStatus, Run};
 use certkeeper_store::{
     DeliveryOutcome, DeliveryRow, NewDelivery, TicketRecord, TicketWork, WorkOutcome,
@@ -37,6 +37,8 @@ pub struct ReportPolicy {
     pub name: String,
     pub within_days: u32,
     pub schedule: Schedule,
+    /// The wall clock the schedule's times are read on.
+    pub zone: Zone,
     pub scope: Scope,
     pub channels: Vec<Channel>,
     pub recipients: Vec<String>,
@@ -260,7 +262,7 @@ async fn run_policy(
     p: &ExpiryPolicy,
     now: OffsetDateTime,
 ) -> Result<PolicyRun, ApiError> {
-    let period = rules::period(&p.schedule, now);
+    let period = rules::period(&p.schedule, &p.zone, now);
     let cutoff = now + Duration::days(i64::from(p.horizon()));
     let mut out = PolicyRun {
         name: p.name.clone(),
@@ -344,11 +346,12 @@ async fn run_report(
     r: &ReportPolicy,
     now: OffsetDateTime,
 ) -> Result<PolicyRun, ApiError> {
-    let period = rules::period(&r.schedule, now);
+    let period = rules::period(&r.schedule, &r.zone, now);
     let as_policy = ExpiryPolicy {
         name: r.name.clone(),
         within_days: vec![r.within_days],
         schedule: r.schedule.clone(),
+        zone: r.zone.clone(),
         scope: r.scope.clone(),
         channels: r.channels.clone(),
         recipients: r.recipients.clone(),
@@ -1418,6 +1421,7 @@ pub async fn preview(
                 name: r.name.clone(),
                 within_days: vec![r.within_days],
                 schedule: r.schedule.clone(),
+                zone: r.zone.clone(),
                 scope: r.scope.clone(),
                 channels: r.channels.clone(),
                 recipients: r.recipients.clone(),
@@ -1429,7 +1433,7 @@ pub async fn preview(
         ));
     }
     for (p, kind) in all {
-        let period = rules::period(&p.schedule, at);
+        let period = rules::period(&p.schedule, &p.zone, at);
         let views: Vec<CertView> = match only {
             Some(sha) => vec![state.store.notify_view(sha).await?],
             None => {
@@ -1555,6 +1559,7 @@ pub async fn preview(
             "name": p.name,
             "kind": kind,
             "schedule": p.schedule.to_string(),
+            "timezone": p.zone.to_string(),
             "period": rfc3339(period),
             "within_days": p.within_days,
             "notify": notify,
@@ -1576,19 +1581,20 @@ pub async fn background_pass(state: &AppState, now: OffsetDateTime) {
     let settings = &state.config.notify;
     let grace = Duration::minutes(30);
     let mut due_any = false;
-    let schedules: Vec<(String, Schedule)> = settings
+    let schedules: Vec<(String, Schedule, Zone)> = settings
         .effective_policies()
         .into_iter()
-        .map(|p| (format!("notify:{}", p.name), p.schedule))
-        .chain(
-            settings
-                .reports
-                .iter()
-                .map(|r| (format!("report:{}", r.name), r.schedule.clone())),
-        )
+        .map(|p| (format!("notify:{}", p.name), p.schedule, p.zone))
+        .chain(settings.reports.iter().map(|r| {
+            (
+                format!("report:{}", r.name),
+                r.schedule.clone(),
+                r.zone.clone(),
+            )
+        }))
         .collect();
-    for (name, s) in schedules {
-        if let Some(at) = s.due(now, grace) {
+    for (name, s, zone) in schedules {
+        if let Some(at) = s.due_in(now, grace, &zone) {
             match state.store.claim_schedule_run(&name, at, "").await {
                 Ok(true) => due_any = true,
                 Ok(false) => {}

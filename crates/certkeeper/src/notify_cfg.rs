@@ -16,7 +16,7 @@ use certkeeper_connect::notify::{email, webhook};
 use certkeeper_connect::syslog;
 use certkeeper_connect::ticketing::{self, Connector, RetryPolicy};
 use certkeeper_core::notify::{Channel, ExpiryPolicy, Scope};
-use certkeeper_core::schedule::Schedule;
+use certkeeper_core::schedule::{Schedule, Zone};
 use certkeeper_server::notify::{
     EmailSettings, NotifySettings, ReportPolicy, SyslogSettings, TicketSystem,
 };
@@ -68,8 +68,10 @@ impl From<ScopeFile> for Scope {
 struct PolicyFile {
     name: String,
     within_days: Option<Vec<u32>>,
-    /// "daily HH:MM", "weekly mon HH:MM" or a cron expression, UTC (default daily 09:00).
+    /// "daily HH:MM", "weekly mon HH:MM" or a cron expression (default daily 09:00).
     schedule: Option<String>,
+    /// The wall clock of the schedule: an IANA name ("Europe/Berlin") or "+02:00"; default UTC.
+    timezone: Option<String>,
     /// Default: every configured channel.
     channels: Option<Vec<String>>,
     #[serde(default)]
@@ -88,6 +90,7 @@ struct ReportFile {
     name: String,
     within_days: Option<u32>,
     schedule: String,
+    timezone: Option<String>,
     channels: Option<Vec<String>>,
     #[serde(default)]
     recipients: Vec<String>,
@@ -233,6 +236,33 @@ fn schedule(text: Option<&str>, what: &str) -> Result<Schedule> {
     text.unwrap_or("daily 09:00")
         .parse()
         .map_err(|e| anyhow!("{what}: {e}"))
+}
+
+/// A time zone by IANA name, from the system's database (/usr/share/zoneinfo), or a
+/// fixed offset.
+pub fn zone(name: Option<&str>, what: &str) -> Result<Zone> {
+    let Some(name) = name else {
+        return Ok(Zone::utc());
+    };
+    if let Some(z) = Zone::parse_fixed(name) {
+        return Ok(z);
+    }
+    let ok = !name.is_empty()
+        && !name.starts_with('/')
+        && !name.split('/').any(|p| p == ".." || p.is_empty())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+    if !ok {
+        bail!(
+            "{what}: timezone {name:?} is not a time zone name (like \"Europe/Berlin\") or an offset (like \"+02:00\")"
+        );
+    }
+    let dir = std::env::var("TZDIR").unwrap_or_else(|_| "/usr/share/zoneinfo".into());
+    let path = PathBuf::from(dir).join(name);
+    let data = std::fs::read(&path)
+        .with_context(|| format!("{what}: unknown timezone {name:?} (no {})", path.display()))?;
+    Zone::from_tzif(name, &data).map_err(|e| anyhow!("{what}: {e}"))
 }
 
 fn syslog_settings(f: SyslogFile) -> Result<SyslogSettings> {
@@ -429,6 +459,7 @@ pub fn settings(s: Sections) -> Result<NotifySettings> {
             name: p.name,
             within_days: p.within_days.unwrap_or_else(|| vec![30, 14, 7, 1]),
             schedule: schedule(p.schedule.as_deref(), &what)?,
+            zone: zone(p.timezone.as_deref(), &what)?,
             scope: p.scope.map(Scope::from).unwrap_or_default(),
             channels: channels(p.channels, &configured, &what)?,
             recipients: p.recipients,
@@ -446,6 +477,7 @@ pub fn settings(s: Sections) -> Result<NotifySettings> {
         let what = format!("[[notifications.report]] {:?}", r.name);
         out.reports.push(ReportPolicy {
             schedule: schedule(Some(&r.schedule), &what)?,
+            zone: zone(r.timezone.as_deref(), &what)?,
             within_days: r.within_days.unwrap_or(30),
             scope: r.scope.map(Scope::from).unwrap_or_default(),
             channels: channels(
@@ -493,7 +525,7 @@ mod tests {
         let text = format!(
             "[email]\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"\nfrom = \"ck@example.test\"\nto = [\"ops@example.test\"]\npassword_file = \"{}\"\n\
              [syslog]\naddress = \"127.0.0.1:5514\"\ntransport = \"tcp\"\n\
-             [[notifications.expiry]]\nname = \"web\"\nwithin_days = [7, 30, 30, 0]\nschedule = \"weekly mon 08:00\"\nchannels = [\"email\"]\nscope = {{ names = [\"*.example.com\"] }}\n\
+             [[notifications.expiry]]\nname = \"web\"\nwithin_days = [7, 30, 30, 0]\nschedule = \"weekly mon 08:00\"\ntimezone = \"Europe/Berlin\"\nchannels = [\"email\"]\nscope = {{ names = [\"*.example.com\"] }}\n\
              [[notifications.report]]\nname = \"monthly\"\nschedule = \"0 6 1 * *\"\nwithin_days = 60\nrecipients = [\"boss@example.test\"]\n",
             pw.display()
         );
@@ -508,6 +540,8 @@ mod tests {
         );
         assert_eq!(s.policies.len(), 1);
         assert_eq!(s.policies[0].within_days, vec![30, 7]);
+        assert_eq!(s.policies[0].zone.to_string(), "Europe/Berlin");
+        assert_eq!(s.reports[0].zone.to_string(), "UTC");
         assert_eq!(s.policies[0].channels, vec![Channel::Email]);
         assert_eq!(s.policies[0].scope.names, vec!["*.example.com".to_string()]);
         assert_eq!(s.reports[0].within_days, 60);
