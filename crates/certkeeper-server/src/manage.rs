@@ -246,6 +246,7 @@ async fn complete_chain(
                     F::Resolve { .. }
                     | F::Status { .. }
                     | F::Timeout { .. }
+                    | F::TlsUntrusted { .. }
                     | F::Connect { .. } => StatusCode::BAD_GATEWAY,
                     _ => StatusCode::BAD_REQUEST,
                 };
