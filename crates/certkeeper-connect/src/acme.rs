@@ -1,11 +1,14 @@
 //! ACME issuance (RFC 8555): http-01 answered by the caller's token store, dns-01
 //! through an operator-provided hook command or an RFC 2136 update, external account
-//! binding, renewal information (ARI, RFC 9773) and job-level retries.
+//! binding, renewal information (ARI, RFC 9773) and job-level retries. A rate limit
+//! (or a 429/503 answer with Retry-After) is not retried here: [`AcmeError::RetryAfter`]
+//! carries the time the CA named, for the caller's scheduler.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use instant_acme::{
@@ -13,6 +16,7 @@ use instant_acme::{
     ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
 
 use crate::rfc2136::{self, Rfc2136Config};
@@ -152,6 +156,13 @@ pub enum AcmeError {
     /// The order ended in a state other than valid.
     #[error("the order ended as {0}")]
     Order(String),
+    /// The CA refused for now (rate limit, or 429/503 with Retry-After) and named when
+    /// to come back; no retry before `until`.
+    #[error("the ACME CA asks to wait until {until}: {message}")]
+    RetryAfter {
+        until: OffsetDateTime,
+        message: String,
+    },
 }
 
 impl AcmeError {
@@ -161,6 +172,7 @@ impl AcmeError {
             self,
             AcmeError::Config(_)
                 | AcmeError::Refused(_)
+                | AcmeError::RetryAfter { .. }
                 | AcmeError::Dns(
                     rfc2136::Rfc2136Error::Config(_)
                         | rfc2136::Rfc2136Error::Tsig { .. }
@@ -170,9 +182,9 @@ impl AcmeError {
     }
 }
 
-/// RFC 8555 §6.7 problem types that no retry cures. badNonce, rateLimited,
-/// serverInternal, connection, dns and unauthorized (a challenge that failed, perhaps
-/// before a record propagated) are retried.
+/// RFC 8555 §6.7 problem types that no retry cures. badNonce, serverInternal,
+/// connection, dns and unauthorized (a challenge that failed, perhaps before a record
+/// propagated) are retried at once; rateLimited waits for the CA's Retry-After.
 const FINAL_PROBLEMS: &[&str] = &[
     "externalAccountRequired",
     "malformed",
@@ -237,7 +249,16 @@ pub struct Issued {
     /// Credentials (JSON) of an account created now, for the caller to keep sealed.
     pub created_account: Option<String>,
     /// The CA's suggested renewal window for the new certificate, when it offers ARI.
-    pub renewal_window: Option<(OffsetDateTime, OffsetDateTime)>,
+    pub renewal_window: Option<RenewalWindow>,
+}
+
+/// A CA's suggested renewal window (RFC 9773 §4.2) and when to ask again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalWindow {
+    pub start: OffsetDateTime,
+    pub end: OffsetDateTime,
+    /// The answer's Retry-After, clamped to between one minute and one day (§4.3.3).
+    pub next_check: OffsetDateTime,
 }
 
 async fn hook(
@@ -309,12 +330,10 @@ async fn withdraw(
 /// returned for the caller to keep sealed).
 async fn account(
     cfg: &AcmeConfig,
+    transport: &Transport,
     stored: Option<&str>,
 ) -> Result<(Account, Option<String>), AcmeError> {
-    let builder = || match &cfg.root_ca_file {
-        Some(root) => Account::builder_with_root(root),
-        None => Account::builder(),
-    };
+    let builder = || Ok::<_, AcmeError>(Account::builder_with_http(Box::new(transport.clone())));
     if let Some(json) = stored {
         let creds: AccountCredentials = serde_json::from_str(json)
             .map_err(|e| AcmeError::Ca(format!("stored account unreadable: {e}")))?;
@@ -348,21 +367,34 @@ fn certificate_id(der: &[u8]) -> Option<CertificateIdentifier<'static>> {
 }
 
 /// The CA's suggested window for `der`: `Ok(None)` when the CA offers no ARI.
-async fn window_of(
-    account: &Account,
-    der: &[u8],
-) -> Result<Option<(OffsetDateTime, OffsetDateTime)>, AcmeError> {
+async fn window_of(account: &Account, der: &[u8]) -> Result<Option<RenewalWindow>, AcmeError> {
     let Some(id) = certificate_id(der) else {
         return Ok(None);
     };
     match account.renewal_info(&id).await {
-        Ok((info, _)) => Ok(Some((
-            info.suggested_window.start,
-            info.suggested_window.end,
-        ))),
+        Ok((info, retry)) => {
+            let retry = retry.clamp(Duration::from_secs(60), Duration::from_secs(86_400));
+            Ok(Some(RenewalWindow {
+                start: info.suggested_window.start,
+                end: info.suggested_window.end,
+                next_check: OffsetDateTime::now_utc() + retry,
+            }))
+        }
         Err(instant_acme::Error::Unsupported(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The CA's current renewal window for `der` (a certificate it issued), asked again as
+/// RFC 9773 §4.3 says: `Ok(None)` when the CA offers no ARI.
+pub async fn renewal_info(
+    cfg: &AcmeConfig,
+    stored_account: &str,
+    der: &[u8],
+) -> Result<Option<RenewalWindow>, AcmeError> {
+    let transport = Transport::new(cfg)?;
+    let (account, _) = account(cfg, &transport, Some(stored_account)).await?;
+    window_of(&account, der).await
 }
 
 /// Order a certificate; retried as a whole up to `cfg.attempts` times, since
@@ -379,15 +411,17 @@ pub async fn issue(
             "http-01 needs the server's token store".into(),
         ));
     }
+    let transport = Transport::new(cfg)?;
     let mut held: Option<Account> = None;
     let mut created = None;
     let mut last = None;
     for attempt in 1..=cfg.attempts.max(1) {
+        transport.clear_failure();
         let result = async {
             let account = match held.take() {
                 Some(a) => a,
                 None => {
-                    let (a, c) = account(cfg, stored_account).await?;
+                    let (a, c) = account(cfg, &transport, stored_account).await?;
                     if c.is_some() {
                         created = c;
                     }
@@ -399,9 +433,12 @@ pub async fn issue(
             out
         }
         .await;
+        // A refusal that names a time (rate limit, or 429/503 with Retry-After) goes
+        // back to the caller's scheduler instead of being retried now.
+        let result = result.map_err(|e| transport.wait_asked(e));
         match result {
             Ok(chain_pem) => {
-                let renewal_window = match (&held, leaf_der(&chain_pem)) {
+                let renewal_window: Option<RenewalWindow> = match (&held, leaf_der(&chain_pem)) {
                     (Some(account), Some(der)) => match window_of(account, &der).await {
                         Ok(w) => w,
                         Err(e) => {
@@ -429,7 +466,6 @@ pub async fn issue(
 }
 
 fn leaf_der(chain_pem: &str) -> Option<Vec<u8>> {
-    use rustls_pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .next()
         .and_then(Result::ok)
@@ -538,4 +574,198 @@ async fn solve(
         challenge.set_ready().await?;
     }
     Ok(())
+}
+
+/// Longest wait a Retry-After may ask for; past it, the CA's answer is taken as a week.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 86_400);
+/// The wait after a rateLimited problem that names no time.
+const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
+
+/// The last error answer seen: its status, problem type and Retry-After.
+#[derive(Debug, Clone)]
+struct Failure {
+    status: u16,
+    problem: Option<String>,
+    retry_after: Option<OffsetDateTime>,
+}
+
+/// instant-acme's HTTP transport, through reqwest. It keeps the status, problem type
+/// and Retry-After of the last error answer, which instant-acme's `Problem` drops, so
+/// that a rate limit can be rescheduled at the time the CA names.
+#[derive(Clone)]
+struct Transport {
+    client: reqwest::Client,
+    last_failure: Arc<Mutex<Option<Failure>>>,
+}
+
+impl Transport {
+    fn new(cfg: &AcmeConfig) -> Result<Transport, AcmeError> {
+        let tls = acme_tls(cfg.root_ca_file.as_deref()).map_err(AcmeError::Config)?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| AcmeError::Config(format!("ACME HTTP client: {e}")))?;
+        Ok(Transport {
+            client,
+            last_failure: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    fn clear_failure(&self) {
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// `e`, or [`AcmeError::RetryAfter`] when the answer behind it was a rate limit or a
+    /// 429/503 naming a time.
+    fn wait_asked(&self, e: AcmeError) -> AcmeError {
+        if !matches!(e, AcmeError::Ca(_) | AcmeError::Refused(_)) {
+            return e;
+        }
+        let failure = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(f) = failure else {
+            return e;
+        };
+        let rate_limited = f.problem.as_deref() == Some("urn:ietf:params:acme:error:rateLimited");
+        let until = match f.retry_after {
+            Some(at) if rate_limited || f.status == 429 || f.status == 503 => at,
+            None if rate_limited => OffsetDateTime::now_utc() + DEFAULT_RATE_LIMIT_WAIT,
+            _ => return e,
+        };
+        AcmeError::RetryAfter {
+            until,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn transport_error(e: impl std::error::Error + Send + Sync + 'static) -> instant_acme::Error {
+    instant_acme::Error::Other(Box::new(e))
+}
+
+impl instant_acme::HttpClient for Transport {
+    fn request(
+        &self,
+        req: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> Pin<
+        Box<dyn Future<Output = Result<instant_acme::BytesResponse, instant_acme::Error>> + Send>,
+    > {
+        let client = self.client.clone();
+        let last = self.last_failure.clone();
+        Box::pin(async move {
+            let req = reqwest::Request::try_from(req.map(reqwest::Body::wrap))
+                .map_err(transport_error)?;
+            let rsp = client.execute(req).await.map_err(transport_error)?;
+            let status = rsp.status();
+            let version = rsp.version();
+            let headers = rsp.headers().clone();
+            let body = rsp.bytes().await.map_err(transport_error)?;
+            let failure = (!status.is_success() && !status.is_redirection()).then(|| Failure {
+                status: status.as_u16(),
+                problem: serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string)),
+                retry_after: headers
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc())),
+            });
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+            let mut out = http::Response::builder().status(status).version(version);
+            if let Some(h) = out.headers_mut() {
+                *h = headers;
+            }
+            let out = out
+                .body(reqwest::Body::from(body))
+                .map_err(transport_error)?;
+            Ok(instant_acme::BytesResponse::from(out))
+        })
+    }
+}
+
+/// A Retry-After value (RFC 9110 §10.2.3: delay-seconds or an HTTP-date) as a time,
+/// at most [`MAX_RETRY_AFTER`] after `now`.
+fn parse_retry_after(v: &str, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    let v = v.trim();
+    let at = match v.parse::<u64>() {
+        Ok(secs) => now + Duration::from_secs(secs.min(MAX_RETRY_AFTER.as_secs())),
+        Err(_) => OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?,
+    };
+    Some(at.clamp(now, now + MAX_RETRY_AFTER))
+}
+
+/// TLS towards the CA: only `root` when given (a test CA such as pebble), else the
+/// platform's trust store.
+fn acme_tls(root: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = match root {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("[acme] root_ca_file {}: {e}", path.display()))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("[acme] root_ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("[acme] root_ca_file {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "[acme] root_ca_file {} holds no certificate",
+                    path.display()
+                ));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            let verifier =
+                rustls_platform_verifier::Verifier::new(provider).map_err(|e| e.to_string())?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+    };
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_values() {
+        let now = time::macros::datetime!(2026-12-02 06:00 UTC);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(now + Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 02 Dec 2026 07:30:00 GMT", now),
+            Some(time::macros::datetime!(2026-12-02 07:30 UTC))
+        );
+        // A date in the past means now; an absurd wait is cut to a week.
+        assert_eq!(
+            parse_retry_after("Tue, 01 Dec 2026 07:30:00 GMT", now),
+            Some(now)
+        );
+        assert_eq!(
+            parse_retry_after("99999999999", now),
+            Some(now + MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
 }

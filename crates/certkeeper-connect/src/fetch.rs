@@ -10,12 +10,18 @@
 //!   loopback, link-local and reserved ranges (unless an allow-list names it), and the
 //!   connection is pinned to the checked addresses; the address actually connected to
 //!   is checked again on the response (no DNS-rebinding gap);
-//! - the body is cut off past `max_bytes`, the whole fetch past `timeout`.
+//! - the body is cut off past `max_bytes`, the whole fetch past `timeout`;
+//! - https is verified against the platform's trust store plus the operator's
+//!   `[fetch] ca_files` (an internal CA's AIA server); an untrusted certificate is its
+//!   own error (`fetch_tls_untrusted`).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 /// What a fetch may do. Passed as a value from the server's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +33,8 @@ pub struct FetchPolicy {
     pub max_bytes: usize,
     /// Longest time for one fetch: resolution, connection, headers and body.
     pub timeout: Duration,
+    /// Roots trusted for https besides the platform's (`[fetch] ca_files`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Default for FetchPolicy {
@@ -35,8 +43,29 @@ impl Default for FetchPolicy {
             allow_private: Vec::new(),
             max_bytes: 256 * 1024,
             timeout: Duration::from_secs(10),
+            extra_roots: Vec::new(),
         }
     }
+}
+
+/// The certificates of PEM files (`[fetch] ca_files`), each file holding at least one.
+pub fn read_ca_files(paths: &[PathBuf]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut out = Vec::new();
+    for path in paths {
+        let before = out.len();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("[fetch] ca_files: {}: {e}", path.display()))?;
+        for c in certs {
+            out.push(c.map_err(|e| format!("[fetch] ca_files: {}: {e}", path.display()))?);
+        }
+        if out.len() == before {
+            return Err(format!(
+                "[fetch] ca_files: {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Why a fetch was refused or failed. Each case has a stable code for the API.
@@ -68,6 +97,11 @@ pub enum FetchError {
     /// The fetch took longer than allowed.
     #[error("{url}: no complete answer within {secs:.1} s")]
     Timeout { url: String, secs: f64 },
+    /// The https server's certificate does not chain to a trusted root.
+    #[error(
+        "{url}: the server's TLS certificate is not trusted ({reason}); trust its CA with [fetch] ca_files"
+    )]
+    TlsUntrusted { url: String, reason: String },
     /// Connection or protocol failure.
     #[error("{url}: {reason}")]
     Connect { url: String, reason: String },
@@ -85,6 +119,7 @@ impl FetchError {
             FetchError::Status { .. } => "fetch_http_status",
             FetchError::TooLarge { .. } => "fetch_too_large",
             FetchError::Timeout { .. } => "fetch_timeout",
+            FetchError::TlsUntrusted { .. } => "fetch_tls_untrusted",
             FetchError::Connect { .. } => "fetch_failed",
         }
     }
@@ -171,14 +206,33 @@ async fn fetch_inner(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchEr
         });
     }
     let port = parsed.port_or_known_default().unwrap_or(80);
-    let connect_err = |e: reqwest::Error| FetchError::Connect {
-        url: u.clone(),
-        reason: error_chain(&e),
+    let connect_err = |e: reqwest::Error| {
+        let chain = error_chain(&e);
+        // The rustls error, or (when a layer of hyper-util or reqwest boxes it away
+        // from `source()`) its message "invalid peer certificate: …".
+        let untrusted = match rustls_error(&e) {
+            Some(rustls::Error::InvalidCertificate(c)) => Some(c.to_string()),
+            _ => chain
+                .split_once("invalid peer certificate: ")
+                .map(|(_, r)| r.to_string()),
+        };
+        match untrusted {
+            Some(reason) => FetchError::TlsUntrusted {
+                url: u.clone(),
+                reason,
+            },
+            None => FetchError::Connect {
+                url: u.clone(),
+                reason: chain,
+            },
+        }
     };
     let mut builder = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls_config().map_err(|reason| FetchError::Connect {
-            url: u.clone(),
-            reason,
+        .tls_backend_preconfigured(tls_config(&policy.extra_roots).map_err(|reason| {
+            FetchError::Connect {
+                url: u.clone(),
+                reason,
+            }
         })?)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -296,15 +350,38 @@ async fn fetch_inner(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchEr
     Ok(body)
 }
 
-/// HTTPS: the platform's trust store, through the process's rustls provider (or
-/// aws-lc-rs when none is installed).
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+/// The rustls error behind a failed request, if TLS failed (io::Error hides its
+/// inner error from `source()`, so it is opened with `get_ref`).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(r) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(r);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// HTTPS: the platform's trust store plus `extra_roots`, through the process's
+/// rustls provider (or aws-lc-rs when none is installed).
+fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
     use std::sync::Arc;
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    let verifier =
-        rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| e.to_string())?;
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(
+        extra_roots.iter().cloned(),
+        provider.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -78,6 +78,7 @@ fn loopback_allowed() -> FetchPolicy {
         allow_private: vec!["127.0.0.0/8".parse().unwrap()],
         max_bytes: 64 * 1024,
         timeout: Duration::from_secs(2),
+        extra_roots: Vec::new(),
     }
 }
 
@@ -219,4 +220,62 @@ async fn other_schemes_bad_urls_and_error_statuses() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), "fetch_failed", "{e}");
+}
+
+/// An https AIA server with a certificate from a test CA: trusted only when the
+/// operator names that CA (`[fetch] ca_files`), and the other rules hold over https.
+#[tokio::test]
+async fn https_fetches_trust_the_operators_ca_files_and_keep_the_rules() {
+    use certkeeper_testkit::https::HttpsServer;
+    use certkeeper_testkit::pki::{KeyKind, LeafSpec, TestPki};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pki = TestPki::new().unwrap();
+    let leaf = pki
+        .leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).names(&["localhost", "127.0.0.1"]))
+        .unwrap();
+    let app = Router::new()
+        .route("/ca.crt", get(|| async { CERT }))
+        .route(
+            "/elsewhere",
+            get(|| async {
+                (
+                    StatusCode::FOUND,
+                    [(header::LOCATION, "https://ca.example.net/ca.crt")],
+                )
+            }),
+        );
+    let server = HttpsServer::start(app, &leaf.chain_path, &leaf.key_path)
+        .await
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}/ca.crt", server.addr.port());
+
+    // The platform's roots do not know the test CA: a TLS error of its own.
+    let e = fetch(&url, &loopback_allowed()).await.unwrap_err();
+    assert_eq!(e.code(), "fetch_tls_untrusted", "{e}");
+    assert!(e.to_string().contains("[fetch] ca_files"), "{e}");
+
+    // Trusted through ca_files: the body.
+    let ca = pki.dir().join("aia-ca.pem");
+    std::fs::write(&ca, &pki.root.cert_pem).unwrap();
+    let trusting = FetchPolicy {
+        extra_roots: certkeeper_connect::fetch::read_ca_files(&[ca]).unwrap(),
+        ..loopback_allowed()
+    };
+    assert_eq!(fetch(&url, &trusting).await.unwrap(), CERT);
+    // Redirects are refused over https too.
+    let moved = format!("https://127.0.0.1:{}/elsewhere", server.addr.port());
+    let e = fetch(&moved, &trusting).await.unwrap_err();
+    assert_eq!(e.code(), "fetch_redirect_refused", "{e}");
+    // A trusted CA does not open private addresses.
+    let strict = FetchPolicy {
+        allow_private: Vec::new(),
+        ..trusting.clone()
+    };
+    let e = fetch(&url, &strict).await.unwrap_err();
+    assert_eq!(e.code(), "fetch_private_address", "{e}");
+    // A ca_files entry that holds no certificate is a clear error.
+    let junk = pki.dir().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let e = certkeeper_connect::fetch::read_ca_files(&[junk]).unwrap_err();
+    assert!(e.contains("holds no PEM certificate"), "{e}");
 }

@@ -16,6 +16,9 @@ pub struct ApiError {
     pub message: String,
     /// Extra fields of the error object (e.g. the list of policy violations).
     extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
+    /// When to try again (an upstream CA asked to wait): sent as `Retry-After` and
+    /// `retry_after`, and used by the renewal scheduler.
+    pub retry_at: Option<time::OffsetDateTime>,
 }
 
 impl ApiError {
@@ -25,7 +28,13 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            retry_at: None,
         }
+    }
+    /// Not before `at`: a `Retry-After` header and a `retry_after` field (RFC 3339).
+    pub fn retry_at(mut self, at: time::OffsetDateTime) -> Self {
+        self.retry_at = Some(at);
+        self.with("retry_after", json!(crate::views::rfc3339(at)))
     }
     /// Add a field to the error object, beside `code` and `message`.
     pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
@@ -69,7 +78,17 @@ impl IntoResponse for ApiError {
             error.extend(*extra);
         }
         let body = json!({ "error": error });
-        (self.status, Json(body)).into_response()
+        let mut rsp = (self.status, Json(body)).into_response();
+        if let Some(at) = self.retry_at {
+            let secs = (at - time::OffsetDateTime::now_utc())
+                .whole_seconds()
+                .max(0)
+                + 1;
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                rsp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        rsp
     }
 }
 

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use certkeeper_connect::acme::ChallengeKind;
+use certkeeper_connect::acme::{AcmeError, ChallengeKind, RenewalWindow};
 use certkeeper_core::Fingerprint;
 use certkeeper_pki::import::{self, ImportError, ImportInput};
 use certkeeper_pki::vault::SealedKey;
@@ -246,6 +246,7 @@ async fn complete_chain(
                     F::Resolve { .. }
                     | F::Status { .. }
                     | F::Timeout { .. }
+                    | F::TlsUntrusted { .. }
                     | F::Connect { .. } => StatusCode::BAD_GATEWAY,
                     _ => StatusCode::BAD_REQUEST,
                 };
@@ -1243,6 +1244,16 @@ async fn order_acme_for(
             "the request names nothing ACME can validate",
         ));
     }
+    // The CA asked to wait (a rate limit): not before the time it named.
+    if let Some(until) = state.store.acme_retry_at(&r.id).await?
+        && until > OffsetDateTime::now_utc()
+    {
+        return Err(rate_limited(format!(
+            "the ACME CA asked to wait before ordering request {} again",
+            r.id
+        ))
+        .retry_at(until));
+    }
     let csr_der = csr_der_of(&r)?;
     // The account key is sealed like any private key, in the shared settings.
     let stored = match state.store.setting("acme_account").await? {
@@ -1256,9 +1267,30 @@ async fn order_acme_for(
         challenge,
         replaces,
     };
-    let issued = certkeeper_connect::acme::issue(&acme, stored.as_deref(), &spec, Some(&tokens))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "acme_failed", e.to_string()))?;
+    let issued = match certkeeper_connect::acme::issue(
+        &acme,
+        stored.as_deref(),
+        &spec,
+        Some(&tokens),
+    )
+    .await
+    {
+        Ok(issued) => issued,
+        Err(AcmeError::RetryAfter { until, message }) => {
+            // Kept on the request: neither the API nor the renewal pass orders it
+            // again before then.
+            state.store.set_acme_retry_at(&r.id, Some(until)).await?;
+            tracing::warn!(request = %r.id, until = %views::rfc3339(until), "the ACME CA asked to wait");
+            return Err(rate_limited(message).retry_at(until));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "acme_failed",
+                e.to_string(),
+            ));
+        }
+    };
     if let Some(json) = issued.created_account {
         let s = state
             .vault
@@ -1301,22 +1333,20 @@ async fn order_acme_for(
         .await?;
     state.store.set_issued_by(&r.id, "acme").await?;
     // The CA's suggested window (ARI) sets the renewal time; else two thirds through.
-    let renew_at = issued.renewal_window.and_then(|(start, end)| {
-        certkeeper_core::expiry::ari_renewal_time(
-            start,
-            end,
-            leaf_facts.not_after,
-            random_fraction(),
-        )
-        .inspect_err(
-            |e| tracing::warn!(certificate = %sha, error = %e, "ignoring the CA's renewal window"),
-        )
-        .ok()
-    });
+    let renew_at = issued
+        .renewal_window
+        .and_then(|w| ari_time(&w, None, leaf_facts.not_after, &sha.to_string()));
     state
         .store
         .set_acme_details(&r.id, &challenge.to_string(), renew_at)
         .await?;
+    if let Some(w) = issued.renewal_window {
+        // The window is asked for again after the CA's Retry-After (RFC 9773 §4.3).
+        state
+            .store
+            .set_ari(&r.id, renew_at, Some(w.next_check))
+            .await?;
+    }
     let renewal_time = renew_at.unwrap_or_else(|| {
         certkeeper_core::expiry::renewal_time(leaf_facts.not_before, leaf_facts.not_after)
     });
@@ -1332,6 +1362,71 @@ async fn order_acme_for(
             "renewal_time": views::rfc3339(renewal_time),
             "renewal_time_source": if renew_at.is_some() { "ari" } else { "two_thirds" },
     }))
+}
+
+/// The CA asked to wait (rate limit, or 429/503 with Retry-After).
+fn rate_limited(message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "acme_rate_limited",
+        message,
+    )
+}
+
+/// The renewal time inside the CA's window `w`: `current` if it is still inside (a
+/// window asked for again and unchanged keeps its time), else a random point in it.
+fn ari_time(
+    w: &RenewalWindow,
+    current: Option<OffsetDateTime>,
+    not_after: OffsetDateTime,
+    certificate: &str,
+) -> Option<OffsetDateTime> {
+    if let Some(t) = current
+        && t >= w.start
+        && t <= w.end.min(not_after)
+    {
+        return Some(t);
+    }
+    certkeeper_core::expiry::ari_renewal_time(w.start, w.end, not_after, random_fraction())
+        .inspect_err(
+            |e| tracing::warn!(certificate, error = %e, "ignoring the CA's renewal window"),
+        )
+        .ok()
+}
+
+/// Ask the ACME CA again for the renewal windows that are due to be checked (RFC 9773
+/// §4.3: after the Retry-After of the last answer), so that a window the CA moves
+/// (earlier, into the past, say after an incident) takes effect at the next pass.
+async fn refresh_ari(state: &AppState, now: OffsetDateTime) -> Result<(), ApiError> {
+    let Some(acme) = state.config.acme.clone() else {
+        return Ok(());
+    };
+    let due = state.store.claim_ari_checks(now, 600, 100).await?;
+    if due.is_empty() {
+        return Ok(());
+    }
+    let Some(hexed) = state.store.setting("acme_account").await? else {
+        return Ok(());
+    };
+    let account = open_acme_account(state, &hexed)?;
+    for (id, sha, current) in due {
+        let cert = stored_certificate(state, &fingerprint_param(&sha)?).await?;
+        match certkeeper_connect::acme::renewal_info(&acme, &account, &cert.der).await {
+            Ok(Some(w)) => {
+                let at = ari_time(&w, current, cert.facts.not_after, &sha);
+                if at != current {
+                    tracing::info!(request = %id, certificate = %sha, renew_at = ?at.map(views::rfc3339), "the CA moved the renewal window");
+                }
+                state.store.set_ari(&id, at, Some(w.next_check)).await?;
+            }
+            // The CA offers no ARI any more: two thirds through the validity.
+            Ok(None) => state.store.set_ari(&id, None, None).await?,
+            Err(e) => {
+                tracing::warn!(request = %id, error = %e, "renewal information not available; asked again later");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Renew the certificate of an issued request: the same names and key type, a new
@@ -1558,16 +1653,27 @@ fn optional_body<T: Default>(req: Result<Json<T>, JsonRejection>) -> Result<T, A
     }
 }
 
-/// Renew everything due at `now` (two thirds through its validity), once across
+/// Renew everything due at `now` (the CA's ARI time, else two thirds through its
+/// validity; renewal windows due to be asked for again are refreshed first), once across
 /// replicas: certificates this server issued are issued again; imported ones get a
 /// pending renewal request.
 pub(crate) async fn renewal_pass(state: &AppState, now: OffsetDateTime) -> Result<Value, ApiError> {
+    if let Err(e) = refresh_ari(state, now).await {
+        tracing::warn!(error = %e.message, "renewal information could not be refreshed");
+    }
     let due = state.store.claim_due_renewals(now, 900, 100).await?;
     let mut renewed = Vec::new();
     let mut failed = Vec::new();
     for old in &due {
         match renew(state, old, "renewal", false).await {
             Ok(v) => renewed.push(v),
+            Err(e) if e.retry_at.is_some() => {
+                // The CA named a time: the claim lasts until then, not a fixed lease.
+                let until = e.retry_at.unwrap_or(now);
+                state.store.defer_renewal(&old.id, until).await?;
+                tracing::warn!(request = %old.id, until = %views::rfc3339(until), error = %e.message, "renewal deferred to the time the CA asked for");
+                failed.push(json!({"request": old.id, "certificate": old.certificate_sha256, "error": {"code": e.code, "message": e.message, "retry_after": views::rfc3339(until)}}));
+            }
             Err(e) => {
                 tracing::warn!(request = %old.id, error = %e.message, "renewal failed; retried after the claim expires");
                 failed.push(json!({"request": old.id, "certificate": old.certificate_sha256, "error": {"code": e.code, "message": e.message}}));

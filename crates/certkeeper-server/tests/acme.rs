@@ -1,6 +1,8 @@
 //! ACME issuance against Debian's pebble and pebble-challtestsrv: dns-01 through a hook
 //! script or an RFC 2136 update to a real BIND9, http-01 answered by the server itself,
-//! external account binding, and pebble's nonce rejection. Pebble's ports are fixed:
+//! external account binding, and pebble's nonce rejection; renewal information (ARI)
+//! and rate limits through the testkit's ARI front before pebble (Debian's pebble 2.4
+//! has no ARI). Pebble's ports are fixed:
 //! each test starts its own pebble, and `Pebble::start_with` runs them one at a time.
 
 use std::net::SocketAddr;
@@ -9,11 +11,14 @@ use std::time::{Duration, Instant};
 use certkeeper_connect::acme::{AcmeConfig, ChallengeKind, DnsPublisher, ExternalAccount};
 use certkeeper_connect::rfc2136::{self, Rfc2136Config, TsigAlgorithm};
 use certkeeper_server::{ServerConfig, prepare};
+use certkeeper_testkit::ari_front::{AriFront, cert_id};
 use certkeeper_testkit::bind::Bind;
 use certkeeper_testkit::db::{self, TestDb};
 use certkeeper_testkit::pebble::{Pebble, PebbleOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
+use time::{Duration as TDuration, OffsetDateTime};
 
 fn start_pebble(opts: &PebbleOptions) -> Pebble {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -445,4 +450,218 @@ async fn dns01_by_rfc2136_update_to_bind() {
     assert!(msg.contains("BADSIG") && msg.contains("TSIG"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(20), "not retried");
     assert!(!msg.contains(SECRET));
+}
+
+/// The ACME configuration for the ARI front (which forwards everything to pebble).
+fn front_config(pebble: &Pebble, front: &AriFront) -> AcmeConfig {
+    let mut cfg = hook_config(pebble);
+    cfg.directory_url = front.directory.clone();
+    cfg.root_ca_file = Some(front.ca_file.clone());
+    cfg
+}
+
+fn at(v: &Value) -> OffsetDateTime {
+    OffsetDateTime::parse(v.as_str().unwrap(), &Rfc3339).unwrap()
+}
+
+fn leaf_der(issued: &Value) -> Vec<u8> {
+    certkeeper_pki::pem_to_ders(issued["certificate"].as_str().unwrap().as_bytes())
+        .unwrap()
+        .remove(0)
+}
+
+impl Server {
+    /// `POST /api/v1/renewals`, as of `when` (default now).
+    async fn renewal_pass(&self, when: Option<OffsetDateTime>) -> Value {
+        let body = match when {
+            Some(t) => json!({"at": t.format(&Rfc3339).unwrap()}),
+            None => json!({}),
+        };
+        let r = self.post("/api/v1/renewals", body).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+}
+
+// Debian's pebble 2.4 offers no ARI: these tests put the testkit's ARI front before
+// the real pebble, which adds `renewalInfo` (windows set here) and forwards every
+// other request to pebble unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn ari_window_from_the_ca_sets_the_renewal_time_and_replaces_names_the_old_certificate() {
+    let pebble = start_pebble(&PebbleOptions::default());
+    let front = AriFront::start(&pebble).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let (start, end) = (now + TDuration::days(10), now + TDuration::days(11));
+    front.set_default_window(start, end);
+    front.set_retry_after(3600);
+    let server = serve(front_config(&pebble, &front), db::postgres().unwrap()).await;
+
+    let issued = server.issue(&["ari.acme.test"], json!({})).await;
+    // Inside the CA's window (to the second), not two thirds through (day 60 of 90).
+    assert_eq!(issued["renewal_time_source"], "ari", "{issued}");
+    let renewal = at(&issued["renewal_time"]);
+    assert!(
+        renewal >= start - TDuration::seconds(1) && renewal <= end,
+        "{renewal} not in {start}..{end}"
+    );
+    let old_der = leaf_der(&issued);
+    let old_id = cert_id(&old_der).unwrap();
+    let asked = front.renewal_info_asked();
+    assert!(asked.iter().any(|(id, _)| *id == old_id), "{asked:?}");
+    assert_eq!(front.orders().len(), 1);
+    assert_eq!(
+        front.orders()[0].replaces,
+        None,
+        "a first order replaces nothing"
+    );
+
+    // Not due yet.
+    let pass = server.renewal_pass(None).await;
+    assert_eq!(pass["renewed"], json!([]), "{pass}");
+
+    // The CA moves the window into the past (say, a mass revocation is coming).
+    front.set_window(&old_id, now - TDuration::days(2), now - TDuration::days(1));
+    // Its last answer said "ask again in an hour": a pass now neither asks nor renews.
+    let asked_before = front.renewal_info_asked().len();
+    let pass = server.renewal_pass(None).await;
+    assert_eq!(pass["renewed"], json!([]), "{pass}");
+    assert_eq!(front.renewal_info_asked().len(), asked_before);
+    // The next pass after that asks again and renews at once.
+    let pass = server.renewal_pass(Some(now + TDuration::hours(2))).await;
+    let renewed = pass["renewed"].as_array().unwrap();
+    assert_eq!(renewed.len(), 1, "{pass}");
+    assert_eq!(renewed[0]["renewed"], issued["sha256"]);
+    assert!(
+        front.renewal_info_asked()[asked_before..]
+            .iter()
+            .any(|(id, _)| *id == old_id),
+        "renewal information asked again"
+    );
+    // The new order named the certificate it replaces by its ARI identifier
+    // (authority key id and serial, computed here with OpenSSL).
+    let orders = front.orders();
+    assert_eq!(orders.len(), 2, "{orders:?}");
+    assert_eq!(orders[1].replaces.as_deref(), Some(old_id.as_str()));
+    // The new certificate's renewal time comes from its own window again.
+    assert_eq!(renewed[0]["certificate"]["renewal_time_source"], "ari");
+    let again = server.renewal_pass(Some(now + TDuration::hours(4))).await;
+    assert_eq!(again["renewed"], json!([]), "renewed once: {again}");
+
+    // A CA without ARI (pebble itself): two thirds through the validity.
+    let mut direct = hook_config(&pebble);
+    direct.contact = vec!["mailto:plain@example.com".into()];
+    let plain = serve(direct, None).await;
+    let issued = plain.issue(&["plain.acme.test"], json!({})).await;
+    assert_eq!(issued["renewal_time_source"], "two_thirds", "{issued}");
+    let der = leaf_der(&issued);
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let nb = x.validity().not_before.timestamp();
+    let na = x.validity().not_after.timestamp();
+    let two_thirds = OffsetDateTime::from_unix_timestamp(nb + (na - nb) * 2 / 3).unwrap();
+    assert!((at(&issued["renewal_time"]) - two_thirds).abs() <= TDuration::seconds(1));
+    let pass = plain
+        .renewal_pass(Some(two_thirds - TDuration::hours(1)))
+        .await;
+    assert_eq!(pass["renewed"], json!([]), "{pass}");
+    let pass = plain
+        .renewal_pass(Some(two_thirds + TDuration::hours(1)))
+        .await;
+    assert_eq!(pass["renewed"].as_array().unwrap().len(), 1, "{pass}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_order_waits_for_the_cas_retry_after() {
+    let pebble = start_pebble(&PebbleOptions::default());
+    let front = AriFront::start(&pebble).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    // Every certificate is due at once (the window is over).
+    front.set_default_window(now - TDuration::days(2), now - TDuration::days(1));
+    let server = serve(front_config(&pebble, &front), db::postgres().unwrap()).await;
+
+    // An order through the API: the CA's 429 comes back with its time, not retried.
+    front.rate_limit_next_order(3);
+    let id = server.request(&["rl.acme.test"]).await;
+    let started = Instant::now();
+    let r = server
+        .post(&format!("/api/v1/requests/{id}/acme"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "acme_rate_limited", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rateLimited"),
+        "{v}"
+    );
+    let until = at(&v["error"]["retry_after"]);
+    let orders = front.orders();
+    assert_eq!(
+        orders.len(),
+        1,
+        "no retry of a rate-limited order: {orders:?}"
+    );
+    assert_eq!(orders[0].status, 429);
+    assert!(until >= orders[0].at + TDuration::seconds(2), "{until}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no wait in the request"
+    );
+    // Asked again before the time: refused here; the CA is not contacted.
+    let (status, v) = server.order(&id, json!({})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"]["code"], "acme_rate_limited");
+    assert_eq!(front.orders().len(), 1);
+    // After it: ordered and issued.
+    sleep_until(until).await;
+    let (status, issued) = server.order(&id, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let orders = front.orders();
+    assert_eq!(orders.len(), 2);
+    assert!(
+        orders[1].at >= orders[0].at + TDuration::seconds(3),
+        "{orders:?}"
+    );
+
+    // A renewal (due at once: the window is over) refused for a rate limit is put off
+    // to the CA's time, not retried at the next pass nor after the usual lease.
+    front.rate_limit_next_order(4);
+    let pass = server.renewal_pass(None).await;
+    assert_eq!(pass["renewed"], json!([]), "{pass}");
+    let failed = &pass["failed"][0];
+    assert_eq!(failed["error"]["code"], "acme_rate_limited", "{pass}");
+    let until = at(&failed["error"]["retry_after"]);
+    let orders = front.orders();
+    assert_eq!(orders.len(), 3);
+    assert_eq!(orders[2].status, 429);
+    assert_eq!(
+        orders[2].replaces.as_deref(),
+        Some(cert_id(&leaf_der(&issued)).unwrap().as_str())
+    );
+    let pass = server.renewal_pass(None).await;
+    assert_eq!(pass, json!({"renewed": [], "requested": [], "failed": []}));
+    let pass = server
+        .renewal_pass(Some(until - TDuration::seconds(1)))
+        .await;
+    assert_eq!(pass["renewed"], json!([]), "{pass}");
+    assert_eq!(front.orders().len(), 3, "not sent before the CA's time");
+    sleep_until(until).await;
+    let pass = server.renewal_pass(None).await;
+    assert_eq!(pass["renewed"].as_array().unwrap().len(), 1, "{pass}");
+    let orders = front.orders();
+    assert_eq!(orders.len(), 4);
+    assert_eq!(orders[3].status, 201);
+    assert!(
+        orders[3].at >= orders[2].at + TDuration::seconds(4),
+        "{orders:?}"
+    );
+}
+
+async fn sleep_until(t: OffsetDateTime) {
+    let left = t - OffsetDateTime::now_utc() + TDuration::milliseconds(1100);
+    if left.is_positive() {
+        tokio::time::sleep(left.unsigned_abs()).await;
+    }
 }

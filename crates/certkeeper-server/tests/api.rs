@@ -2371,9 +2371,14 @@ impl AiaPki {
 
     /// A leaf issued by the intermediate, its AIA pointing at `path` on our server.
     fn leaf(&self, name: &str, path: &str) -> String {
+        self.leaf_at(name, &format!("{}{path}", self.base))
+    }
+
+    /// A leaf issued by the intermediate, its AIA pointing at `url`.
+    fn leaf_at(&self, name: &str, url: &str) -> String {
         let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
         p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.custom_extensions = vec![aia(&format!("{}{path}", self.base))];
+        p.custom_extensions = vec![aia(url)];
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::days(1);
         p.not_after = now + time::Duration::days(90);
@@ -2381,6 +2386,110 @@ impl AiaPki {
             .unwrap()
             .pem()
     }
+}
+
+/// The intermediate at an https AIA URL whose server has a test CA's certificate:
+/// fetched when the operator trusts that CA (`[fetch] ca_files`), a TLS error of its
+/// own when not; redirects and private addresses are refused over https as well.
+#[tokio::test]
+async fn https_aia_urls_are_fetched_when_the_operator_trusts_their_ca() {
+    use certkeeper_testkit::https::HttpsServer;
+    use certkeeper_testkit::pki::{KeyKind, LeafSpec, TestPki};
+    let pki = AiaPki::new().await;
+    let tls = TestPki::new().unwrap();
+    let cert = tls
+        .leaf(&LeafSpec::new("localhost", KeyKind::EcdsaP256).names(&["localhost", "127.0.0.1"]))
+        .unwrap();
+    let int_der = pki.intermediate.clone();
+    let app = axum::Router::new()
+        .route(
+            "/int.crt",
+            axum::routing::get(move || async move { int_der }),
+        )
+        .route(
+            "/moved",
+            axum::routing::get(|| async {
+                (
+                    StatusCode::FOUND,
+                    [("location", "https://ca.example.net/int.crt")],
+                )
+            }),
+        );
+    let https = HttpsServer::start(app, &cert.chain_path, &cert.key_path)
+        .await
+        .unwrap();
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", https.addr.port());
+    let ca_file = tls.dir().join("aia-tls-ca.pem");
+    std::fs::write(&ca_file, &tls.root.cert_pem).unwrap();
+    let roots = certkeeper_connect::fetch::read_ca_files(&[ca_file]).unwrap();
+    let loopback = vec!["127.0.0.0/8".parse().unwrap()];
+
+    // The CA not trusted: the import fails with the TLS code; nothing is stored.
+    let untrusting = start(|c| c.fetch.allow_private = loopback.clone())
+        .await
+        .unwrap();
+    let r = untrusting
+        .admin_post(
+            "/api/v1/certificates/import",
+            &json!({"certificate": pki.leaf_at("tls.aia.test", &url("/int.crt"))}),
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_GATEWAY, "fetch_tls_untrusted".into())
+    );
+    untrusting.stop().await;
+
+    // Trusted: the intermediate comes over https, the root over http (its own AIA).
+    let s = start(|c| {
+        c.fetch.allow_private = loopback.clone();
+        c.fetch.extra_roots = roots.clone();
+    })
+    .await
+    .unwrap();
+    let r = s
+        .admin_post(
+            "/api/v1/certificates/import",
+            &json!({"certificate": pki.leaf_at("moved.aia.test", &url("/moved"))}),
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "fetch_redirect_refused".into())
+    );
+    let r = s
+        .admin_post(
+            "/api/v1/certificates/import",
+            &json!({"certificate": pki.leaf_at("tls.aia.test", &url("/int.crt"))}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["chain_complete"], true, "{body}");
+    let chain: Vec<&str> = body["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(chain, ["CN=AIA Test Intermediate", "CN=AIA Test Root"]);
+    s.stop().await;
+
+    // Trusting the CA does not open loopback.
+    let strict = start(|c| c.fetch.extra_roots = roots.clone())
+        .await
+        .unwrap();
+    let r = strict
+        .admin_post(
+            "/api/v1/certificates/import",
+            &json!({"certificate": pki.leaf_at("strict.aia.test", &url("/int.crt"))}),
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "fetch_private_address".into())
+    );
+    strict.stop().await;
 }
 
 #[tokio::test]

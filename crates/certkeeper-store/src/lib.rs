@@ -158,6 +158,11 @@ macro_rules! migrations {
                 "0011_notify",
                 include_str!(concat!("../migrations/", $dir, "/0011_notify.sql")),
             ),
+            (
+                12,
+                "0012_acme_timing",
+                include_str!(concat!("../migrations/", $dir, "/0012_acme_timing.sql")),
+            ),
         ]
     };
 }

@@ -726,6 +726,109 @@ impl Store {
         ))
     }
 
+    /// Record the CA's renewal time (ARI) of a request, or `None` for the two-thirds
+    /// rule, and when to fetch its renewal information again (the CA's Retry-After).
+    pub async fn set_ari(
+        &self,
+        id: &str,
+        renew_at: Option<OffsetDateTime>,
+        next_check: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query(
+            "UPDATE cert_requests SET ari_renew_at = $2, ari_next_check = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(renew_at.map(OffsetDateTime::unix_timestamp))
+        .bind(next_check.map(OffsetDateTime::unix_timestamp))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// ACME-issued requests, not renewed yet, whose renewal information is due to be
+    /// fetched again at `now`; each claimed for `lease` seconds (one replica asks the
+    /// CA). Their id, certificate SHA-256 and current ARI renewal time.
+    pub async fn claim_ari_checks(
+        &self,
+        now: OffsetDateTime,
+        lease: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String, Option<OffsetDateTime>)>, StoreError> {
+        let t = now.unix_timestamp();
+        let rows = sqlx::query(
+            "SELECT id, certificate_sha256, ari_renew_at, ari_next_check FROM cert_requests \
+             WHERE status = 'issued' AND issued_by = 'acme' AND renewed_by IS NULL \
+             AND certificate_sha256 IS NOT NULL AND ari_next_check IS NOT NULL AND ari_next_check <= $1 \
+             ORDER BY ari_next_check, id LIMIT $2",
+        )
+        .bind(t)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::new();
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            let sha: String = r.try_get("certificate_sha256")?;
+            let at: Option<i64> = r.try_get("ari_renew_at")?;
+            let next: i64 = r.try_get("ari_next_check")?;
+            let _w = self.writer().await;
+            let won = sqlx::query(
+                "UPDATE cert_requests SET ari_next_check = $2 WHERE id = $1 AND ari_next_check = $3",
+            )
+            .bind(&id)
+            .bind(t + lease)
+            .bind(next)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+                == 1;
+            if won {
+                claimed.push((id, sha, at.map(crate::ts).transpose()?));
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Hold the renewal of an issued request until `until` (the CA asked to wait):
+    /// its renewal claim lasts until then.
+    pub async fn defer_renewal(&self, id: &str, until: OffsetDateTime) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("UPDATE cert_requests SET renewal_claimed_until = $2 WHERE id = $1")
+            .bind(id)
+            .bind(until.unix_timestamp())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Record when an ACME order of a request may be sent again after a rate limit
+    /// (`None`: at once).
+    pub async fn set_acme_retry_at(
+        &self,
+        id: &str,
+        at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("UPDATE cert_requests SET acme_retry_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(at.map(OffsetDateTime::unix_timestamp))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// When an ACME order of a request may be sent again, if the CA asked to wait.
+    pub async fn acme_retry_at(&self, id: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        let row = sqlx::query("SELECT acme_retry_at FROM cert_requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let at: Option<i64> = row.try_get("acme_retry_at")?;
+        at.map(crate::ts).transpose()
+    }
+
     /// Keep an http-01 key authorization until `expires_at` (or until withdrawn).
     pub async fn put_http01_token(
         &self,

@@ -2,10 +2,12 @@
 //! (`openssl s_server`) on loopback ports, a real SMTP server (aiosmtpd) and
 //! in-process receivers for webhooks, Slack and PagerDuty.
 
+pub mod ari_front;
 pub mod bind;
 pub mod db;
 pub mod flawed;
 pub mod hooks;
+pub mod https;
 pub mod jira_sim;
 pub mod pebble;
 pub mod peers;

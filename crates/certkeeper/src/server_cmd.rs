@@ -84,6 +84,28 @@ struct FetchFile {
     allow_private: Vec<ipnet::IpNet>,
     max_bytes: Option<usize>,
     timeout_secs: Option<u64>,
+    /// PEM files of roots trusted for https fetches besides the system's (an
+    /// internal CA's AIA server).
+    #[serde(default)]
+    ca_files: Vec<PathBuf>,
+}
+
+/// The AIA fetch rules of `[fetch]`; the `ca_files` are read now (a bad file stops
+/// the start with its name).
+fn fetch_policy(f: FetchFile) -> Result<certkeeper_connect::fetch::FetchPolicy> {
+    let mut p = certkeeper_connect::fetch::FetchPolicy {
+        allow_private: f.allow_private,
+        extra_roots: certkeeper_connect::fetch::read_ca_files(&f.ca_files)
+            .map_err(anyhow::Error::msg)?,
+        ..Default::default()
+    };
+    if let Some(n) = f.max_bytes {
+        p.max_bytes = n;
+    }
+    if let Some(t) = f.timeout_secs {
+        p.timeout = std::time::Duration::from_secs(t);
+    }
+    Ok(p)
 }
 
 /// `[renewal]` in the server TOML.
@@ -447,13 +469,7 @@ fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
         cfg.vulnscan = vulnscan_settings(v)?;
     }
     if let Some(f) = file.fetch {
-        cfg.fetch.allow_private = f.allow_private;
-        if let Some(n) = f.max_bytes {
-            cfg.fetch.max_bytes = n;
-        }
-        if let Some(t) = f.timeout_secs {
-            cfg.fetch.timeout = std::time::Duration::from_secs(t);
-        }
+        cfg.fetch = fetch_policy(f)?;
     }
     if let Some(r) = file.renewal {
         cfg.reuse_key = r.reuse_key;
@@ -559,6 +575,30 @@ mod tests {
         assert_eq!(n.reports[0].name, "monthly");
         assert!(n.email.is_some() && n.syslog.is_some());
         assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 5").is_err());
+    }
+
+    #[test]
+    fn fetch_ca_files_are_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["aia.internal".into()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let parse = |t: &str| -> Result<certkeeper_connect::fetch::FetchPolicy> {
+            let file: FileConfig = toml::from_str(t)?;
+            fetch_policy(file.fetch.unwrap())
+        };
+        let p = parse(&format!("[fetch]\nca_files = [{ca:?}]\ntimeout_secs = 4\n")).unwrap();
+        assert_eq!(p.extra_roots.len(), 1);
+        assert_eq!(p.extra_roots[0].as_ref(), cert.cert.der().as_ref());
+        assert_eq!(p.timeout, std::time::Duration::from_secs(4));
+        assert!(parse("[fetch]\n").unwrap().extra_roots.is_empty());
+        let missing = dir.path().join("missing.pem");
+        let e = parse(&format!("[fetch]\nca_files = [{missing:?}]\n")).unwrap_err();
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "no certificate here").unwrap();
+        let e = parse(&format!("[fetch]\nca_files = [{junk:?}]\n")).unwrap_err();
+        assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
     }
 
     #[test]
