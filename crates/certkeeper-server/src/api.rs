@@ -146,18 +146,18 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
     (
         "post",
         "/api/v1/certificates/{sha256}/deployments",
-        Need::Permission(P::Admin),
+        Need::Permission(P::Deploy),
     ),
-    ("get", "/api/v1/deployments", Need::Permission(P::Admin)),
+    ("get", "/api/v1/deployments", Need::Permission(P::Deploy)),
     (
         "get",
         "/api/v1/deployments/{id}",
-        Need::Permission(P::Admin),
+        Need::Permission(P::Deploy),
     ),
     (
         "post",
         "/api/v1/deployments/{id}/retry",
-        Need::Permission(P::Admin),
+        Need::Permission(P::Deploy),
     ),
     ("post", "/api/v1/scans", Need::Permission(P::Admin)),
     ("get", "/api/v1/scans", Need::Permission(P::Read)),

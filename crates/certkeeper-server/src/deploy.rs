@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::auth::{Admin, Caller};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::manage::{fingerprint_param, open_cert_key, stored_certificate};
 use crate::{AppState, views};
@@ -90,13 +90,16 @@ pub struct NewDeploymentRequest {
 /// `POST /api/v1/certificates/{sha256}/deployments`
 pub async fn create_deployment(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(sha): Path<String>,
     req: Result<Json<NewDeploymentRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = body(req)?;
     let fp = fingerprint_param(&sha)?;
     let cert = stored_certificate(&state, &fp).await?;
+    // A team's token deploys only its team's managed certificates.
+    let owner = state.store.managed_team(&fp).await?.flatten();
+    caller.require_team(&format!("certificate {fp}"), owner.as_deref())?;
     if cert.facts.is_ca {
         return Err(invalid("a CA certificate is not deployed to a server"));
     }
@@ -177,7 +180,7 @@ pub async fn create_deployment(
         .await?;
     state
         .store
-        .audit("admin", "deployment_created", &d.id, now)
+        .audit(&caller.actor(), "deployment_created", &d.id, now)
         .await?;
     tracing::info!(deployment = %d.id, certificate = %fp, agent = %d.agent_id, "deployment created");
     let created = state.store.deployment(&d.id).await?;
@@ -267,10 +270,16 @@ pub struct ListQuery {
     certificate: Option<String>,
 }
 
-/// `GET /api/v1/deployments`
+/// The team owning the certificate a deployment deploys (`None`: no team).
+async fn team_of(state: &AppState, d: &Deployment) -> Result<Option<String>, ApiError> {
+    let fp = fingerprint_param(&d.spec.certificate_sha256)?;
+    Ok(state.store.managed_team(&fp).await?.flatten())
+}
+
+/// `GET /api/v1/deployments`: a team's token sees its team's deployments only.
 pub async fn list_deployments(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = q.map(|Query(q)| q).map_err(|e| invalid(e.body_text()))?;
@@ -283,44 +292,67 @@ pub async fn list_deployments(
     let now = OffsetDateTime::now_utc();
     state.store.expire_leases(now).await?;
     let agents = agents_by_id(&state).await?;
-    let items: Vec<Value> = state
-        .store
-        .deployments(cert.as_deref())
-        .await?
-        .iter()
-        .map(|d| deployment_view(d, &agents, now))
-        .collect();
+    let mut teams: HashMap<String, Option<String>> = HashMap::new();
+    let mut items = Vec::new();
+    for d in state.store.deployments(cert.as_deref()).await? {
+        if let Some(scope) = caller.team() {
+            let owner = match teams.get(&d.spec.certificate_sha256) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = team_of(&state, &d).await?;
+                    teams.insert(d.spec.certificate_sha256.clone(), t.clone());
+                    t
+                }
+            };
+            if owner.as_deref() != Some(scope) {
+                continue;
+            }
+        }
+        items.push(deployment_view(&d, &agents, now));
+    }
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
-async fn deployment_or_404(state: &AppState, id: &str) -> Result<Deployment, ApiError> {
-    state.store.deployment(id).await.map_err(|e| match e {
+/// A deployment the caller may see: another team's is not found, as far as a team's
+/// token can tell.
+async fn deployment_or_404(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Deployment, ApiError> {
+    let d = state.store.deployment(id).await.map_err(|e| match e {
         StoreError::NotFound => ApiError::not_found("deployment"),
         other => other.into(),
-    })
+    })?;
+    if caller.team().is_some()
+        && !certkeeper_core::access::may_act_on(caller.team(), team_of(state, &d).await?.as_deref())
+    {
+        return Err(ApiError::not_found("deployment"));
+    }
+    Ok(d)
 }
 
 /// `GET /api/v1/deployments/{id}`
 pub async fn show_deployment(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let now = OffsetDateTime::now_utc();
     state.store.expire_leases(now).await?;
-    let d = deployment_or_404(&state, &id).await?;
+    let d = deployment_or_404(&state, &caller, &id).await?;
     Ok(Json(deployment_view(&d, &agents_by_id(&state).await?, now)))
 }
 
 /// `POST /api/v1/deployments/{id}/retry`: start again now, with every attempt available.
 pub async fn retry_deployment(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let now = OffsetDateTime::now_utc();
     state.store.expire_leases(now).await?;
-    let d = deployment_or_404(&state, &id).await?;
+    let d = deployment_or_404(&state, &caller, &id).await?;
     if d.job.state == JobState::Leased {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -340,7 +372,7 @@ pub async fn retry_deployment(
         .await?;
     state
         .store
-        .audit("admin", "deployment_retry", &id, now)
+        .audit(&caller.actor(), "deployment_retry", &id, now)
         .await?;
     let d = state.store.deployment(&id).await?;
     Ok(Json(deployment_view(&d, &agents_by_id(&state).await?, now)))

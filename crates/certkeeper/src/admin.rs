@@ -208,7 +208,7 @@ pub enum TokenCommand {
         /// The team the token acts for (its policy, its certificates and requests).
         #[arg(long, env = "CERTKEEPER_TEAM")]
         team: Option<String>,
-        /// Comma-separated: read, import, request, issue, export_key, admin.
+        /// Comma-separated: read, import, request, issue, export_key, deploy, admin.
         #[arg(
             long,
             env = "CERTKEEPER_PERMISSIONS",
