@@ -65,6 +65,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/agent/scans/{id}/results"),
     ("post", "/api/v1/agent/jobs/claim"),
     ("post", "/api/v1/agent/jobs/{id}/result"),
+    ("get", "/api/v1/agent/jobs/{id}"),
     ("get", "/api/v1/notifications/preview"),
     ("post", "/api/v1/notifications/run"),
     ("post", "/api/v1/notifications/test"),
@@ -166,6 +167,7 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
     ("post", "/api/v1/agent/scans/{id}/results", Need::Agent),
     ("post", "/api/v1/agent/jobs/claim", Need::Agent),
     ("post", "/api/v1/agent/jobs/{id}/result", Need::Agent),
+    ("get", "/api/v1/agent/jobs/{id}", Need::Agent),
     (
         "get",
         "/api/v1/notifications/preview",
@@ -318,6 +320,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/agent/jobs/{id}/result",
             post(crate::deploy::job_result),
         )
+        .route("/api/v1/agent/jobs/{id}", get(crate::deploy::job_status))
         .route(
             "/api/v1/tokens",
             post(crate::tokens::create).get(crate::tokens::list),

@@ -256,6 +256,91 @@ fn deployment_view(d: &Deployment, agents: &HashMap<String, Agent>, now: OffsetD
     })
 }
 
+fn lease_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::LeaseLost => ApiError::new(
+            StatusCode::CONFLICT,
+            "lease_lost",
+            "the lease on this job has ended; its result no longer counts",
+        ),
+        StoreError::NotFound => ApiError::not_found("job"),
+        other => other.into(),
+    }
+}
+
+fn job_state_view(j: &certkeeper_store::Job) -> Value {
+    json!({
+        "id": j.id,
+        "kind": j.kind.as_str(),
+        "state": j.state.as_str(),
+        "attempts": j.attempts,
+        "lease_until": j.lease_until.map(views::rfc3339),
+        "last_error": j.last_error_code.as_ref().map(|c| json!({"code": c, "message": j.last_error})),
+    })
+}
+
+/// An `http01` job's result: `ready` while the job stays leased (the order goes on),
+/// or `failed` (the order fails with the agent's reason). It never succeeds from the
+/// agent's side: the server ends it when the order is over.
+async fn http01_result(
+    state: &AppState,
+    agent: &str,
+    job: &certkeeper_store::Job,
+    req: JobResult,
+    now: OffsetDateTime,
+) -> Result<Json<Value>, ApiError> {
+    match (req.status.as_str(), req.error) {
+        ("ready", None) => {
+            state
+                .store
+                .http01_ready(&job.id, agent, &req.lease, now)
+                .await
+                .map_err(lease_error)?;
+        }
+        ("failed", Some(e)) => {
+            let f: DeployFailure = e
+                .code
+                .parse()
+                .map_err(|m: String| ApiError::bad_request("invalid_request", m))?;
+            let outcome = JobOutcome::Failed {
+                code: f.code().to_string(),
+                message: e.message.chars().take(1000).collect(),
+                retry_at: None,
+            };
+            state
+                .store
+                .finish_job(&job.id, agent, &req.lease, &outcome, now)
+                .await
+                .map_err(lease_error)?;
+            tracing::warn!(job = %job.id, code = f.code(), "the agent cannot serve an http-01 token");
+        }
+        ("failed", None) => return Err(invalid("a failed result needs an error")),
+        ("ready", Some(_)) => return Err(invalid("a ready result carries no error")),
+        (other, _) => {
+            return Err(invalid(format!(
+                "an http01 job reports ready or failed (it ends with its order), not {other:?}"
+            )));
+        }
+    }
+    Ok(Json(job_state_view(&state.store.job(&job.id).await?)))
+}
+
+/// `GET /api/v1/agent/jobs/{id}`: where one of the caller's jobs stands (an agent
+/// serving an http-01 token asks until the job ends).
+pub async fn job_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let agent = agent_of(&caller)?.to_string();
+    state.store.expire_leases(OffsetDateTime::now_utc()).await?;
+    match state.store.job(&id).await {
+        Ok(j) if j.agent_id == agent => Ok(Json(job_state_view(&j))),
+        Ok(_) | Err(StoreError::NotFound) => Err(ApiError::not_found("job")),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn format_endpoint(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
@@ -522,6 +607,18 @@ async fn job_payload(state: &AppState, c: &ClaimedJob) -> Result<Value, ApiError
         JobKind::VulnScan => {
             v["vulnscan"] = crate::vulnscans::job_payload(state, j).await?;
         }
+        JobKind::Http01 => {
+            // The token and its key authorization (public by design: the CA fetches
+            // them over plain HTTP); the account key never leaves the server.
+            let h = state.store.http01_job(&j.id).await?.ok_or_else(|| {
+                ApiError::new(StatusCode::GONE, "order_over", "the order has ended")
+            })?;
+            v["http01"] = json!({
+                "token": h.token,
+                "key_authorization": h.key_authorization,
+                "request": j.subject,
+            });
+        }
     }
     Ok(v)
 }
@@ -587,7 +684,8 @@ pub struct JobError {
 pub struct JobResult {
     /// The lease the job was claimed with.
     lease: String,
-    /// `succeeded` or `failed`.
+    /// `succeeded` or `failed`; for an `http01` job, `ready` (serving the token now)
+    /// or `failed` (the server ends it when the order is over).
     status: String,
     error: Option<JobError>,
 }
@@ -622,10 +720,19 @@ pub async fn job_result(
             retry_at,
         }
     };
+    if job.kind == JobKind::Http01 {
+        return http01_result(&state, &agent, &job, req, now).await;
+    }
+    if req.status == "ready" {
+        return Err(invalid(format!(
+            "only http01 jobs report ready; this is a {} job",
+            job.kind
+        )));
+    }
     let deployment = match job.kind {
         JobKind::Deploy => state.store.deployment_of_job(&id).await?,
         // The results came through POST /api/v1/agent/scans/{id}/results.
-        JobKind::VulnScan => None,
+        JobKind::VulnScan | JobKind::Http01 => None,
     };
     let outcome = match (req.status.as_str(), req.error) {
         ("failed", Some(e)) => {
