@@ -951,6 +951,7 @@ async fn every_route_checks_who_calls() {
         "/api/v1/agents/enroll",
         "/api/v1/agent/jobs/claim",
         "/api/v1/agent/jobs/{id}/result",
+        "/api/v1/agent/jobs/{id}",
         "/api/v1/agent/scans/{id}/results",
     ];
     for (method, path) in certkeeper_server::ROUTES {
@@ -1000,6 +1001,7 @@ async fn every_route_checks_who_calls() {
             "/api/v1/reports" => assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents report"),
             "/api/v1/agent/jobs/claim"
             | "/api/v1/agent/jobs/{id}/result"
+            | "/api/v1/agent/jobs/{id}"
             | "/api/v1/agent/scans/{id}/results" => {
                 assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents take jobs")
             }
