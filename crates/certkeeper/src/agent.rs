@@ -101,7 +101,8 @@ pub enum AgentCommand {
         #[command(flatten)]
         scan: ScanArgs,
     },
-    /// Do the jobs the server has for this agent now (deployments), once; for cron.
+    /// Do the jobs the server has for this agent now (deployments, scans, http-01
+    /// tokens until their orders end), once; for cron.
     Jobs {
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
