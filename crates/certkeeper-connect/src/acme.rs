@@ -405,7 +405,11 @@ pub async fn issue(
     spec: &OrderSpec<'_>,
     tokens: Option<&dyn Http01Tokens>,
 ) -> Result<Issued, AcmeError> {
-    cfg.check(spec.challenge).map_err(AcmeError::Config)?;
+    // http-01 needs someone to answer: the token store given (the server's responder
+    // or an agent), whatever `http01_listen` says.
+    if spec.challenge == ChallengeKind::Dns01 {
+        cfg.check(spec.challenge).map_err(AcmeError::Config)?;
+    }
     if spec.challenge == ChallengeKind::Http01 && tokens.is_none() {
         return Err(AcmeError::Config(
             "http-01 needs the server's token store".into(),

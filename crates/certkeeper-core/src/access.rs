@@ -21,17 +21,20 @@ pub enum Permission {
     Issue,
     /// Export with the private key.
     ExportKey,
+    /// Deploy managed certificates through agents, and see those deployments.
+    Deploy,
     /// Everything, including settings, tokens, CAs and agents.
     Admin,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Permission::Read,
         Permission::Import,
         Permission::Request,
         Permission::Issue,
         Permission::ExportKey,
+        Permission::Deploy,
         Permission::Admin,
     ];
 
@@ -42,6 +45,7 @@ impl Permission {
             Permission::Request => "request",
             Permission::Issue => "issue",
             Permission::ExportKey => "export_key",
+            Permission::Deploy => "deploy",
             Permission::Admin => "admin",
         }
     }
@@ -57,7 +61,9 @@ impl fmt::Display for Permission {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccessError {
     /// Not one of the permission names.
-    #[error("unknown permission {0:?} (known: read, import, request, issue, export_key, admin)")]
+    #[error(
+        "unknown permission {0:?} (known: read, import, request, issue, export_key, deploy, admin)"
+    )]
     UnknownPermission(String),
     /// A token must be able to do something.
     #[error("a token needs at least one permission")]
@@ -190,6 +196,17 @@ mod tests {
         assert!(some.allows(Permission::Read) && some.allows(Permission::ExportKey));
         assert!(!some.allows(Permission::Import) && !some.allows(Permission::Admin));
         assert!(!Permissions::none().allows(Permission::Read));
+        assert!(admin.allows(Permission::Deploy));
+        assert!(!some.allows(Permission::Deploy));
+    }
+
+    #[test]
+    fn deploy_is_a_stable_name() {
+        assert_eq!(Permission::Deploy.as_str(), "deploy");
+        assert_eq!("deploy".parse::<Permission>(), Ok(Permission::Deploy));
+        let p = Permissions::parse_list("read,deploy").unwrap();
+        assert!(p.allows(Permission::Deploy) && !p.allows(Permission::Admin));
+        assert!(check_token("deployer", Some("web"), &p).is_ok());
     }
 
     #[test]

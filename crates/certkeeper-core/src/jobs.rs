@@ -15,6 +15,9 @@ pub enum JobKind {
     Deploy,
     /// Run a vulnerability scan of endpoints this agent discovered and send the results.
     VulnScan,
+    /// Answer one ACME http-01 challenge token on the agent's `[acme] http01_listen`
+    /// until the order ends (the server ends the job).
+    Http01,
 }
 
 impl JobKind {
@@ -22,6 +25,7 @@ impl JobKind {
         match self {
             JobKind::Deploy => "deploy",
             JobKind::VulnScan => "vulnscan",
+            JobKind::Http01 => "http01",
         }
     }
 }
@@ -43,6 +47,7 @@ impl FromStr for JobKind {
         match s {
             "deploy" => Ok(JobKind::Deploy),
             "vulnscan" => Ok(JobKind::VulnScan),
+            "http01" => Ok(JobKind::Http01),
             other => Err(UnknownJobKind(other.to_string())),
         }
     }
@@ -162,6 +167,8 @@ mod tests {
     fn kinds_round_trip_and_unknown_ones_are_refused() {
         assert_eq!("deploy".parse::<JobKind>(), Ok(JobKind::Deploy));
         assert_eq!(JobKind::Deploy.to_string(), "deploy");
+        assert_eq!("http01".parse::<JobKind>(), Ok(JobKind::Http01));
+        assert_eq!(JobKind::Http01.as_str(), "http01");
         assert!("vulnscan-tomorrow".parse::<JobKind>().is_err());
         for s in [
             JobState::Queued,

@@ -65,6 +65,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/agent/scans/{id}/results"),
     ("post", "/api/v1/agent/jobs/claim"),
     ("post", "/api/v1/agent/jobs/{id}/result"),
+    ("get", "/api/v1/agent/jobs/{id}"),
     ("get", "/api/v1/notifications/preview"),
     ("post", "/api/v1/notifications/run"),
     ("post", "/api/v1/notifications/test"),
@@ -146,18 +147,18 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
     (
         "post",
         "/api/v1/certificates/{sha256}/deployments",
-        Need::Permission(P::Admin),
+        Need::Permission(P::Deploy),
     ),
-    ("get", "/api/v1/deployments", Need::Permission(P::Admin)),
+    ("get", "/api/v1/deployments", Need::Permission(P::Deploy)),
     (
         "get",
         "/api/v1/deployments/{id}",
-        Need::Permission(P::Admin),
+        Need::Permission(P::Deploy),
     ),
     (
         "post",
         "/api/v1/deployments/{id}/retry",
-        Need::Permission(P::Admin),
+        Need::Permission(P::Deploy),
     ),
     ("post", "/api/v1/scans", Need::Permission(P::Admin)),
     ("get", "/api/v1/scans", Need::Permission(P::Read)),
@@ -166,6 +167,7 @@ pub const ROUTE_NEEDS: &[(&str, &str, Need)] = &[
     ("post", "/api/v1/agent/scans/{id}/results", Need::Agent),
     ("post", "/api/v1/agent/jobs/claim", Need::Agent),
     ("post", "/api/v1/agent/jobs/{id}/result", Need::Agent),
+    ("get", "/api/v1/agent/jobs/{id}", Need::Agent),
     (
         "get",
         "/api/v1/notifications/preview",
@@ -318,6 +320,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/agent/jobs/{id}/result",
             post(crate::deploy::job_result),
         )
+        .route("/api/v1/agent/jobs/{id}", get(crate::deploy::job_status))
         .route(
             "/api/v1/tokens",
             post(crate::tokens::create).get(crate::tokens::list),

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::auth::{Admin, Caller};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::manage::{fingerprint_param, open_cert_key, stored_certificate};
 use crate::{AppState, views};
@@ -90,13 +90,16 @@ pub struct NewDeploymentRequest {
 /// `POST /api/v1/certificates/{sha256}/deployments`
 pub async fn create_deployment(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(sha): Path<String>,
     req: Result<Json<NewDeploymentRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = body(req)?;
     let fp = fingerprint_param(&sha)?;
     let cert = stored_certificate(&state, &fp).await?;
+    // A team's token deploys only its team's managed certificates.
+    let owner = state.store.managed_team(&fp).await?.flatten();
+    caller.require_team(&format!("certificate {fp}"), owner.as_deref())?;
     if cert.facts.is_ca {
         return Err(invalid("a CA certificate is not deployed to a server"));
     }
@@ -177,7 +180,7 @@ pub async fn create_deployment(
         .await?;
     state
         .store
-        .audit("admin", "deployment_created", &d.id, now)
+        .audit(&caller.actor(), "deployment_created", &d.id, now)
         .await?;
     tracing::info!(deployment = %d.id, certificate = %fp, agent = %d.agent_id, "deployment created");
     let created = state.store.deployment(&d.id).await?;
@@ -253,6 +256,91 @@ fn deployment_view(d: &Deployment, agents: &HashMap<String, Agent>, now: OffsetD
     })
 }
 
+fn lease_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::LeaseLost => ApiError::new(
+            StatusCode::CONFLICT,
+            "lease_lost",
+            "the lease on this job has ended; its result no longer counts",
+        ),
+        StoreError::NotFound => ApiError::not_found("job"),
+        other => other.into(),
+    }
+}
+
+fn job_state_view(j: &certkeeper_store::Job) -> Value {
+    json!({
+        "id": j.id,
+        "kind": j.kind.as_str(),
+        "state": j.state.as_str(),
+        "attempts": j.attempts,
+        "lease_until": j.lease_until.map(views::rfc3339),
+        "last_error": j.last_error_code.as_ref().map(|c| json!({"code": c, "message": j.last_error})),
+    })
+}
+
+/// An `http01` job's result: `ready` while the job stays leased (the order goes on),
+/// or `failed` (the order fails with the agent's reason). It never succeeds from the
+/// agent's side: the server ends it when the order is over.
+async fn http01_result(
+    state: &AppState,
+    agent: &str,
+    job: &certkeeper_store::Job,
+    req: JobResult,
+    now: OffsetDateTime,
+) -> Result<Json<Value>, ApiError> {
+    match (req.status.as_str(), req.error) {
+        ("ready", None) => {
+            state
+                .store
+                .http01_ready(&job.id, agent, &req.lease, now)
+                .await
+                .map_err(lease_error)?;
+        }
+        ("failed", Some(e)) => {
+            let f: DeployFailure = e
+                .code
+                .parse()
+                .map_err(|m: String| ApiError::bad_request("invalid_request", m))?;
+            let outcome = JobOutcome::Failed {
+                code: f.code().to_string(),
+                message: e.message.chars().take(1000).collect(),
+                retry_at: None,
+            };
+            state
+                .store
+                .finish_job(&job.id, agent, &req.lease, &outcome, now)
+                .await
+                .map_err(lease_error)?;
+            tracing::warn!(job = %job.id, code = f.code(), "the agent cannot serve an http-01 token");
+        }
+        ("failed", None) => return Err(invalid("a failed result needs an error")),
+        ("ready", Some(_)) => return Err(invalid("a ready result carries no error")),
+        (other, _) => {
+            return Err(invalid(format!(
+                "an http01 job reports ready or failed (it ends with its order), not {other:?}"
+            )));
+        }
+    }
+    Ok(Json(job_state_view(&state.store.job(&job.id).await?)))
+}
+
+/// `GET /api/v1/agent/jobs/{id}`: where one of the caller's jobs stands (an agent
+/// serving an http-01 token asks until the job ends).
+pub async fn job_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let agent = agent_of(&caller)?.to_string();
+    state.store.expire_leases(OffsetDateTime::now_utc()).await?;
+    match state.store.job(&id).await {
+        Ok(j) if j.agent_id == agent => Ok(Json(job_state_view(&j))),
+        Ok(_) | Err(StoreError::NotFound) => Err(ApiError::not_found("job")),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn format_endpoint(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
@@ -267,10 +355,16 @@ pub struct ListQuery {
     certificate: Option<String>,
 }
 
-/// `GET /api/v1/deployments`
+/// The team owning the certificate a deployment deploys (`None`: no team).
+async fn team_of(state: &AppState, d: &Deployment) -> Result<Option<String>, ApiError> {
+    let fp = fingerprint_param(&d.spec.certificate_sha256)?;
+    Ok(state.store.managed_team(&fp).await?.flatten())
+}
+
+/// `GET /api/v1/deployments`: a team's token sees its team's deployments only.
 pub async fn list_deployments(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = q.map(|Query(q)| q).map_err(|e| invalid(e.body_text()))?;
@@ -283,44 +377,67 @@ pub async fn list_deployments(
     let now = OffsetDateTime::now_utc();
     state.store.expire_leases(now).await?;
     let agents = agents_by_id(&state).await?;
-    let items: Vec<Value> = state
-        .store
-        .deployments(cert.as_deref())
-        .await?
-        .iter()
-        .map(|d| deployment_view(d, &agents, now))
-        .collect();
+    let mut teams: HashMap<String, Option<String>> = HashMap::new();
+    let mut items = Vec::new();
+    for d in state.store.deployments(cert.as_deref()).await? {
+        if let Some(scope) = caller.team() {
+            let owner = match teams.get(&d.spec.certificate_sha256) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = team_of(&state, &d).await?;
+                    teams.insert(d.spec.certificate_sha256.clone(), t.clone());
+                    t
+                }
+            };
+            if owner.as_deref() != Some(scope) {
+                continue;
+            }
+        }
+        items.push(deployment_view(&d, &agents, now));
+    }
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
-async fn deployment_or_404(state: &AppState, id: &str) -> Result<Deployment, ApiError> {
-    state.store.deployment(id).await.map_err(|e| match e {
+/// A deployment the caller may see: another team's is not found, as far as a team's
+/// token can tell.
+async fn deployment_or_404(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Deployment, ApiError> {
+    let d = state.store.deployment(id).await.map_err(|e| match e {
         StoreError::NotFound => ApiError::not_found("deployment"),
         other => other.into(),
-    })
+    })?;
+    if caller.team().is_some()
+        && !certkeeper_core::access::may_act_on(caller.team(), team_of(state, &d).await?.as_deref())
+    {
+        return Err(ApiError::not_found("deployment"));
+    }
+    Ok(d)
 }
 
 /// `GET /api/v1/deployments/{id}`
 pub async fn show_deployment(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let now = OffsetDateTime::now_utc();
     state.store.expire_leases(now).await?;
-    let d = deployment_or_404(&state, &id).await?;
+    let d = deployment_or_404(&state, &caller, &id).await?;
     Ok(Json(deployment_view(&d, &agents_by_id(&state).await?, now)))
 }
 
 /// `POST /api/v1/deployments/{id}/retry`: start again now, with every attempt available.
 pub async fn retry_deployment(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let now = OffsetDateTime::now_utc();
     state.store.expire_leases(now).await?;
-    let d = deployment_or_404(&state, &id).await?;
+    let d = deployment_or_404(&state, &caller, &id).await?;
     if d.job.state == JobState::Leased {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -340,7 +457,7 @@ pub async fn retry_deployment(
         .await?;
     state
         .store
-        .audit("admin", "deployment_retry", &id, now)
+        .audit(&caller.actor(), "deployment_retry", &id, now)
         .await?;
     let d = state.store.deployment(&id).await?;
     Ok(Json(deployment_view(&d, &agents_by_id(&state).await?, now)))
@@ -490,6 +607,18 @@ async fn job_payload(state: &AppState, c: &ClaimedJob) -> Result<Value, ApiError
         JobKind::VulnScan => {
             v["vulnscan"] = crate::vulnscans::job_payload(state, j).await?;
         }
+        JobKind::Http01 => {
+            // The token and its key authorization (public by design: the CA fetches
+            // them over plain HTTP); the account key never leaves the server.
+            let h = state.store.http01_job(&j.id).await?.ok_or_else(|| {
+                ApiError::new(StatusCode::GONE, "order_over", "the order has ended")
+            })?;
+            v["http01"] = json!({
+                "token": h.token,
+                "key_authorization": h.key_authorization,
+                "request": j.subject,
+            });
+        }
     }
     Ok(v)
 }
@@ -555,7 +684,8 @@ pub struct JobError {
 pub struct JobResult {
     /// The lease the job was claimed with.
     lease: String,
-    /// `succeeded` or `failed`.
+    /// `succeeded` or `failed`; for an `http01` job, `ready` (serving the token now)
+    /// or `failed` (the server ends it when the order is over).
     status: String,
     error: Option<JobError>,
 }
@@ -590,10 +720,19 @@ pub async fn job_result(
             retry_at,
         }
     };
+    if job.kind == JobKind::Http01 {
+        return http01_result(&state, &agent, &job, req, now).await;
+    }
+    if req.status == "ready" {
+        return Err(invalid(format!(
+            "only http01 jobs report ready; this is a {} job",
+            job.kind
+        )));
+    }
     let deployment = match job.kind {
         JobKind::Deploy => state.store.deployment_of_job(&id).await?,
         // The results came through POST /api/v1/agent/scans/{id}/results.
-        JobKind::VulnScan => None,
+        JobKind::VulnScan | JobKind::Http01 => None,
     };
     let outcome = match (req.status.as_str(), req.error) {
         ("failed", Some(e)) => {

@@ -2,6 +2,7 @@
 //! the server's certificate and first administrator token; [`Prepared::launch`] serves
 //! the REST API on a listener until `shutdown` resolves. Tests bind port 0 in-process.
 
+mod acme_agent;
 mod acme_http;
 mod api;
 mod auth;
@@ -67,6 +68,9 @@ pub struct ServerConfig {
     pub fetch: certkeeper_connect::fetch::FetchPolicy,
     /// Renew with the certificate's existing key instead of a new one.
     pub reuse_key: bool,
+    /// How long an order whose http-01 challenges an agent answers waits for the
+    /// agent to take each job and report serving the token.
+    pub http01_agent_wait: std::time::Duration,
     /// Expiry notifications, reports, channels and ticketing systems.
     pub notify: notify::NotifySettings,
 }
@@ -122,6 +126,7 @@ impl ServerConfig {
             vulnscan: Default::default(),
             fetch: Default::default(),
             reuse_key: false,
+            http01_agent_wait: std::time::Duration::from_secs(45),
             notify: notify::NotifySettings::new(),
         }
     }

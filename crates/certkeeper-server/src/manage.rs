@@ -1138,8 +1138,11 @@ pub async fn use_server_certificate(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeOrder {
-    /// `http-01` or `dns-01`; default: `[acme] challenge`.
+    /// `http-01` or `dns-01`; default: `[acme] challenge` (`http-01` with `http01_agent`).
     challenge: Option<String>,
+    /// The id of the agent on the host of the names that answers http-01 (instead of
+    /// this server); its renewals use it again.
+    http01_agent: Option<String>,
 }
 
 /// `POST /api/v1/requests/{id}/acme`: order the request's certificate from the
@@ -1166,7 +1169,7 @@ pub async fn order_acme(
         .map_err(|e| ApiError::bad_request("invalid_request", e))?;
     Ok((
         StatusCode::CREATED,
-        Json(order_acme_for(&state, &id, challenge, None).await?),
+        Json(order_acme_for(&state, &id, challenge, None, req.http01_agent.as_deref()).await?),
     ))
 }
 
@@ -1199,12 +1202,13 @@ fn random_fraction() -> f64 {
 
 /// Order a pending request's certificate from the configured ACME CA, with the
 /// given challenge (default: the configured one); `replaces` is the DER of the
-/// certificate it renews (ARI).
+/// certificate it renews (ARI); `http01_agent` answers http-01 instead of the server.
 async fn order_acme_for(
     state: &AppState,
     id: &str,
     challenge: Option<ChallengeKind>,
     replaces: Option<&[u8]>,
+    http01_agent: Option<&str>,
 ) -> Result<Value, ApiError> {
     let acme = state.config.acme.clone().ok_or_else(|| {
         ApiError::new(
@@ -1213,9 +1217,27 @@ async fn order_acme_for(
             "no [acme] CA is configured on this server",
         )
     })?;
-    let challenge = challenge.unwrap_or(acme.challenge);
-    acme.check(challenge)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "acme_challenge_unavailable", e))?;
+    let challenge = match (challenge, http01_agent) {
+        (Some(ChallengeKind::Dns01), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "http01_agent answers http-01 challenges; it does not go with dns-01",
+            ));
+        }
+        (_, Some(_)) => ChallengeKind::Http01,
+        (c, None) => c.unwrap_or(acme.challenge),
+    };
+    if let Some(agent) = http01_agent {
+        if !state.store.agent_active(agent).await? {
+            return Err(ApiError::bad_request(
+                "unknown_agent",
+                format!("no enrolled, unrevoked agent has the id {agent:?}"),
+            ));
+        }
+    } else {
+        acme.check(challenge)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "acme_challenge_unavailable", e))?;
+    }
     let r = pending_request(state, id).await?;
     let mut names = Vec::new();
     for san in &r.sans {
@@ -1260,7 +1282,19 @@ async fn order_acme_for(
         Some(hexed) => Some(open_acme_account(state, &hexed)?),
         None => None,
     };
-    let tokens = crate::acme_http::StoreTokens(state.store.clone());
+    let server_tokens = crate::acme_http::StoreTokens(state.store.clone());
+    let agent_tokens = http01_agent.map(|a| {
+        crate::acme_agent::AgentTokens::new(
+            state.store.clone(),
+            a,
+            &r.id,
+            state.config.http01_agent_wait,
+        )
+    });
+    let tokens: &dyn certkeeper_connect::acme::Http01Tokens = match &agent_tokens {
+        Some(t) => t,
+        None => &server_tokens,
+    };
     let spec = certkeeper_connect::acme::OrderSpec {
         names: &names,
         csr_der: &csr_der,
@@ -1271,7 +1305,7 @@ async fn order_acme_for(
         &acme,
         stored.as_deref(),
         &spec,
-        Some(&tokens),
+        Some(tokens),
     )
     .await
     {
@@ -1284,11 +1318,13 @@ async fn order_acme_for(
             return Err(rate_limited(message).retry_at(until));
         }
         Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "acme_failed",
-                e.to_string(),
-            ));
+            return Err(match agent_tokens.as_ref().and_then(|t| t.gave_up()) {
+                // The agent, not the CA: say so.
+                Some(why) => {
+                    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "http01_agent_unavailable", why)
+                }
+                None => ApiError::new(StatusCode::BAD_GATEWAY, "acme_failed", e.to_string()),
+            });
         }
     };
     if let Some(json) = issued.created_account {
@@ -1347,6 +1383,10 @@ async fn order_acme_for(
             .set_ari(&r.id, renew_at, Some(w.next_check))
             .await?;
     }
+    state
+        .store
+        .set_acme_http01_agent(&r.id, http01_agent)
+        .await?;
     let renewal_time = renew_at.unwrap_or_else(|| {
         certkeeper_core::expiry::renewal_time(leaf_facts.not_before, leaf_facts.not_after)
     });
@@ -1490,7 +1530,16 @@ async fn renew(
                 ),
                 None => None,
             };
-            order_acme_for(state, &new.id, challenge, old_der.as_deref()).await?
+            // An agent that answered http-01 answers again.
+            let agent = state.store.acme_http01_agent(&old.id).await?;
+            order_acme_for(
+                state,
+                &new.id,
+                challenge,
+                old_der.as_deref(),
+                agent.as_deref(),
+            )
+            .await?
         }
         None => return Err(internal(format!("unknown issuer {issuer}"))),
     };

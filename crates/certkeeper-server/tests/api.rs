@@ -951,6 +951,7 @@ async fn every_route_checks_who_calls() {
         "/api/v1/agents/enroll",
         "/api/v1/agent/jobs/claim",
         "/api/v1/agent/jobs/{id}/result",
+        "/api/v1/agent/jobs/{id}",
         "/api/v1/agent/scans/{id}/results",
     ];
     for (method, path) in certkeeper_server::ROUTES {
@@ -1000,6 +1001,7 @@ async fn every_route_checks_who_calls() {
             "/api/v1/reports" => assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents report"),
             "/api/v1/agent/jobs/claim"
             | "/api/v1/agent/jobs/{id}/result"
+            | "/api/v1/agent/jobs/{id}"
             | "/api/v1/agent/scans/{id}/results" => {
                 assert_eq!(as_admin, StatusCode::FORBIDDEN, "only agents take jobs")
             }
@@ -2904,4 +2906,259 @@ async fn reuse_key_renews_issued_certificates_with_the_same_key() {
         );
     }
     s.stop().await;
+}
+
+#[tokio::test]
+async fn deploy_routes_need_the_deploy_permission_which_admin_implies() {
+    use certkeeper_core::access::Permission;
+    use certkeeper_server::Need;
+    // The deploy routes, and only they, ask for deploy.
+    let deploy_routes: BTreeSet<(&str, &str)> = certkeeper_server::ROUTE_NEEDS
+        .iter()
+        .filter(|(_, _, n)| *n == Need::Permission(Permission::Deploy))
+        .map(|(m, p, _)| (*m, *p))
+        .collect();
+    let expected: BTreeSet<(&str, &str)> = [
+        ("post", "/api/v1/certificates/{sha256}/deployments"),
+        ("get", "/api/v1/deployments"),
+        ("get", "/api/v1/deployments/{id}"),
+        ("post", "/api/v1/deployments/{id}/retry"),
+    ]
+    .into();
+    assert_eq!(deploy_routes, expected);
+
+    let s = start(|_| {}).await.unwrap();
+    let (_, deployer) = scoped_token(&s, "deployer", None, &["deploy"]).await;
+    let (_, reader) = scoped_token(&s, "reader", None, &["read", "import", "export_key"]).await;
+    let (_, admin) = scoped_token(&s, "root2", None, &["admin"]).await;
+    // The stable name: listed on the token as "deploy".
+    let tokens: Value = s.admin_get("/api/v1/tokens").await.json().await.unwrap();
+    let listed = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "deployer")
+        .unwrap()
+        .clone();
+    assert_eq!(listed["permissions"], json!(["deploy"]), "{listed}");
+    for token in [&deployer, &admin] {
+        let r = s
+            .call("GET", token, "/api/v1/deployments", &json!({}))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = s
+        .call("GET", &reader, "/api/v1/deployments", &json!({}))
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "missing_permission", "{v}");
+    assert_eq!(v["error"]["permission"], "deploy", "{v}");
+    // A deploy token alone cannot export keys or manage tokens.
+    let r = s.call("GET", &deployer, "/api/v1/tokens", &json!({})).await;
+    assert_eq!(error_code(r).await.1, "missing_permission");
+    // An unknown permission is refused with the list, deploy included.
+    let r = s
+        .admin_post(
+            "/api/v1/tokens",
+            &json!({"name": "bad", "permissions": ["deploy-all"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("deploy,"),
+        "{v}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn team_tokens_deploy_their_own_certificates_and_see_only_their_deployments() {
+    let pki = TestPki::new().unwrap();
+    let leaf = |n: &str| pki.leaf(&LeafSpec::new(n, KeyKind::EcdsaP256)).unwrap();
+    let (web_leaf, db_leaf, shared_leaf) = (leaf("a.web.test"), leaf("a.db.test"), leaf("x.test"));
+    for tdb in db::all().unwrap() {
+        let url = tdb.url.clone();
+        let s = start(move |c| c.database_url = Some(url)).await.unwrap();
+        let (agent, credential) = enroll(&s).await;
+        let team_perms = ["read", "import", "deploy"];
+        let (_, web) = scoped_token(&s, "web", Some("web"), &team_perms).await;
+        let (_, db_team) = scoped_token(&s, "db", Some("db"), &team_perms).await;
+        let (_, web_nodeploy) = scoped_token(&s, "web-ro", Some("web"), &["read", "import"]).await;
+        let (_, ops) = scoped_token(&s, "ops", None, &["deploy"]).await;
+        let import = |token: String, l: &certkeeper_testkit::Issued| {
+            let body = json!({"certificate": l.cert_pem, "chain": [pki.intermediate.cert_pem],
+                              "private_key": l.key_pem});
+            let s = &s;
+            async move {
+                let r = s
+                    .call("POST", &token, "/api/v1/certificates/import", &body)
+                    .await;
+                assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+                r.json::<Value>().await.unwrap()["sha256"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        let web_sha = import(web.clone(), &web_leaf).await;
+        let db_sha = import(db_team.clone(), &db_leaf).await;
+        let shared_sha = import(s.admin.clone(), &shared_leaf).await;
+        let target = |host: &str| {
+            json!({"agent_id": agent, "fullchain_path": format!("/etc/tls/{host}.pem"),
+                   "key_path": format!("/etc/tls/{host}.key"), "endpoint": format!("{host}:443")})
+        };
+        let deploy = |token: &str, sha: &str, host: &str| {
+            let body = target(host);
+            let path = format!("/api/v1/certificates/{sha}/deployments");
+            let token = token.to_string();
+            let s = &s;
+            async move { s.call("POST", &token, &path, &body).await }
+        };
+        // Its own certificate: deployed, audited under the token's name.
+        let r = deploy(&web, &web_sha, "a.web.test").await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", tdb.label);
+        let web_dep: Value = r.json().await.unwrap();
+        let web_id = web_dep["id"].as_str().unwrap().to_string();
+        // Another team's, or one of no team: refused, nothing created.
+        for (sha, whose) in [(&db_sha, "db"), (&shared_sha, "none")] {
+            let r = deploy(&web, sha, "a.web.test").await;
+            assert_eq!(
+                error_code(r).await,
+                (StatusCode::FORBIDDEN, "other_team".into()),
+                "{whose} ({})",
+                tdb.label
+            );
+        }
+        // Without deploy, a team token cannot even look.
+        let r = deploy(&web_nodeploy, &web_sha, "a.web.test").await;
+        assert_eq!(error_code(r).await.1, "missing_permission");
+        let db_id = {
+            let r = deploy(&db_team, &db_sha, "a.db.test").await;
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        // A server-wide deploy token deploys anything, the shared certificate too.
+        let r = deploy(&ops, &shared_sha, "x.test").await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let shared_id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let ids_of = |token: String, query: &'static str| {
+            let s = &s;
+            async move {
+                let r = s
+                    .call(
+                        "GET",
+                        &token,
+                        &format!("/api/v1/deployments{query}"),
+                        &json!({}),
+                    )
+                    .await;
+                assert_eq!(r.status(), StatusCode::OK);
+                let v: Value = r.json().await.unwrap();
+                v["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["id"].as_str().unwrap().to_string())
+                    .collect::<BTreeSet<String>>()
+            }
+        };
+        assert_eq!(ids_of(web.clone(), "").await, [web_id.clone()].into());
+        assert_eq!(ids_of(db_team.clone(), "").await, [db_id.clone()].into());
+        assert_eq!(
+            ids_of(ops.clone(), "").await,
+            [web_id.clone(), db_id.clone(), shared_id.clone()].into()
+        );
+        // Others' ids are not found: show and retry alike.
+        for id in [&db_id, &shared_id] {
+            for (m, p) in [
+                ("GET", format!("/api/v1/deployments/{id}")),
+                ("POST", format!("/api/v1/deployments/{id}/retry")),
+            ] {
+                let r = s.call(m, &web, &p, &json!({})).await;
+                assert_eq!(
+                    error_code(r).await,
+                    (StatusCode::NOT_FOUND, "not_found".into()),
+                    "{m} {p}"
+                );
+            }
+        }
+        let r = s
+            .call(
+                "GET",
+                &web,
+                &format!("/api/v1/deployments/{web_id}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        // Its own may be retried once the agent gave it back.
+        let claim: Value = s
+            .client
+            .post(format!("{}/api/v1/agent/jobs/claim", s.base))
+            .bearer_auth(&credential)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let job = claim["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["deploy"]["deployment_id"] == web_id.as_str())
+            .unwrap()
+            .clone();
+        let r = s
+            .client
+            .post(format!(
+                "{}/api/v1/agent/jobs/{}/result",
+                s.base,
+                job["id"].as_str().unwrap()
+            ))
+            .bearer_auth(&credential)
+            .json(&json!({"lease": job["lease"], "status": "failed",
+                          "error": {"code": "path_not_allowed", "message": "not here"}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        let r = s
+            .call(
+                "POST",
+                &web,
+                &format!("/api/v1/deployments/{web_id}/retry"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        let audit: Value = s.admin_get("/api/v1/audit").await.json().await.unwrap();
+        let actions: Vec<(String, String)> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["actor"].as_str().unwrap_or("").to_string(),
+                    e["action"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        for want in ["deployment_created", "deployment_retry"] {
+            assert!(
+                actions.contains(&("token:web (team web)".into(), want.into())),
+                "{want}: {actions:?}"
+            );
+        }
+        s.stop().await;
+    }
 }

@@ -525,3 +525,152 @@ impl Store {
             .collect()
     }
 }
+
+/// What an `http01` job asks its agent to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http01Job {
+    pub token: String,
+    pub key_authorization: String,
+    /// When the agent reported serving it.
+    pub ready_at: Option<OffsetDateTime>,
+}
+
+impl Store {
+    /// Queue an `http01` job for `agent_id` (one attempt: a lease that ends without
+    /// the order ending fails it) with the token and key authorization to serve.
+    pub async fn create_http01_job(
+        &self,
+        job_id: &str,
+        agent_id: &str,
+        subject: &str,
+        token: &str,
+        key_authorization: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let t = now.unix_timestamp();
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await?;
+        insert_job(&mut tx, job_id, agent_id, JobKind::Http01, subject, 1, t).await?;
+        sqlx::query(
+            "INSERT INTO http01_jobs (job_id, token, key_authorization, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(job_id)
+        .bind(token)
+        .bind(key_authorization)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The token of an `http01` job, while its order is in flight (`None` after).
+    pub async fn http01_job(&self, job_id: &str) -> Result<Option<Http01Job>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token, key_authorization, ready_at FROM http01_jobs WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Http01Job {
+                token: get(&r, "token")?,
+                key_authorization: get(&r, "key_authorization")?,
+                ready_at: opt_ts(get(&r, "ready_at")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The agent holding the lease of an `http01` job serves its token now.
+    /// `LeaseLost` when it does not hold the lease (any more).
+    pub async fn http01_ready(
+        &self,
+        job_id: &str,
+        agent_id: &str,
+        lease_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let n = {
+            let _w = self.writer().await;
+            sqlx::query(
+                "UPDATE http01_jobs SET ready_at = $4 WHERE job_id = $1 AND EXISTS \
+                 (SELECT 1 FROM agent_jobs WHERE id = $1 AND agent_id = $2 AND lease_id = $3 AND state = 'leased')",
+            )
+            .bind(job_id)
+            .bind(agent_id)
+            .bind(lease_id)
+            .bind(now.unix_timestamp())
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+        };
+        if n == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        Ok(())
+    }
+
+    /// End a job from the server's side, whoever holds it (an order that ended, or
+    /// an agent that did not answer in time); its `http01` token is forgotten. A job
+    /// already final is left as it is.
+    pub async fn end_job(
+        &self,
+        job_id: &str,
+        outcome: &JobOutcome,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let t = now.unix_timestamp();
+        let (state, code, message) = match outcome {
+            JobOutcome::Succeeded => ("succeeded", None, None),
+            JobOutcome::Failed { code, message, .. } => {
+                ("failed", Some(code.as_str()), Some(message.as_str()))
+            }
+        };
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE agent_jobs SET state = $2, last_error_code = COALESCE($3, last_error_code), \
+             last_error = COALESCE($4, last_error), finished_at = $5, lease_id = NULL, lease_until = NULL, updated_at = $5 \
+             WHERE id = $1 AND state IN ('queued', 'leased')",
+        )
+        .bind(job_id)
+        .bind(state)
+        .bind(code)
+        .bind(message)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM http01_jobs WHERE job_id = $1")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Note the agent that answers a request's http-01 challenges (`None`: the server).
+    pub async fn set_acme_http01_agent(
+        &self,
+        request_id: &str,
+        agent_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query("UPDATE cert_requests SET acme_http01_agent = $2 WHERE id = $1")
+            .bind(request_id)
+            .bind(agent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The agent that answered a request's http-01 challenges, if one did.
+    pub async fn acme_http01_agent(&self, request_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT acme_http01_agent FROM cert_requests WHERE id = $1")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        get(&row, "acme_http01_agent")
+    }
+}

@@ -19,7 +19,7 @@ use sqlx::{AnyPool, Executor, Row, SqlStr};
 use time::OffsetDateTime;
 
 pub use ingest::{ParsedCert, ReportMeta, Sighting, SightingResult};
-pub use jobs::{ClaimedJob, Deployment, Job, JobOutcome, NewDeployment};
+pub use jobs::{ClaimedJob, Deployment, Http01Job, Job, JobOutcome, NewDeployment};
 pub use managed::{CertRequest, ImportOutcome, KeyHolder, StoredKey};
 pub use notify::{
     AttemptRow, CandidatePage, CertMeta, DeliveryOutcome, DeliveryRow, NewDelivery, TicketRecord,
@@ -162,6 +162,11 @@ macro_rules! migrations {
                 12,
                 "0012_acme_timing",
                 include_str!(concat!("../migrations/", $dir, "/0012_acme_timing.sql")),
+            ),
+            (
+                13,
+                "0013_http01_agent",
+                include_str!(concat!("../migrations/", $dir, "/0013_http01_agent.sql")),
             ),
         ]
     };

@@ -208,7 +208,7 @@ pub enum TokenCommand {
         /// The team the token acts for (its policy, its certificates and requests).
         #[arg(long, env = "CERTKEEPER_TEAM")]
         team: Option<String>,
-        /// Comma-separated: read, import, request, issue, export_key, admin.
+        /// Comma-separated: read, import, request, issue, export_key, deploy, admin.
         #[arg(
             long,
             env = "CERTKEEPER_PERMISSIONS",
@@ -914,6 +914,10 @@ pub enum RequestCommand {
         /// http-01 or dns-01 [default: the server's `[acme] challenge`].
         #[arg(long, value_parser = ["http-01", "dns-01"])]
         challenge: Option<String>,
+        /// The id of the agent on the names' host that answers http-01 (its
+        /// `[acme] http01_listen`) instead of the server; implies http-01.
+        #[arg(long)]
+        http01_agent: Option<String>,
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
         #[command(flatten)]
@@ -1019,14 +1023,18 @@ pub async fn run_request(cmd: RequestCommand) -> Result<ExitCode> {
         RequestCommand::Acme {
             id,
             challenge,
+            http01_agent,
             output,
             remote,
         } => {
             let api = remote.connect()?;
-            let body = match challenge {
-                Some(c) => json!({ "challenge": c }),
-                None => json!({}),
-            };
+            let mut body = json!({});
+            if let Some(c) = challenge {
+                body["challenge"] = json!(c);
+            }
+            if let Some(a) = http01_agent {
+                body["http01_agent"] = json!(a);
+            }
             let v = api
                 .post(&format!("/api/v1/requests/{id}/acme"), &body)
                 .await?;

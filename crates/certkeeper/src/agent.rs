@@ -101,7 +101,8 @@ pub enum AgentCommand {
         #[command(flatten)]
         scan: ScanArgs,
     },
-    /// Do the jobs the server has for this agent now (deployments), once; for cron.
+    /// Do the jobs the server has for this agent now (deployments, scans, http-01
+    /// tokens until their orders end), once; for cron.
     Jobs {
         #[arg(long, value_enum, default_value_t, env = "CERTKEEPER_OUTPUT")]
         output: Output,
@@ -176,6 +177,9 @@ pub(crate) struct AgentConfig {
         skip_serializing_if = "crate::jobs::DeploySettings::is_default"
     )]
     pub(crate) deploy: crate::jobs::DeploySettings,
+    /// ACME http-01 challenges this agent answers (none unless `http01_listen` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) acme: Option<crate::jobs::AgentAcmeSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -274,6 +278,7 @@ pub async fn run(cmd: AgentCommand) -> Result<ExitCode> {
             scan: args,
         } => {
             let dir = args.dir.path();
+            let responder = crate::jobs::Http01Responder::default();
             let mut next_scan = tokio::time::Instant::now();
             loop {
                 if tokio::time::Instant::now() >= next_scan {
@@ -282,7 +287,7 @@ pub async fn run(cmd: AgentCommand) -> Result<ExitCode> {
                     }
                     next_scan = tokio::time::Instant::now() + interval;
                 }
-                if let Err(e) = jobs_once(&dir).await {
+                if let Err(e) = jobs_once(&dir, &responder).await {
                     eprintln!("error: jobs: {e:#}");
                 }
                 let wait =
@@ -294,7 +299,8 @@ pub async fn run(cmd: AgentCommand) -> Result<ExitCode> {
             }
         }
         AgentCommand::Jobs { output, dir } => {
-            let reports = jobs_once(&dir.path()).await?;
+            let responder = crate::jobs::Http01Responder::default();
+            let reports = jobs_once(&dir.path(), &responder).await?;
             if output == Output::Json {
                 println!("{}", json!({"jobs": reports}));
             } else {
@@ -331,11 +337,14 @@ pub async fn run(cmd: AgentCommand) -> Result<ExitCode> {
 }
 
 /// Claim and do this agent's due jobs once.
-async fn jobs_once(dir: &Path) -> Result<Vec<crate::jobs::JobReport>> {
+async fn jobs_once(
+    dir: &Path,
+    responder: &crate::jobs::Http01Responder,
+) -> Result<Vec<crate::jobs::JobReport>> {
     let cfg: AgentConfig = load_toml(&dir.join("agent.toml"))?;
     crate::jobs::check_settings(&cfg.deploy)?;
     let link = link(dir, &cfg)?;
-    crate::jobs::run_once(dir, &cfg, &link).await
+    crate::jobs::run_once(dir, &cfg, &link, responder).await
 }
 
 /// Probe limits from the `[scan]` settings.

@@ -6,8 +6,11 @@
 //! Commands run without a shell: the command line is split on whitespace into argv
 //! (no quoting, no globbing, no variables) and must equal one allowed line word for word.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -60,8 +63,19 @@ struct ClaimedJob {
     id: String,
     kind: String,
     lease: String,
+    #[serde(default)]
+    lease_until: Option<String>,
     deploy: Option<DeployJob>,
     vulnscan: Option<ScanJob>,
+    http01: Option<Http01Job>,
+}
+
+/// An http-01 token to serve until the job ends.
+#[derive(Debug, Deserialize)]
+struct Http01Job {
+    token: String,
+    key_authorization: String,
+    request: String,
 }
 
 /// A vulnerability scan of endpoints this agent discovered.
@@ -158,101 +172,408 @@ pub struct JobReport {
     pub server_error: Option<Value>,
 }
 
-/// Claim this agent's due jobs once, do each, report each. Returns what happened.
-pub async fn run_once(dir: &Path, cfg: &AgentConfig, link: &Link) -> Result<Vec<JobReport>> {
-    let url = format!("{}/api/v1/agent/jobs/claim", link.server);
-    let v = call(
-        link.http
-            .post(&url)
-            .bearer_auth(&link.credential)
-            .json(&json!({})),
-        &url,
-    )
-    .await?;
-    let jobs: Vec<ClaimedJob> = serde_json::from_value(v["jobs"].clone())
-        .context("the server's list of jobs is not in the expected form")?;
+/// Claim this agent's due jobs, do each, report each; while it serves http-01 tokens,
+/// claim again every second (an order's next challenge comes as a new job) and stop
+/// serving each token when its job ends. Returns what happened.
+pub async fn run_once(
+    dir: &Path,
+    cfg: &AgentConfig,
+    link: &Link,
+    responder: &Http01Responder,
+) -> Result<Vec<JobReport>> {
     let mut reports = Vec::new();
-    for job in jobs {
-        let result = match (job.kind.parse::<JobKind>(), &job.deploy) {
-            (Ok(JobKind::Deploy), Some(d)) => deploy(dir, cfg, link, d).await,
-            (Ok(JobKind::VulnScan), _) => match &job.vulnscan {
-                Some(v) => vulnscan(link, &job.id, v).await,
-                None => Err(StepError(
-                    DeployFailure::BadJob,
-                    "a vulnscan job without its endpoints".into(),
-                )),
-            },
-            (Ok(JobKind::Deploy), None) => Err(StepError(
-                DeployFailure::BadJob,
-                "a deploy job without its deployment".into(),
-            )),
-            (Err(e), _) => Err(StepError(
-                DeployFailure::BadJob,
-                format!("this agent ({}) does not do {e}", crate::agent::VERSION),
-            )),
-        };
-        let body = match &result {
-            Ok(()) => json!({"lease": job.lease, "status": "succeeded"}),
-            Err(StepError(code, message)) => {
-                eprintln!("job {} ({}) failed: {code}: {message}", job.id, job.kind);
-                json!({"lease": job.lease, "status": "failed", "error": {"code": code.code(), "message": message}})
-            }
-        };
-        let url = format!("{}/api/v1/agent/jobs/{}/result", link.server, job.id);
-        let answer = call(
+    let mut serving: Vec<Serving> = Vec::new();
+    loop {
+        let url = format!("{}/api/v1/agent/jobs/claim", link.server);
+        let claimed = call(
             link.http
                 .post(&url)
                 .bearer_auth(&link.credential)
-                .json(&body),
+                .json(&json!({})),
             &url,
         )
         .await;
-        let (state, server_error) = match answer {
-            Ok(v) => (
-                v["state"].as_str().map(str::to_string),
-                v["last_error"].clone(),
-            ),
-            Err(e) => {
-                // The lease runs out and the server gives the job to a later claim.
-                eprintln!("error: cannot report job {}: {e}", job.id);
-                (
-                    None,
-                    json!({"code": "not_reported", "message": e.to_string()}),
-                )
+        let v = match claimed {
+            Ok(v) => v,
+            // While tokens are served, a server that is briefly away is asked again.
+            Err(e) if !serving.is_empty() => {
+                eprintln!("error: claiming jobs: {e}");
+                Value::Null
             }
+            Err(e) => return Err(e.into()),
         };
-        let server_error = match (&state, server_error) {
-            (Some(s), e) if s != "succeeded" && !e.is_null() => Some(e),
-            (None, e) => Some(e),
-            _ => None,
+        let jobs: Vec<ClaimedJob> = match &v["jobs"] {
+            Value::Null => Vec::new(),
+            j => serde_json::from_value(j.clone())
+                .context("the server's list of jobs is not in the expected form")?,
         };
-        if let (Some(s), Some(e)) = (&state, &server_error)
-            && result.is_ok()
-        {
-            eprintln!(
-                "job {} ({}): the server says {s}: {}",
-                job.id,
-                job.kind,
-                e["message"].as_str().unwrap_or("")
-            );
-        }
-        reports.push(JobReport {
-            id: job.id,
-            kind: job.kind,
-            outcome: if result.is_ok() {
-                "succeeded"
+        for job in jobs {
+            if job.kind == JobKind::Http01.as_str() {
+                match start_http01(cfg, link, responder, &job).await {
+                    Ok(s) => serving.push(s),
+                    Err(r) => reports.push(*r),
+                }
             } else {
-                "failed"
+                reports.push(run_job(dir, cfg, link, job).await);
             }
-            .into(),
-            error: result
-                .err()
-                .map(|StepError(c, m)| json!({"code": c.code(), "message": m})),
+        }
+        if serving.is_empty() {
+            return Ok(reports);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut still = Vec::new();
+        for s in serving {
+            match http01_state(link, &s).await {
+                None => still.push(s),
+                Some(state) => {
+                    responder.stop(&s.token);
+                    eprintln!(
+                        "job {} (http01): {state}; no longer serving its token",
+                        s.id
+                    );
+                    reports.push(JobReport {
+                        id: s.id,
+                        kind: JobKind::Http01.as_str().into(),
+                        outcome: "succeeded".into(),
+                        error: None,
+                        server_error: (state != "succeeded").then(|| {
+                            json!({"code": "job_ended", "message": format!("the job ended as {state}")})
+                        }),
+                        state: Some(state),
+                    });
+                }
+            }
+        }
+        serving = still;
+    }
+}
+
+/// An http-01 token being served for a job.
+struct Serving {
+    id: String,
+    token: String,
+    /// The lease ends here: the token is not served past it.
+    until: Option<time::OffsetDateTime>,
+}
+
+/// The end state of a served job, or `None` while it goes on.
+async fn http01_state(link: &Link, s: &Serving) -> Option<String> {
+    if s.until
+        .is_some_and(|u| time::OffsetDateTime::now_utc() >= u)
+    {
+        return Some("lease_ended".into());
+    }
+    let url = format!("{}/api/v1/agent/jobs/{}", link.server, s.id);
+    match call(link.http.get(&url).bearer_auth(&link.credential), &url).await {
+        Ok(v) => match v["state"].as_str() {
+            Some(st @ ("succeeded" | "failed")) => Some(st.to_string()),
+            Some("leased") => None,
+            // Queued again or anything else: not this lease's any more.
+            Some(other) => Some(other.to_string()),
+            None => None,
+        },
+        Err(crate::client::ApiCallError::Refused { status: 404, .. }) => Some("gone".into()),
+        // The server is away: keep serving until the lease ends.
+        Err(_) => None,
+    }
+}
+
+/// Token of an http-01 challenge: base64url (RFC 8555 §8.3).
+fn plausible_token(token: &str) -> bool {
+    (16..=256).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Serve an http01 job's token and tell the server so; a report if that fails.
+async fn start_http01(
+    cfg: &AgentConfig,
+    link: &Link,
+    responder: &Http01Responder,
+    job: &ClaimedJob,
+) -> Result<Serving, Box<JobReport>> {
+    let failed = |StepError(code, message): StepError| async move {
+        eprintln!("job {} (http01) failed: {code}: {message}", job.id);
+        let body = json!({"lease": job.lease, "status": "failed", "error": {"code": code.code(), "message": message}});
+        let (state, server_error) = report_result(link, &job.id, &body).await;
+        Box::new(JobReport {
+            id: job.id.clone(),
+            kind: job.kind.clone(),
+            outcome: "failed".into(),
+            error: Some(json!({"code": code.code(), "message": message})),
             state,
             server_error,
-        });
+        })
+    };
+    let h = match &job.http01 {
+        Some(h) => h,
+        None => {
+            return Err(failed(StepError(
+                DeployFailure::BadJob,
+                "an http01 job without its token".into(),
+            ))
+            .await);
+        }
+    };
+    if !plausible_token(&h.token)
+        || h.key_authorization.len() > 1024
+        || !h
+            .key_authorization
+            .strip_prefix(h.token.as_str())
+            .is_some_and(|rest| rest.starts_with('.'))
+    {
+        return Err(failed(StepError(
+            DeployFailure::BadJob,
+            "the job's http-01 token or key authorization is malformed".into(),
+        ))
+        .await);
     }
-    Ok(reports)
+    let Some(listen) = cfg.acme.as_ref().and_then(|a| a.http01_listen) else {
+        return Err(failed(StepError(
+            DeployFailure::BadJob,
+            "this agent answers no http-01 challenges: set [acme] http01_listen in its agent.toml"
+                .into(),
+        ))
+        .await);
+    };
+    if let Err(e) = responder.listen(listen).await {
+        return Err(failed(StepError(DeployFailure::NotServed, e)).await);
+    }
+    responder.serve(&h.token, &h.key_authorization);
+    let body = json!({"lease": job.lease, "status": "ready"});
+    let url = format!("{}/api/v1/agent/jobs/{}/result", link.server, job.id);
+    match call(
+        link.http
+            .post(&url)
+            .bearer_auth(&link.credential)
+            .json(&body),
+        &url,
+    )
+    .await
+    {
+        Ok(_) => {
+            eprintln!(
+                "job {} (http01): serving a token on {listen} for request {}",
+                job.id, h.request
+            );
+            Ok(Serving {
+                id: job.id.clone(),
+                token: h.token.clone(),
+                until: job.lease_until.as_deref().and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                }),
+            })
+        }
+        Err(e) => {
+            responder.stop(&h.token);
+            eprintln!("error: cannot report job {} ready: {e}", job.id);
+            Err(Box::new(JobReport {
+                id: job.id.clone(),
+                kind: job.kind.clone(),
+                outcome: "failed".into(),
+                error: None,
+                state: None,
+                server_error: Some(json!({"code": "not_reported", "message": e.to_string()})),
+            }))
+        }
+    }
+}
+
+/// Send a job's result; the server's verdict (state, error) as the report shows it.
+async fn report_result(link: &Link, id: &str, body: &Value) -> (Option<String>, Option<Value>) {
+    let url = format!("{}/api/v1/agent/jobs/{id}/result", link.server);
+    let answer = call(
+        link.http
+            .post(&url)
+            .bearer_auth(&link.credential)
+            .json(body),
+        &url,
+    )
+    .await;
+    let (state, server_error) = match answer {
+        Ok(v) => (
+            v["state"].as_str().map(str::to_string),
+            v["last_error"].clone(),
+        ),
+        Err(e) => {
+            // The lease runs out and the server gives the job to a later claim.
+            eprintln!("error: cannot report job {id}: {e}");
+            (
+                None,
+                json!({"code": "not_reported", "message": e.to_string()}),
+            )
+        }
+    };
+    let server_error = match (&state, server_error) {
+        (Some(s), e) if s != "succeeded" && !e.is_null() => Some(e),
+        (None, e) => Some(e),
+        _ => None,
+    };
+    (state, server_error)
+}
+
+/// Do one deploy or vulnscan job and report it.
+async fn run_job(dir: &Path, cfg: &AgentConfig, link: &Link, job: ClaimedJob) -> JobReport {
+    let result = match (job.kind.parse::<JobKind>(), &job.deploy) {
+        (Ok(JobKind::Deploy), Some(d)) => deploy(dir, cfg, link, d).await,
+        (Ok(JobKind::VulnScan), _) => match &job.vulnscan {
+            Some(v) => vulnscan(link, &job.id, v).await,
+            None => Err(StepError(
+                DeployFailure::BadJob,
+                "a vulnscan job without its endpoints".into(),
+            )),
+        },
+        (Ok(JobKind::Deploy), None) => Err(StepError(
+            DeployFailure::BadJob,
+            "a deploy job without its deployment".into(),
+        )),
+        (Ok(JobKind::Http01), _) => Err(StepError(
+            DeployFailure::BadJob,
+            "an http01 job is served, not run".into(),
+        )),
+        (Err(e), _) => Err(StepError(
+            DeployFailure::BadJob,
+            format!("this agent ({}) does not do {e}", crate::agent::VERSION),
+        )),
+    };
+    let body = match &result {
+        Ok(()) => json!({"lease": job.lease, "status": "succeeded"}),
+        Err(StepError(code, message)) => {
+            eprintln!("job {} ({}) failed: {code}: {message}", job.id, job.kind);
+            json!({"lease": job.lease, "status": "failed", "error": {"code": code.code(), "message": message}})
+        }
+    };
+    let (state, server_error) = report_result(link, &job.id, &body).await;
+    if let (Some(s), Some(e)) = (&state, &server_error)
+        && result.is_ok()
+    {
+        eprintln!(
+            "job {} ({}): the server says {s}: {}",
+            job.id,
+            job.kind,
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    JobReport {
+        id: job.id,
+        kind: job.kind,
+        outcome: if result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+        .into(),
+        error: result
+            .err()
+            .map(|StepError(c, m)| json!({"code": c.code(), "message": m})),
+        state,
+        server_error,
+    }
+}
+
+/// `[acme]` in agent.toml: this agent answers ACME http-01 challenges of orders that
+/// name it, on this address (port 80 of the names, as the CA sees them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAcmeSettings {
+    pub http01_listen: Option<SocketAddr>,
+}
+
+/// The agent's http-01 responder: bound on the first http01 job, then kept; it answers
+/// `GET /.well-known/acme-challenge/{token}` for tokens of jobs being served and 404
+/// for everything else.
+#[derive(Clone, Default)]
+pub struct Http01Responder {
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+    bound: Arc<tokio::sync::Mutex<Option<Listening>>>,
+}
+
+/// Where the responder listens, and the task serving it.
+type Listening = (SocketAddr, tokio::task::JoinHandle<()>);
+
+impl Http01Responder {
+    /// Listen on `addr` unless already listening there.
+    async fn listen(&self, addr: SocketAddr) -> Result<(), String> {
+        let mut bound = self.bound.lock().await;
+        if let Some((a, task)) = bound.as_ref()
+            && *a == addr
+            && !task.is_finished()
+        {
+            return Ok(());
+        }
+        if let Some((_, task)) = bound.take() {
+            task.abort();
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} ([acme] http01_listen): {e}"))?;
+        let tokens = self.tokens.clone();
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/acme-challenge/{token}",
+                axum::routing::get(answer),
+            )
+            .with_state(tokens);
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                eprintln!("error: the http-01 responder stopped: {e}");
+            }
+        });
+        *bound = Some((addr, task));
+        Ok(())
+    }
+
+    fn serve(&self, token: &str, key_authorization: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.to_string(), key_authorization.to_string());
+    }
+
+    fn stop(&self, token: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+}
+
+impl Drop for Http01Responder {
+    fn drop(&mut self) {
+        // The last handle gone: stop listening.
+        if Arc::strong_count(&self.bound) == 1
+            && let Ok(mut b) = self.bound.try_lock()
+            && let Some((_, task)) = b.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+async fn answer(
+    axum::extract::State(tokens): axum::extract::State<Arc<Mutex<HashMap<String, String>>>>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let found = plausible_token(&token)
+        .then(|| {
+            tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&token)
+                .cloned()
+        })
+        .flatten();
+    match found {
+        Some(key_auth) => (
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            key_auth,
+        )
+            .into_response(),
+        None => axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// The revocation fetch limits a job asks for, clamped.

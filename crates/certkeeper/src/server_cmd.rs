@@ -241,6 +241,9 @@ struct AcmeFile {
     hook_timeout_secs: u64,
     /// Plain-HTTP listener answering http-01 challenges (port 80 of the names).
     http01_listen: Option<SocketAddr>,
+    /// How long an order whose http-01 an agent answers waits for that agent to take
+    /// each job and serve the token [default 45].
+    http01_agent_wait_secs: Option<u64>,
     /// External account binding: the key id, and the HMAC key (base64url) from a file
     /// or `CERTKEEPER_ACME_EAB_HMAC_KEY`.
     eab_kid: Option<String>,
@@ -463,6 +466,12 @@ fn layered(args: &ServerArgs) -> Result<(ServerConfig, SocketAddr)> {
     cfg.previous_kek_files = file.previous_kek_files;
     if let Some(p) = file.policy {
         cfg.policy = p;
+    }
+    if let Some(w) = file.acme.as_ref().and_then(|a| a.http01_agent_wait_secs) {
+        if !(1..=3600).contains(&w) {
+            bail!("[acme] http01_agent_wait_secs must be between 1 and 3600");
+        }
+        cfg.http01_agent_wait = std::time::Duration::from_secs(w);
     }
     cfg.acme = file.acme.map(acme_config).transpose()?;
     if let Some(v) = file.vulnscan {
