@@ -486,3 +486,106 @@ async fn notify_test_sends_through_the_channel_and_reports_failures() {
     assert_eq!(r.status(), 400);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn webhook_slack_pagerduty_and_a_scheduled_report() {
+    use certkeeper_connect::notify::webhook::{PagerDutyConfig, SlackConfig, WebhookConfig};
+    use certkeeper_server::notify::ReportPolicy;
+    use certkeeper_testkit::hooks::{PagerDutyReceiver, SlackReceiver, WebhookReceiver};
+    const SECRET: &str = "webhook-shared-secret";
+    let pki = TestPki::new().unwrap();
+    let t0 = OffsetDateTime::now_utc().replace_time(time::Time::from_hms(9, 30, 0).unwrap());
+    let day = |d: f64| t0 + Duration::seconds_f64(d * 86400.0);
+    let a = leaf(&pki, "hook.example.test", t0 - Duration::days(60), t0 + Duration::days(20));
+    let a2 = leaf(&pki, "hook.example.test", t0 + Duration::days(1), t0 + Duration::days(90));
+    let far = leaf(&pki, "far.example.test", t0 - Duration::days(10), t0 + Duration::days(50));
+    let hook = WebhookReceiver::start().await.unwrap();
+    let slack = SlackReceiver::start(10).await.unwrap();
+    let pd = PagerDutyReceiver::start(120).await.unwrap();
+    let sink = SmtpSink::start(&SinkOptions::default()).unwrap();
+    let mut n = settings(&sink, None);
+    n.webhook = Some(WebhookConfig {
+        url: hook.url("/certkeeper"),
+        secret: SECRET.into(),
+    });
+    n.slack = Some(SlackConfig { url: slack.url() });
+    n.pagerduty = Some(PagerDutyConfig {
+        routing_key: "0123456789abcdef0123456789abcdef".into(),
+        url: pd.url(),
+    });
+    n.policies[0].channels = vec![Channel::Webhook, Channel::Slack, Channel::PagerDuty];
+    n.reports = vec![ReportPolicy {
+        name: "weekly".into(),
+        within_days: 60,
+        schedule: "weekly mon 07:00".parse().unwrap(),
+        zone: Default::default(),
+        scope: Default::default(),
+        channels: vec![Channel::Email],
+        recipients: vec!["reports@example.test".into()],
+        tickets: false,
+    }];
+    let s = start(configure(n, None)).await.unwrap();
+    enroll(&s.state, "ag1").await;
+    serve(&s.state, "r1", "hook.example.test", [192, 0, 2, 40], &a, day(-1.0)).await;
+    serve(&s.state, "r2", "far.example.test", [192, 0, 2, 41], &far, day(-1.0)).await;
+    step(&s.state, &sink, day(0.0)).await;
+
+    // The signed webhook: verify as a receiver would, with openssl.
+    let got = hook.requests();
+    assert_eq!(got.len(), 1, "one certificate within 30 days");
+    let r = &got[0];
+    let ts = r.header("x-certkeeper-timestamp").unwrap().to_string();
+    let mut mac = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", SECRET, "-hex"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = mac.stdin.take().unwrap();
+        stdin.write_all(format!("{ts}.").as_bytes()).unwrap();
+        stdin.write_all(&r.body).unwrap();
+    }
+    let out = String::from_utf8(mac.wait_with_output().unwrap().stdout).unwrap();
+    let hex = out.trim().rsplit(' ').next().unwrap();
+    assert_eq!(r.header("x-certkeeper-signature"), Some(format!("sha256={hex}").as_str()));
+    assert!(r.header("idempotency-key").is_some());
+    let ev = r.json().unwrap();
+    assert_eq!(ev["event"], "cert.expiring");
+    assert!(ev["key"].as_str().unwrap().starts_with("cm1-"));
+    assert!(ev["subject"].as_str().unwrap().contains("hook.example.test"));
+    // Slack got the digest; PagerDuty an alert keyed by the certificate.
+    let said = slack.accepted();
+    assert_eq!(said.len(), 1);
+    assert!(said[0]["text"].as_str().unwrap().contains("hook.example.test"));
+    let open = pd.open_alerts();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].severity, "warning");
+    assert!(open[0].summary.contains("hook.example.test"));
+    // The weekly report (its own schedule and recipients): everything within 60 days.
+    let reports: Vec<_> = sink
+        .messages()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.to == vec!["reports@example.test".to_string()])
+        .collect();
+    assert_eq!(reports.len(), 1, "the report of this week");
+    let csv = &reports[0].part("text/csv").unwrap().content;
+    assert!(csv.contains("hook.example.test") && csv.contains("far.example.test"), "{csv}");
+    assert!(reports[0].header("Subject").unwrap().contains("report weekly"));
+    step(&s.state, &sink, day(0.5)).await;
+    assert_eq!(hook.requests().len(), 1, "once per threshold");
+    assert_eq!(
+        sink.messages().unwrap().iter().filter(|m| m.to == vec!["reports@example.test".to_string()]).count(),
+        1,
+        "one report per period"
+    );
+
+    // Renewed: the PagerDuty alert is resolved.
+    serve(&s.state, "r3", "hook.example.test", [192, 0, 2, 40], &a2, day(1.5)).await;
+    step(&s.state, &sink, day(2.0)).await;
+    assert!(pd.open_alerts().is_empty(), "{:?}", pd.alerts());
+    assert_eq!(pd.alerts()[0].status, "resolved");
+    s.stop().await;
+}
