@@ -496,9 +496,24 @@ async fn webhook_slack_pagerduty_and_a_scheduled_report() {
     let pki = TestPki::new().unwrap();
     let t0 = OffsetDateTime::now_utc().replace_time(time::Time::from_hms(9, 30, 0).unwrap());
     let day = |d: f64| t0 + Duration::seconds_f64(d * 86400.0);
-    let a = leaf(&pki, "hook.example.test", t0 - Duration::days(60), t0 + Duration::days(20));
-    let a2 = leaf(&pki, "hook.example.test", t0 + Duration::days(1), t0 + Duration::days(90));
-    let far = leaf(&pki, "far.example.test", t0 - Duration::days(10), t0 + Duration::days(50));
+    let a = leaf(
+        &pki,
+        "hook.example.test",
+        t0 - Duration::days(60),
+        t0 + Duration::days(20),
+    );
+    let a2 = leaf(
+        &pki,
+        "hook.example.test",
+        t0 + Duration::days(1),
+        t0 + Duration::days(90),
+    );
+    let far = leaf(
+        &pki,
+        "far.example.test",
+        t0 - Duration::days(10),
+        t0 + Duration::days(50),
+    );
     let hook = WebhookReceiver::start().await.unwrap();
     let slack = SlackReceiver::start(10).await.unwrap();
     let pd = PagerDutyReceiver::start(120).await.unwrap();
@@ -526,8 +541,24 @@ async fn webhook_slack_pagerduty_and_a_scheduled_report() {
     }];
     let s = start(configure(n, None)).await.unwrap();
     enroll(&s.state, "ag1").await;
-    serve(&s.state, "r1", "hook.example.test", [192, 0, 2, 40], &a, day(-1.0)).await;
-    serve(&s.state, "r2", "far.example.test", [192, 0, 2, 41], &far, day(-1.0)).await;
+    serve(
+        &s.state,
+        "r1",
+        "hook.example.test",
+        [192, 0, 2, 40],
+        &a,
+        day(-1.0),
+    )
+    .await;
+    serve(
+        &s.state,
+        "r2",
+        "far.example.test",
+        [192, 0, 2, 41],
+        &far,
+        day(-1.0),
+    )
+    .await;
     step(&s.state, &sink, day(0.0)).await;
 
     // The signed webhook: verify as a receiver would, with openssl.
@@ -549,16 +580,29 @@ async fn webhook_slack_pagerduty_and_a_scheduled_report() {
     }
     let out = String::from_utf8(mac.wait_with_output().unwrap().stdout).unwrap();
     let hex = out.trim().rsplit(' ').next().unwrap();
-    assert_eq!(r.header("x-certkeeper-signature"), Some(format!("sha256={hex}").as_str()));
+    assert_eq!(
+        r.header("x-certkeeper-signature"),
+        Some(format!("sha256={hex}").as_str())
+    );
     assert!(r.header("idempotency-key").is_some());
     let ev = r.json().unwrap();
     assert_eq!(ev["event"], "cert.expiring");
     assert!(ev["key"].as_str().unwrap().starts_with("cm1-"));
-    assert!(ev["subject"].as_str().unwrap().contains("hook.example.test"));
+    assert!(
+        ev["subject"]
+            .as_str()
+            .unwrap()
+            .contains("hook.example.test")
+    );
     // Slack got the digest; PagerDuty an alert keyed by the certificate.
     let said = slack.accepted();
     assert_eq!(said.len(), 1);
-    assert!(said[0]["text"].as_str().unwrap().contains("hook.example.test"));
+    assert!(
+        said[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hook.example.test")
+    );
     let open = pd.open_alerts();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].severity, "warning");
@@ -572,18 +616,38 @@ async fn webhook_slack_pagerduty_and_a_scheduled_report() {
         .collect();
     assert_eq!(reports.len(), 1, "the report of this week");
     let csv = &reports[0].part("text/csv").unwrap().content;
-    assert!(csv.contains("hook.example.test") && csv.contains("far.example.test"), "{csv}");
-    assert!(reports[0].header("Subject").unwrap().contains("report weekly"));
+    assert!(
+        csv.contains("hook.example.test") && csv.contains("far.example.test"),
+        "{csv}"
+    );
+    assert!(
+        reports[0]
+            .header("Subject")
+            .unwrap()
+            .contains("report weekly")
+    );
     step(&s.state, &sink, day(0.5)).await;
     assert_eq!(hook.requests().len(), 1, "once per threshold");
     assert_eq!(
-        sink.messages().unwrap().iter().filter(|m| m.to == vec!["reports@example.test".to_string()]).count(),
+        sink.messages()
+            .unwrap()
+            .iter()
+            .filter(|m| m.to == vec!["reports@example.test".to_string()])
+            .count(),
         1,
         "one report per period"
     );
 
     // Renewed: the PagerDuty alert is resolved.
-    serve(&s.state, "r3", "hook.example.test", [192, 0, 2, 40], &a2, day(1.5)).await;
+    serve(
+        &s.state,
+        "r3",
+        "hook.example.test",
+        [192, 0, 2, 40],
+        &a2,
+        day(1.5),
+    )
+    .await;
     step(&s.state, &sink, day(2.0)).await;
     assert!(pd.open_alerts().is_empty(), "{:?}", pd.alerts());
     assert_eq!(pd.alerts()[0].status, "resolved");
