@@ -176,6 +176,8 @@ pub fn vuln_ticket(f: &VulnFacts, external_url: &str) -> (String, String) {
     }
     let scan = f
         .scan_time
+        .replace_nanosecond(0)
+        .unwrap_or(f.scan_time)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     body.push_str(&format!(

@@ -566,3 +566,120 @@ async fn vulnerability_tickets_per_domain_and_address_noted_and_reopened() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_scan_that_finds_weak_ciphers_and_heartbleed_opens_a_vulnerability_ticket() {
+    use certkeeper_testkit::flawed::{self, Flaws};
+    let pki = TestPki::new().unwrap();
+    let now = OffsetDateTime::now_utc();
+    // An RSA leaf: the flawed peer speaks static-RSA AES suites (weak: no forward
+    // secrecy) and leaks memory on a heartbeat, as OpenSSL 1.0.1 did.
+    let leaf = pki
+        .leaf(&certkeeper_testkit::LeafSpec::new(
+            "vuln.example.test",
+            certkeeper_testkit::KeyKind::Rsa2048,
+        ))
+        .unwrap();
+    let peer = flawed::start(
+        leaf.der.clone(),
+        Flaws {
+            heartbleed: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sim = servicenow_sim::start(SnOptions::default()).await.unwrap();
+    let s = start(|c: &mut ServerConfig| {
+        configure(vec![system(sn_connector(&sim))], None)(c);
+        c.vulnscan.allow_local = vec!["127.0.0.0/8".parse().unwrap()];
+        c.vulnscan.online_revocation = false;
+    })
+    .await
+    .unwrap();
+    enroll(&s.state, "ag1").await;
+    serve_at(
+        &s.state,
+        "r1",
+        "vuln.example.test",
+        [127, 0, 0, 1],
+        peer.addr.port(),
+        &leaf.der,
+        now,
+    )
+    .await;
+    // No agent is running: revoked, so the server scans the endpoint itself.
+    let r = s
+        .client
+        .delete(format!("{}/api/v1/agents/ag1", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = s
+        .admin_post(
+            "/api/v1/scans",
+            &serde_json::json!({"endpoints": [format!("vuln.example.test:{}", peer.addr.port())]}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut done = false;
+    for _ in 0..300 {
+        let v: Value = s
+            .admin_get(&format!("/api/v1/scans/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "done" {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    assert!(done, "the scan finished");
+    notify::work_tickets(&s.state, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let key = token(&vuln_key_text(
+        "vuln.example.test",
+        "127.0.0.1".parse().unwrap(),
+    ));
+    let inc = ours(&sim, &key);
+    assert_eq!(inc.len(), 1, "{:?}", sim.incidents());
+    assert_eq!(
+        inc[0]["short_description"],
+        "Vulnerabilities for vuln.example.test"
+    );
+    let body = &inc[0]["description"];
+    assert!(body.starts_with("vuln.example.test\nvuln.example.test\n127.0.0.1\nWeak ciphers in use, which should be removed\nTLS_RSA_WITH_AES_"), "{body}");
+    assert!(body.contains("Heartbleed"), "{body}");
+    assert!(
+        body.contains("; signature algorithm ecdsa-with-SHA256; expires "),
+        "{body}"
+    );
+    assert!(
+        !body.contains(".")
+            || !body
+                .lines()
+                .any(|l| l.starts_with("Scan Time:") && l.contains('.')),
+        "whole seconds: {body}"
+    );
+    assert!(
+        !body.contains("TLS_ECDHE"),
+        "only weak suites are listed: {body}"
+    );
+    let list: Value = s
+        .admin_get("/api/v1/tickets?kind=vulnerability")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"][0]["domain"], "vuln.example.test");
+    s.stop().await;
+}

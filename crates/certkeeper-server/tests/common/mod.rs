@@ -164,6 +164,19 @@ pub async fn serve(
     der: &[u8],
     at: OffsetDateTime,
 ) {
+    serve_at(state, report, host, ip, 443, der, at).await
+}
+
+/// [`serve`] on another port.
+pub async fn serve_at(
+    state: &AppState,
+    report: &str,
+    host: &str,
+    ip: [u8; 4],
+    port: u16,
+    der: &[u8],
+    at: OffsetDateTime,
+) {
     let parsed = ParsedCert {
         facts: certkeeper_pki::parse_der(der).unwrap(),
         der: der.to_vec(),
@@ -181,7 +194,7 @@ pub async fn serve(
             &[Sighting {
                 host: host.into(),
                 ip: IpAddr::from(ip),
-                port: 443,
+                port,
                 sni: Some(host.into()),
                 seen_at: at,
                 result: SightingResult::Tls {
