@@ -256,9 +256,55 @@ pub async fn run_at(state: &AppState, now: OffsetDateTime) -> Result<RunSummary,
     Ok(summary)
 }
 
+impl ReportPolicy {
+    /// A report is a policy with one threshold and no escalation whose messages are
+    /// keyed per period (everything within the window, every period).
+    pub fn as_policy(&self) -> ExpiryPolicy {
+        ExpiryPolicy {
+            name: self.name.clone(),
+            within_days: vec![self.within_days],
+            schedule: self.schedule.clone(),
+            zone: self.zone.clone(),
+            scope: self.scope.clone(),
+            channels: self.channels.clone(),
+            recipients: self.recipients.clone(),
+            escalation_days: 0,
+            escalation_recipients: Vec::new(),
+            tickets: self.tickets,
+        }
+    }
+}
+
+/// The key of a message of `kind` (`expiry` or `report`) for a certificate at a stage.
+fn key_of(kind: &str, p: &ExpiryPolicy, sha: &str, stage: Stage, period: OffsetDateTime) -> String {
+    if kind == "report" {
+        format!("report|{}|{sha}|{}", p.name, period.unix_timestamp())
+    } else {
+        rules::message_key(&p.name, sha, stage, period)
+    }
+}
+
 /// One expiry policy.
 async fn run_policy(
     state: &AppState,
+    p: &ExpiryPolicy,
+    now: OffsetDateTime,
+) -> Result<PolicyRun, ApiError> {
+    run_kind(state, "expiry", p, now).await
+}
+
+/// One scheduled report: everything expiring within its window, once per period.
+async fn run_report(
+    state: &AppState,
+    r: &ReportPolicy,
+    now: OffsetDateTime,
+) -> Result<PolicyRun, ApiError> {
+    run_kind(state, "report", &r.as_policy(), now).await
+}
+
+async fn run_kind(
+    state: &AppState,
+    kind: &'static str,
     p: &ExpiryPolicy,
     now: OffsetDateTime,
 ) -> Result<PolicyRun, ApiError> {
@@ -266,7 +312,7 @@ async fn run_policy(
     let cutoff = now + Duration::days(i64::from(p.horizon()));
     let mut out = PolicyRun {
         name: p.name.clone(),
-        kind: "expiry",
+        kind,
         period,
         due: 0,
         new_messages: 0,
@@ -282,126 +328,56 @@ async fn run_policy(
             .store
             .notify_candidates(cutoff, after.as_ref(), PAGE)
             .await?;
+        let full = page.items.len() as i64 == PAGE;
         for c in page.items {
             match rules::evaluate(p, &c, now) {
                 Ok(d) => {
-                    let key = rules::message_key(&p.name, &c.sha256, d.stage, period);
+                    let key = key_of(kind, p, &c.sha256, d.stage, period);
                     due.push((key, DigestItem::from_view(&c, &d), c));
                 }
-                Err(LeftOut::Renewed { by }) => {
+                Err(LeftOut::Renewed { by }) if kind == "expiry" => {
                     out.renewed_followed_up += follow_up_renewal(state, &c, &by, now).await?;
                 }
                 Err(_) => {}
             }
         }
         match page.next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-        if after.is_none() {
-            break;
+            Some(n) if full => after = Some(n),
+            _ => break,
         }
     }
     out.due = due.len();
     let settings = &state.config.notify;
+    let everything: Vec<usize> = (0..due.len()).collect();
+    let escalated: Vec<usize> = due
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, i, _))| i.escalated)
+        .map(|(n, _)| n)
+        .collect();
     for ch in &p.channels {
-        for recipient in recipients(settings, *ch, &p.recipients) {
-            let picked: Vec<usize> = (0..due.len()).collect();
+        let mut targets: Vec<(String, &[usize])> = recipients(settings, *ch, &p.recipients)
+            .into_iter()
+            .map(|r| (r, everything.as_slice()))
+            .collect();
+        // Escalation recipients hear about what escalated, by e-mail.
+        if *ch == Channel::Email {
+            targets.extend(
+                p.escalation_recipients
+                    .iter()
+                    .map(|r| (r.clone(), escalated.as_slice())),
+            );
+        }
+        for (recipient, picked) in targets {
             let (n, queued) = enqueue(
-                state, "expiry", &p.name, *ch, &recipient, period, &due, &picked, now,
+                state, kind, &p.name, *ch, &recipient, period, &due, picked, now,
             )
             .await?;
             out.new_messages += n;
             out.deliveries_queued += usize::from(queued);
-        }
-        // Escalation recipients hear about what escalated, by e-mail.
-        if *ch == Channel::Email {
-            for recipient in &p.escalation_recipients {
-                let picked: Vec<usize> = due
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (_, i, _))| i.escalated)
-                    .map(|(n, _)| n)
-                    .collect();
-                let (n, queued) = enqueue(
-                    state, "expiry", &p.name, *ch, recipient, period, &due, &picked, now,
-                )
-                .await?;
-                out.new_messages += n;
-                out.deliveries_queued += usize::from(queued);
-            }
         }
     }
     if p.tickets {
-        for (_, item, c) in &due {
-            out.ticket_work_queued += queue_expiry_tickets(state, item, c, now).await?;
-        }
-    }
-    Ok(out)
-}
-
-/// One scheduled report: everything expiring within its window, once per period.
-async fn run_report(
-    state: &AppState,
-    r: &ReportPolicy,
-    now: OffsetDateTime,
-) -> Result<PolicyRun, ApiError> {
-    let period = rules::period(&r.schedule, &r.zone, now);
-    let as_policy = ExpiryPolicy {
-        name: r.name.clone(),
-        within_days: vec![r.within_days],
-        schedule: r.schedule.clone(),
-        zone: r.zone.clone(),
-        scope: r.scope.clone(),
-        channels: r.channels.clone(),
-        recipients: r.recipients.clone(),
-        escalation_days: 0,
-        escalation_recipients: Vec::new(),
-        tickets: r.tickets,
-    };
-    let cutoff = now + Duration::days(i64::from(r.within_days));
-    let mut out = PolicyRun {
-        name: r.name.clone(),
-        kind: "report",
-        period,
-        due: 0,
-        new_messages: 0,
-        deliveries_queued: 0,
-        ticket_work_queued: 0,
-        renewed_followed_up: 0,
-    };
-    let mut due: Vec<(String, DigestItem, CertView)> = Vec::new();
-    let mut after = None;
-    loop {
-        let page = state
-            .store
-            .notify_candidates(cutoff, after.as_ref(), PAGE)
-            .await?;
-        for c in page.items {
-            if let Ok(d) = rules::evaluate(&as_policy, &c, now) {
-                let key = format!("report|{}|{}|{}", r.name, c.sha256, period.unix_timestamp());
-                due.push((key, DigestItem::from_view(&c, &d), c));
-            }
-        }
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-    }
-    out.due = due.len();
-    let settings = &state.config.notify;
-    for ch in &r.channels {
-        for recipient in recipients(settings, *ch, &r.recipients) {
-            let picked: Vec<usize> = (0..due.len()).collect();
-            let (n, queued) = enqueue(
-                state, "report", &r.name, *ch, &recipient, period, &due, &picked, now,
-            )
-            .await?;
-            out.new_messages += n;
-            out.deliveries_queued += usize::from(queued);
-        }
-    }
-    if r.tickets {
         for (_, item, c) in &due {
             out.ticket_work_queued += queue_expiry_tickets(state, item, c, now).await?;
         }
@@ -1415,23 +1391,7 @@ pub async fn preview(
         .into_iter()
         .map(|p| (p, "expiry"))
         .collect();
-    for r in &settings.reports {
-        all.push((
-            ExpiryPolicy {
-                name: r.name.clone(),
-                within_days: vec![r.within_days],
-                schedule: r.schedule.clone(),
-                zone: r.zone.clone(),
-                scope: r.scope.clone(),
-                channels: r.channels.clone(),
-                recipients: r.recipients.clone(),
-                escalation_days: 0,
-                escalation_recipients: Vec::new(),
-                tickets: r.tickets,
-            },
-            "report",
-        ));
-    }
+    all.extend(settings.reports.iter().map(|r| (r.as_policy(), "report")));
     for (p, kind) in all {
         let period = rules::period(&p.schedule, &p.zone, at);
         let views: Vec<CertView> = match only {
@@ -1460,12 +1420,7 @@ pub async fn preview(
         for c in &views {
             match rules::evaluate(&p, c, at) {
                 Ok(d) => {
-                    let key = if kind == "report" {
-                        format!("report|{}|{}|{}", p.name, c.sha256, period.unix_timestamp())
-                    } else {
-                        rules::message_key(&p.name, &c.sha256, d.stage, period)
-                    };
-                    keyed.push((key, c, d));
+                    keyed.push((key_of(kind, &p, &c.sha256, d.stage, period), c, d));
                 }
                 Err(why) => left_out.push(json!({
                     "sha256": c.sha256,
