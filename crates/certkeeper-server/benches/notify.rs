@@ -183,7 +183,11 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     rt.block_on(async {
-        let sink = SmtpSink::start(&SinkOptions::default()).unwrap();
+        let sink = SmtpSink::start(&SinkOptions {
+            raw_only: true,
+            ..Default::default()
+        })
+        .unwrap();
         let mut rows = Vec::new();
         // The same 10,000 due in a tenth of the inventory and in all of it.
         for n in [big / 10, big] {

@@ -378,9 +378,16 @@ async fn run_kind(
         }
     }
     if p.tickets {
+        let mut work = Vec::new();
         for (_, item, c) in &due {
-            out.ticket_work_queued += queue_expiry_tickets(state, item, c, now).await?;
+            work.extend(expiry_ticket_work(state, item, c));
         }
+        let refs: Vec<(&str, &str, &str)> = work
+            .iter()
+            .map(|(s, k, a)| (*s, k.as_str(), a.as_str()))
+            .collect();
+        state.store.queue_ticket_work_many(&refs, now).await?;
+        out.ticket_work_queued = work.len();
     }
     Ok(out)
 }
@@ -452,16 +459,16 @@ async fn enqueue(
     Ok((claimed.len(), !claimed.is_empty()))
 }
 
-/// Queue expiry ticket work for each address serving the certificate, in every
-/// system that takes expiry tickets. A certificate served nowhere has no ticket key.
-async fn queue_expiry_tickets(
+/// Expiry ticket work for each address serving the certificate, in every system that
+/// takes expiry tickets: (system, key, action). A certificate served nowhere has no
+/// ticket key.
+fn expiry_ticket_work(
     state: &AppState,
     item: &DigestItem,
     c: &CertView,
-    now: OffsetDateTime,
-) -> Result<usize, ApiError> {
+) -> Vec<(&'static str, String, String)> {
     let settings = &state.config.notify;
-    let mut n = 0;
+    let mut out = Vec::new();
     let (subject, body) = tickets::expiry_ticket(&item.name, c.not_after, &external_url(state));
     for ip in &item.ips {
         let key_text = tickets::expiry_key_text(&c.serial, *ip);
@@ -477,14 +484,10 @@ async fn queue_expiry_tickets(
         };
         let op = serde_json::to_string(&op).expect("serialises");
         for sys in settings.ticketing.iter().filter(|t| t.expiry) {
-            state
-                .store
-                .queue_ticket_work(sys.connector.system(), &key, &op, now)
-                .await?;
-            n += 1;
+            out.push((sys.connector.system(), key.clone(), op.clone()));
         }
     }
-    Ok(n)
+    out
 }
 
 /// A renewed certificate: its open expiry tickets get a note (and are resolved where

@@ -470,24 +470,35 @@ impl Store {
     ) -> Result<Vec<usize>, StoreError> {
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await?;
-        let mut claimed = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            let n = sqlx::query(
-                "INSERT INTO notify_messages (message_key, channel, recipient, delivery_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_key, channel, recipient) DO NOTHING",
-            )
-            .bind(k.as_str())
-            .bind(d.channel.as_str())
-            .bind(d.recipient.as_str())
-            .bind(d.id.as_str())
-            .bind(now.unix_timestamp())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 1 {
-                claimed.push(i);
+        let mut claimed_keys = std::collections::HashSet::new();
+        // Many rows a statement; RETURNING names the ones this call inserted.
+        for chunk in keys.chunks(300) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, $1, $2, $3, $4)", i + 5))
+                .collect();
+            let sql = format!(
+                "INSERT INTO notify_messages (message_key, channel, recipient, delivery_id, created_at) VALUES {} \
+                 ON CONFLICT (message_key, channel, recipient) DO NOTHING RETURNING message_key",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(d.channel.as_str())
+                .bind(d.recipient.as_str())
+                .bind(d.id.as_str())
+                .bind(now.unix_timestamp());
+            for k in chunk {
+                q = q.bind(k.as_str());
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                claimed_keys.insert(get::<String>(&r, "message_key")?);
             }
         }
+        let claimed: Vec<usize> = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| claimed_keys.contains(k.as_str()))
+            .map(|(i, _)| i)
+            .collect();
         if claimed.is_empty() {
             tx.rollback().await?;
             return Ok(claimed);
@@ -682,8 +693,23 @@ impl Store {
         action: &str,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        self.queue_ticket_work_many(&[(system, key, action)], now)
+            .await
+    }
+
+    /// [`Store::queue_ticket_work`] for many keys, in one transaction.
+    pub async fn queue_ticket_work_many(
+        &self,
+        items: &[(&str, &str, &str)],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
         let _w = self.writer().await;
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        for (system, key, action) in items {
+            sqlx::query(
             "INSERT INTO ticket_work (system, ticket_key, action, version, state, attempts, run_after, updated_at) \
              VALUES ($1, $2, $3, 1, 'pending', 0, $4, $4) \
              ON CONFLICT (system, ticket_key) DO UPDATE SET action = $3, version = ticket_work.version + 1, \
@@ -691,13 +717,15 @@ impl Store {
              attempts = CASE WHEN ticket_work.state = 'leased' THEN ticket_work.attempts ELSE 0 END, \
              run_after = CASE WHEN ticket_work.state = 'pending' AND ticket_work.run_after > $4 THEN ticket_work.run_after ELSE $4 END, \
              updated_at = $4",
-        )
-        .bind(system)
-        .bind(key)
-        .bind(action)
-        .bind(now.unix_timestamp())
-        .execute(&self.pool)
-        .await?;
+            )
+            .bind(*system)
+            .bind(*key)
+            .bind(*action)
+            .bind(now.unix_timestamp())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

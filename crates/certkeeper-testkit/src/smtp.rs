@@ -54,6 +54,9 @@ pub struct SinkOptions {
     pub fail_rcpt: Option<Failure>,
     /// Answer DATA with this failure.
     pub fail_data: Option<Failure>,
+    /// Keep each message's bytes without parsing them (headers and parts stay empty):
+    /// for benchmarks, where the parse is the receiver's time.
+    pub raw_only: bool,
 }
 
 /// One part of a received message, as Python's `email` package decoded it.
@@ -154,6 +157,7 @@ impl SmtpSink {
             "key": leaf.key_path,
             "fail_rcpt": opts.fail_rcpt.map(Failure::code),
             "fail_data": opts.fail_data.map(Failure::code),
+            "raw_only": opts.raw_only,
         });
         if let Some((user, password)) = &opts.auth {
             cfg["user"] = user.as_str().into();
