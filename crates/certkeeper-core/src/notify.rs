@@ -465,10 +465,29 @@ fn sorted(items: &[DigestItem]) -> Vec<&DigestItem> {
     v
 }
 
-/// The plain-text body: one paragraph per certificate, soonest first.
+/// How many certificates a digest's text and HTML list; the CSV holds them all.
+pub const BODY_LIMIT: usize = 500;
+
+fn more_line(total: usize, shown: usize) -> Option<String> {
+    (total > shown).then(|| {
+        format!(
+            "... and {} more certificates, all of them in the attached CSV.",
+            total - shown
+        )
+    })
+}
+
+/// The plain-text body: one paragraph per certificate, soonest first, at most
+/// [`BODY_LIMIT`].
 pub fn digest_text(items: &[DigestItem], external_url: &str) -> String {
+    digest_text_limited(items, external_url, BODY_LIMIT)
+}
+
+/// [`digest_text`] listing at most `limit` certificates (a chat message is short).
+pub fn digest_text_limited(items: &[DigestItem], external_url: &str, limit: usize) -> String {
     let mut s = String::new();
-    for i in sorted(items) {
+    let all = sorted(items);
+    for i in all.iter().take(limit) {
         s.push_str(&format!(
             "{}{} {}\n  serial {}  issuer {}\n",
             if i.escalated { "[ESCALATED] " } else { "" },
@@ -487,6 +506,10 @@ pub fn digest_text(items: &[DigestItem], external_url: &str) -> String {
             "  {external_url}/api/v1/certificates/{}\n\n",
             i.sha256
         ));
+    }
+    if let Some(more) = more_line(all.len(), limit) {
+        s.push_str(&more);
+        s.push_str("\n\n");
     }
     s.push_str(&format!(
         "Scanned by: certkeeper running at {external_url}\n"
@@ -516,7 +539,8 @@ pub fn digest_html(items: &[DigestItem], external_url: &str) -> String {
         "<!DOCTYPE html><html><body><table border=\"1\" cellpadding=\"4\">\
          <tr><th>Certificate</th><th>Expiry</th><th>Serial</th><th>Issuer</th><th>Served at</th></tr>",
     );
-    for i in sorted(items) {
+    let all = sorted(items);
+    for i in all.iter().take(BODY_LIMIT) {
         s.push_str(&format!(
             "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             if i.escalated || i.stage == Stage::Expired {
@@ -531,8 +555,12 @@ pub fn digest_html(items: &[DigestItem], external_url: &str) -> String {
             html_escape(&i.endpoints.join(", ")),
         ));
     }
+    s.push_str("</table>");
+    if let Some(more) = more_line(all.len(), BODY_LIMIT) {
+        s.push_str(&format!("<p>{}</p>", html_escape(&more)));
+    }
     s.push_str(&format!(
-        "</table><p>Scanned by: certkeeper running at {}</p></body></html>",
+        "<p>Scanned by: certkeeper running at {}</p></body></html>",
         html_escape(external_url)
     ));
     s
@@ -733,5 +761,31 @@ mod tests {
             "{}",
             lines[2]
         );
+    }
+
+    #[test]
+    fn long_digests_list_the_soonest_and_attach_all() {
+        let p = policy();
+        let mut items = Vec::new();
+        for n in 0..(BODY_LIMIT + 7) {
+            let mut c = cert(3);
+            c.common_name = Some(format!("h{n}.example.com"));
+            c.not_after += Duration::minutes(n as i64);
+            items.push(DigestItem::from_view(&c, &evaluate(&p, &c, NOW).unwrap()));
+        }
+        let text = digest_text(&items, "https://ck.test");
+        assert!(text.contains("h0.example.com "));
+        assert!(!text.contains(&format!("h{}.example.com ", BODY_LIMIT)));
+        assert!(text.contains("... and 7 more certificates, all of them in the attached CSV."));
+        let html = digest_html(&items, "https://ck.test");
+        assert_eq!(
+            html.matches("<tr").count(),
+            BODY_LIMIT + 1,
+            "the header row and the listed ones"
+        );
+        assert!(html.contains("and 7 more"));
+        assert_eq!(digest_csv(&items).matches("\r\n").count(), BODY_LIMIT + 8);
+        let short = digest_text_limited(&items, "https://ck.test", 3);
+        assert!(short.contains("... and 504 more"));
     }
 }

@@ -745,7 +745,7 @@ async fn send_delivery(
                 format!(
                     "{}\n{}",
                     rules::digest_subject(&p.items),
-                    rules::digest_text(&p.items, &url)
+                    rules::digest_text_limited(&p.items, &url, 20)
                 )
             };
             webhook::post_slack(s, &text, None).await
