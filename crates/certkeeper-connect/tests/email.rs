@@ -233,6 +233,7 @@ async fn smtp_4xx_is_transient_and_5xx_permanent() {
             auth: Some((USER.into(), PASSWORD.into())),
             fail_rcpt,
             fail_data,
+            raw_only: false,
         })
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
